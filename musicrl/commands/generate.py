@@ -1,0 +1,74 @@
+"""`musicrl generate`: text prompt -> WAV files plus a JSON sidecar each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from musicrl.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="what the music should be, e.g. 'fast bright chiptune lead'")
+    p.add_argument("--model", default="tiny", help="'tiny' (default), a local directory, or a hub id")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds of audio per clip (default 4)")
+    p.add_argument("--num-samples", type=int, default=1, help="clips to generate (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="clip i uses seed SEED+i (default 0)")
+    p.add_argument("--out", default="out", help="output directory (default ./out)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=250, help="0 = off (default 250)")
+    p.add_argument("--top-p", type=float, default=0.0, help="0 = off (default)")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale; 1 = off (default 3)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def _writable_dir(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output directory {out}: {e.strerror}") from e
+    if not os.access(out, os.W_OK):
+        raise UserError(f"output directory {out} is not writable")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.prompt.strip():
+        raise UserError("the prompt is empty")
+    if not args.duration > 0:
+        raise UserError(f"--duration must be > 0, got {args.duration:g}")
+    if args.num_samples < 1:
+        raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
+    out = _writable_dir(args.out)
+
+    import torch
+
+    from musicrl.audio import write_wav
+    from musicrl.generator import Generator
+    from musicrl.logs import quiet_transformers
+
+    quiet_transformers()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    gen = Generator.from_pretrained(args.model, device=device)
+    if args.duration > gen.max_duration_s + 1e-6:
+        raise UserError(f"--duration {args.duration:g} s is beyond this model's maximum of {gen.max_duration_s:.1f} s")
+    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance)
+    clips = gen.generate(args.prompt, args.num_samples, args.duration, args.seed, progress=True, **settings)
+    for clip in clips:
+        stem = out / f"{_slug(args.prompt)}-seed{clip.seed}"
+        write_wav(stem.with_suffix(".wav"), clip.audio, clip.sample_rate)
+        meta = {
+            "prompt": args.prompt, "model": args.model, "model_version": gen.version, "seed": clip.seed,
+            "sample_rate": clip.sample_rate, **clip.settings,
+        }  # fmt: skip
+        stem.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        print(stem.with_suffix(".wav"))
+    return 0
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    s = "".join(c if c.isalnum() else "-" for c in text.lower().strip())
+    return "-".join(filter(None, s.split("-")))[:limit] or "clip"
