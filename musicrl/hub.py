@@ -31,14 +31,43 @@ def resolve(name: str | Path, component: str) -> str:
     return name
 
 
-def load(loader: Callable[..., Any], name: str | Path, component: str, **kwargs) -> Any:
-    """Call `loader(resolved, **kwargs)` (a `from_pretrained`), with a one-line error on failure."""
-    path = resolve(name, component)
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the model hub's endpoint answers a TCP connect: fail fast instead of minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
     try:
-        return loader(path, **kwargs)
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def load(loader: Callable[..., Any], name: str | Path, component: str, **kwargs) -> Any:
+    """Call `loader(resolved, **kwargs)` (a `from_pretrained`), with a one-line error on failure.
+
+    A hub id is looked up in the local cache first, and on the hub only if it answers.
+    """
+    path = resolve(name, component)
+    local, online = Path(path).is_dir(), False
+    try:
+        if local:
+            return loader(path, **kwargs)
+        try:
+            return loader(path, local_files_only=True, **kwargs)
+        except (OSError, ValueError):
+            online = hub_reachable()
+            if not online:
+                raise
+            return loader(path, **kwargs)
     except (OSError, ValueError) as e:
-        if Path(path).is_dir():
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if local or online:
             raise UserError(f"cannot load {component} from {path}: {first}") from e
         raise UserError(
             f"cannot load {component} '{name}': not a local directory and the model hub is unreachable; "

@@ -48,8 +48,8 @@ class MusicGenPolicy(nn.Module):
         self.bos_id: int = model.generation_config.decoder_start_token_id or dec.bos_token_id
         if dec.audio_channels != 1:
             raise UserError("stereo MusicGen checkpoints are not supported yet (audio_channels=2)")
-        max_len = model.generation_config.max_length or dec.max_position_embeddings
-        self.max_frames: int = min(max_len, dec.max_position_embeddings) - self.num_codebooks
+        # the architectural limit: sinusoidal positions exist for max_position_embeddings steps
+        self.max_frames: int = dec.max_position_embeddings - self.num_codebooks
         self._codec = None
 
     # ---- loading -------------------------------------------------------------------------
@@ -58,7 +58,9 @@ class MusicGenPolicy(nn.Module):
         """Load by 'tiny', a local directory in transformers format, or a hub id."""
         from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
-        kwargs = {"dtype": dtype} if dtype is not None else {}
+        # weights may be stored in half precision (the tiny world ships fp16 to stay small): compute in fp32
+        # unless asked otherwise
+        kwargs = {"dtype": dtype if dtype is not None else torch.float32}
         model = hub.load(MusicgenForConditionalGeneration.from_pretrained, name, "musicgen", **kwargs)
         tokenizer = hub.load(AutoTokenizer.from_pretrained, name, "musicgen")
         model.to(device).eval()
@@ -194,17 +196,24 @@ class MusicGenPolicy(nn.Module):
         B = codes.shape[0]
         if len(prompts) != B:
             raise ValueError(f"{len(prompts)} prompts for {B} code sequences")
-        inputs, _ = dp.decoder_inputs(codes.to(self.device), self.pad_id, self.bos_id)  # [B, K, T+K-1]
         states, mask = self._conditioning(list(prompts), sampling.guided)
         if sampling.guided:
-            inputs = torch.cat([inputs, inputs])
+            codes = torch.cat([codes, codes])
+        logits = self.teacher_forced_logits(codes, states, mask)  # [N, K, T+K-1, V]
+        cond, uncond = (logits[:B], logits[B:]) if sampling.guided else (logits, None)
+        return dp.undelay(process_logits(cond, uncond, sampling))  # [B, K, T, V]
+
+    def teacher_forced_logits(self, codes: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Raw decoder logits over the delayed sequence: codes [N, K, T] -> [N, K, T+K-1, V].
+
+        Position j predicts delayed token j (see `musicrl.delay.decoder_inputs`).
+        """
+        inputs, _ = dp.decoder_inputs(codes.to(self.device), self.pad_id, self.bos_id)  # [N, K, T+K-1]
         N, K, L = inputs.shape
         out = self.model.decoder(
             input_ids=inputs.reshape(N * K, L), encoder_hidden_states=states, encoder_attention_mask=mask, use_cache=False
         )
-        logits = out.logits.reshape(N, K, L, -1)  # [N, K, T+K-1, V]
-        cond, uncond = (logits[:B], logits[B:]) if sampling.guided else (logits, None)
-        return dp.undelay(process_logits(cond, uncond, sampling))  # [B, K, T, V]
+        return out.logits.reshape(N, K, L, -1)
 
     def log_probs(self, prompts: list[str], codes: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
         """Per-token log-probs by teacher forcing, under the same distribution as `sample`: [B, K, T]."""

@@ -35,7 +35,7 @@ def build(codec: EncodecModel, *, hidden_size: int = 256, num_layers: int = 4, h
     max_len = int(MAX_DURATION_S * frame_rate) + K
     V = codec.config.codebook_size
     decoder = MusicgenDecoderConfig(
-        vocab_size=V, max_position_embeddings=max_len + 8, num_hidden_layers=num_layers,
+        vocab_size=V, max_position_embeddings=max_len, num_hidden_layers=num_layers,
         ffn_dim=4 * hidden_size, num_attention_heads=heads, hidden_size=hidden_size, dropout=0.1,
         num_codebooks=K, pad_token_id=V, bos_token_id=V, decoder_start_token_id=V,
     )  # fmt: skip

@@ -1,0 +1,50 @@
+"""YAML presets -> dicts, with `key=value` overrides (dotted keys reach into nested mappings).
+
+Presets are data, never executed: `yaml.safe_load` only. Validation is the config dataclass's job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from musicrl.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def load_yaml(spec: str) -> dict:
+    """A path, or a preset name under configs/ (e.g. 'rl/musicrl-r' or 'rl/musicrl-r.yaml')."""
+    candidates = [Path(spec), CONFIG_DIR / spec, CONFIG_DIR / f"{spec}.yaml"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise UserError(f"config not found: {spec} (a YAML file, or a preset under {CONFIG_DIR})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of config keys")
+    return data
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """['steps=10', 'reward.components.clap.weight=2'] -> a new dict; values parsed as YAML scalars."""
+    out = yaml.safe_load(yaml.safe_dump(config))  # deep copy
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {key}: {p} is not a mapping")
+        node[parts[-1]] = value
+    return out

@@ -1,0 +1,513 @@
+"""KL-regularised policy-gradient fine-tuning of MusicGen on sequence-level rewards (MusicRL).
+
+One step, top to bottom (`RLTrainer.step`):
+  1. rollouts: `samples_per_prompt` clips for each of `prompts_per_step` prompts, drawn from the
+     current policy with the sampling distribution of the config (guided when guidance_scale > 1:
+     log-probs and KL are then those of the guided distribution actually sampled);
+  2. decode with the frozen codec, score with the reward (rewards only see audio);
+  3. advantages: leave-one-out baseline over the k samples of a prompt (RLOO), or a learned value
+     baseline on the prompt (the paper's), or none;
+  4. update: policy-gradient (PPO-clipped when `ppo_epochs` > 1) + `kl_coef` * KL(pi || ref), the KL
+     exact over the full codebook at every step (the paper's) or the sampled estimator folded into
+     the reward; gradient accumulation over micro-batches.
+The reference is a frozen copy of the initial policy, `reference` when given (MusicRL-RU: the R
+checkpoint), or, with LoRA, the same network with its adapters disabled (no second copy).
+
+All randomness of a step is derived from (seed, step), so `--resume` from a checkpoint continues
+exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from musicrl.errors import UserError
+from musicrl.policy import MusicGenPolicy
+from musicrl.sampling import SamplingConfig
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    reward: dict = field(default_factory=dict)
+    """Reward combination (see `rewards.combine`): weighted components or sequential stages."""
+    model: str = "tiny"
+    """Policy to start from: 'tiny', a directory (e.g. a MusicRL-R checkpoint) or a hub id."""
+    reference: str | None = None
+    """KL reference; None = the starting model (with LoRA: the same weights, adapters disabled)."""
+    prompts: str = "synth"
+    """'synth' (captions of the synthetic corpus, train split) or a text file, one prompt per line."""
+    eval_prompts: str = "synth-heldout"
+    """'synth-heldout' (held-out caption templates) or a text file."""
+    out_dir: str = "runs/rl"
+    """Run directory: checkpoints, metrics.csv, TensorBoard events, audio samples."""
+    steps: int = 100
+    prompts_per_step: int = 4
+    samples_per_prompt: int = 4
+    """k samples per prompt (RLOO needs k >= 2)."""
+    duration_s: float = 4.0
+    temperature: float = 1.0
+    top_k: int = 0
+    """0 = full distribution; the exact KL needs the full support, so top-k/top-p need kl_estimator=sampled."""
+    top_p: float = 0.0
+    guidance_scale: float = 1.0
+    kl_coef: float = 0.05
+    """Weight of KL(pi || ref) (the paper's beta)."""
+    kl_estimator: str = "exact"
+    """'exact': full-codebook KL per step in the loss; 'sampled': sum of log pi - log ref in the reward."""
+    baseline: str = "rloo"
+    """'rloo' (leave-one-out mean of the other samples), 'value' (learned, on the prompt) or 'none'."""
+    normalize_advantages: bool = True
+    """Divide advantages by their batch standard deviation."""
+    ppo_epochs: int = 1
+    """Optimisation passes over each batch; > 1 uses the PPO clipped ratio."""
+    clip_eps: float = 0.2
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    """Micro-batches per update (memory: the update holds [B/grad_accum, K, T, V] distributions)."""
+    max_grad_norm: float = 1.0
+    lora_rank: int = 0
+    """0 = full fine-tuning of the decoder; > 0 = LoRA adapters (peft) on its attention and MLP."""
+    lora_alpha: float = 16.0
+    mixed_precision: str = "no"
+    """'no', 'bf16' or 'fp16' (autocast; CUDA only)."""
+    gradient_checkpointing: bool = False
+    eval_every: int = 25
+    eval_prompts_count: int = 8
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_audio: int = 2
+    """Clips written as WAV at each evaluation."""
+    seed: int = 0
+    device: str = "auto"
+    votes_hash: str | None = None
+    """Hash of the vote set the reward model was trained on (recorded in checkpoints); None = read it
+    from the preference model's directory when there is one."""
+
+    def __post_init__(self):
+        def bad(msg):
+            raise UserError(msg)
+
+        if not self.reward:
+            bad("reward is required (e.g. reward: {components: {clap: {}, quality: {}}})")
+        if self.kl_coef < 0:
+            bad(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if self.kl_estimator not in ("exact", "sampled"):
+            bad(f"kl_estimator must be 'exact' or 'sampled', got {self.kl_estimator!r}")
+        if self.kl_estimator == "exact" and (self.top_k or self.top_p):
+            bad("the exact KL needs the full distribution: set top_k=0 and top_p=0, or kl_estimator=sampled")
+        if self.baseline not in ("rloo", "value", "none"):
+            bad(f"baseline must be 'rloo', 'value' or 'none', got {self.baseline!r}")
+        if self.baseline == "rloo" and self.samples_per_prompt < 2:
+            bad("the RLOO baseline needs samples_per_prompt >= 2")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            bad(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        for name in ("steps", "prompts_per_step", "samples_per_prompt", "ppo_epochs", "grad_accum",
+                     "eval_every", "checkpoint_every", "keep_checkpoints"):  # fmt: skip
+            if getattr(self, name) < 1:
+                bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        if (self.prompts_per_step * self.samples_per_prompt) % self.grad_accum:
+            bad("prompts_per_step * samples_per_prompt must be divisible by grad_accum")
+        if not self.lr > 0 or not self.duration_s > 0:
+            bad("lr and duration_s must be > 0")
+        if self.lora_rank < 0:
+            bad(f"lora_rank must be >= 0, got {self.lora_rank}")
+        from rewards.combine import parse_config
+
+        parse_config(self.reward)  # validates now, one line on error
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.temperature, self.top_k, self.top_p, self.guidance_scale)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RLConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown config key(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Rollout seed of a step: distinct rows across steps, a pure function of (seed, step)."""
+    return (seed * 1_000_003 + step * 10_007) % (2**31)
+
+
+def load_prompts(spec: str, n_synth: int = 4096, seed: int = 0) -> list[str]:
+    """'synth' / 'synth-heldout' -> corpus captions; otherwise a text file, one prompt per line."""
+    if spec in ("synth", "synth-heldout"):
+        from musicrl import synth
+
+        split = "heldout" if spec == "synth-heldout" else "train"
+        rng = np.random.default_rng(seed + (synth.HELDOUT_SEED_OFFSET if split == "heldout" else 0))
+        return [synth.caption(synth.sample_attributes(rng), rng, split=split) for _ in range(n_synth)]
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"prompt file not found: {spec}")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"prompt file {spec} has no prompts")
+    return prompts
+
+
+class ValueHead(nn.Module):
+    """The learned baseline: expected reward of a prompt, from its pooled (frozen) text states."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, 128), nn.GELU(), nn.Linear(128, 1))
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # [B, L, D], [B, L] -> [B]
+        pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return self.net(pooled.detach().float())[:, 0]
+
+
+def exact_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """KL(p || ref) over the last (codebook) axis: [..., V] -> [...]. Zero-probability tokens add 0."""
+    p = logp.exp()
+    return torch.where(p > 0, p * (logp - ref_logp), torch.zeros_like(p)).sum(-1)
+
+
+class RLTrainer:
+    def __init__(self, cfg: RLConfig, policy: MusicGenPolicy | None = None, reward=None, reference=None):
+        self.cfg = cfg
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+        self.out = Path(cfg.out_dir)
+        if reward is None:  # first: a missing reward model fails before minutes of model loading
+            from rewards.combine import build_reward
+
+            reward = build_reward(cfg.reward, self.device)
+        self.reward = reward
+        self.policy = policy or MusicGenPolicy.from_pretrained(cfg.model, device=self.device)
+        self.policy.model.text_encoder.requires_grad_(False)  # only the LM is trained (as MusicGen)
+        if cfg.gradient_checkpointing:
+            self.policy.model.decoder.gradient_checkpointing_enable()
+        if cfg.lora_rank:
+            self._add_lora()
+            self.reference = None  # adapters disabled = reference
+        else:
+            self.reference = reference or (
+                MusicGenPolicy.from_pretrained(cfg.reference, device=self.device) if cfg.reference
+                else copy.deepcopy(self.policy)
+            )  # fmt: skip
+            self.reference.requires_grad_(False)
+        self.params = [p for p in self.policy.model.decoder.parameters() if p.requires_grad]
+        self.value = ValueHead(self.policy.model.decoder.config.hidden_size).to(self.device) if cfg.baseline == "value" else None
+        if self.value is not None:
+            self.params += list(self.value.parameters())
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.train_prompts = load_prompts(cfg.prompts, seed=cfg.seed)
+        self.eval_prompts = load_prompts(cfg.eval_prompts, n_synth=cfg.eval_prompts_count, seed=cfg.seed)[: cfg.eval_prompts_count]
+        self.step_count = 0
+        self.votes_hash = cfg.votes_hash or _votes_hash_of(cfg.reward)
+        self._tb = None
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _add_lora(self):
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+        lcfg = LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha, target_modules=targets, lora_dropout=0.0)
+        self.policy.model.decoder = get_peft_model(self.policy.model.decoder, lcfg)
+
+    def _autocast(self):
+        if self.cfg.mixed_precision == "no" or self.device.type != "cuda":
+            return nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16 if self.cfg.mixed_precision == "bf16" else torch.float16)
+
+    def reference_distributions(self, prompts, codes) -> torch.Tensor:
+        with torch.no_grad(), self._autocast():
+            if self.reference is not None:
+                return self.reference.distributions(prompts, codes, self.cfg.sampling)
+            with self.policy.model.decoder.disable_adapter():
+                return self.policy.distributions(prompts, codes, self.cfg.sampling)
+
+    def prompts_for(self, step: int) -> list[str]:
+        rng = np.random.default_rng([self.cfg.seed, step])
+        return [self.train_prompts[i] for i in rng.choice(len(self.train_prompts), self.cfg.prompts_per_step, replace=False)]
+
+    # ---- the step -------------------------------------------------------------------------------
+    def step(self, step: int) -> dict:
+        cfg, pol, k = self.cfg, self.policy, self.cfg.samples_per_prompt
+        times = {}
+        t = time.perf_counter()
+        pol.eval()  # no dropout: sampling and training distributions must be the same
+        with self._autocast():
+            roll = pol.sample(self.prompts_for(step), k, cfg.duration_s, sampling=cfg.sampling, seed=step_seed(cfg.seed, step))
+        times["rollout"], t = time.perf_counter() - t, time.perf_counter()
+        audio = pol.decode(roll.codes)  # [B, 1, S]
+        times["decode"], t = time.perf_counter() - t, time.perf_counter()
+        if hasattr(self.reward, "set_step"):
+            self.reward.set_step(step)
+        with torch.no_grad():
+            reward, components = self.reward(audio, pol.sample_rate, roll.prompts)  # [B]
+        reward = reward.to(self.device).float()
+        times["reward"], t = time.perf_counter() - t, time.perf_counter()
+
+        B, mb = len(roll.prompts), len(roll.prompts) // cfg.grad_accum
+        kl_sampled = None
+        if cfg.kl_estimator == "sampled":  # fold sum_t log(pi/ref) of the sampled tokens into the reward
+            ref_lp = torch.cat([self._ref_token_logp(roll, i, i + mb) for i in range(0, B, mb)])
+            kl_sampled = (roll.log_probs - ref_lp).sum((1, 2))  # [B]
+            reward = reward - cfg.kl_coef * kl_sampled
+        adv = self.advantages(reward, roll.prompts)  # [B]
+        stats = {"kl": 0.0, "entropy": 0.0, "loss": 0.0, "clip_frac": 0.0}
+        for _ in range(cfg.ppo_epochs):
+            for i in range(0, B, mb):
+                s = self._micro_step(roll, adv, reward, i, i + mb)
+                for key in stats:
+                    stats[key] += s[key] / (cfg.grad_accum * cfg.ppo_epochs)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        times["update"] = time.perf_counter() - t
+        if kl_sampled is not None:
+            stats["kl"] = kl_sampled.mean().item() / (roll.codes.shape[1] * roll.codes.shape[2])
+        metrics = {"step": step + 1, "reward": reward.mean().item(), "grad_norm": float(grad_norm), **stats}
+        metrics.update({f"reward/{n}": v.float().mean().item() for n, v in components.items()})
+        metrics["diversity"] = self._diversity(audio, k)
+        metrics["lr"] = self.opt.param_groups[0]["lr"]
+        metrics.update({f"time/{n}": v for n, v in times.items()})
+        return metrics
+
+    def _micro_step(self, roll, adv, reward, i: int, j: int) -> dict:
+        cfg, pol = self.cfg, self.policy
+        prompts, codes = roll.prompts[i:j], roll.codes[i:j]
+        with self._autocast():
+            dist = pol.distributions(prompts, codes, cfg.sampling)  # [b, K, T, V]
+        dist = dist.float()
+        logp = dist.gather(-1, codes[..., None])[..., 0]  # [b, K, T]
+        ratio = (logp - roll.log_probs[i:j]).exp()
+        a = adv[i:j, None, None]
+        pg = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)  # [b, K, T]
+        loss = pg.mean()
+        kl_tok = torch.zeros_like(logp)
+        if cfg.kl_estimator == "exact":
+            kl_tok = exact_kl(dist, self.reference_distributions(prompts, codes).float())  # [b, K, T]
+            loss = loss + cfg.kl_coef * kl_tok.mean()
+        if self.value is not None:
+            states, mask = pol.encode_text(prompts)
+            loss = loss + 0.5 * (self.value(states, mask) - reward[i:j]).pow(2).mean()
+        (loss / cfg.grad_accum).backward()
+        with torch.no_grad():
+            entropy = -(torch.where(dist > -torch.inf, dist.exp() * dist, torch.zeros_like(dist))).sum(-1)
+            clipped = ((ratio - 1).abs() > cfg.clip_eps).float().mean()
+        return {"kl": kl_tok.mean().item(), "entropy": entropy.mean().item(), "loss": loss.item(), "clip_frac": clipped.item()}
+
+    def _ref_token_logp(self, roll, i: int, j: int) -> torch.Tensor:
+        dist = self.reference_distributions(roll.prompts[i:j], roll.codes[i:j])
+        return dist.float().gather(-1, roll.codes[i:j, ..., None])[..., 0]
+
+    def advantages(self, reward: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """reward [B] (rows grouped by prompt, k each) -> advantage [B]."""
+        k = self.cfg.samples_per_prompt
+        if self.cfg.baseline == "rloo":
+            r = reward.view(-1, k)  # [P, k]
+            adv = (r - (r.sum(1, keepdim=True) - r) / (k - 1)).view(-1)
+        elif self.cfg.baseline == "value":
+            with torch.no_grad():
+                states, mask = self.policy.encode_text(prompts)
+                adv = reward - self.value(states, mask)
+        else:
+            adv = reward.clone()
+        if self.cfg.normalize_advantages and adv.numel() > 1:
+            adv = adv / (adv.std() + 1e-6)
+        return adv.detach()
+
+    def _diversity(self, audio: torch.Tensor, k: int) -> float:
+        """Mean pairwise cosine distance of CLAP audio embeddings among the k clips of a prompt."""
+        clap = _find_clap(self.reward)
+        if clap is None or k < 2:
+            return float("nan")
+        with torch.no_grad():
+            emb = torch.nn.functional.normalize(clap.embed_audio(audio, self.policy.sample_rate).float(), dim=-1)
+        emb = emb.view(-1, k, emb.shape[-1])  # [P, k, D]
+        sim = emb @ emb.transpose(1, 2)  # [P, k, k]
+        off = ~torch.eye(k, dtype=torch.bool, device=sim.device)
+        return (1 - sim[:, off]).mean().item()
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict:
+        """Held-out prompts: mean reward components and KL to the reference; a few clips as WAV."""
+        from musicrl.audio import write_wav
+
+        cfg, pol = self.cfg, self.policy
+        was_training = getattr(self.reward, "training", None)
+        if hasattr(self.reward, "eval"):
+            self.reward.eval()
+        roll = pol.sample(self.eval_prompts, 1, cfg.duration_s, sampling=cfg.sampling, seed=10**9 + cfg.seed)
+        audio = pol.decode(roll.codes)
+        _, components = self.reward(audio, pol.sample_rate, roll.prompts)
+        if was_training and hasattr(self.reward, "train"):
+            self.reward.train()
+        dist = pol.distributions(roll.prompts, roll.codes, cfg.sampling)
+        kl = exact_kl(dist, self.reference_distributions(roll.prompts, roll.codes)).sum((1, 2)).mean().item()
+        sample_dir = self.out / "samples" / f"step-{step:06d}"
+        sample_dir.mkdir(parents=True, exist_ok=True)
+        for n in range(min(cfg.log_audio, len(roll.prompts))):
+            write_wav(sample_dir / f"{n}.wav", audio[n, 0].cpu(), pol.sample_rate)
+            (sample_dir / f"{n}.txt").write_text(roll.prompts[n] + "\n")
+        out = {"step": step, "eval/kl_seq": kl}
+        out.update({f"eval/{n}": v.float().mean().item() for n, v in components.items()})
+        return out
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> Path:
+        """checkpoints/step-N/: the model in HF format (LoRA merged), tokenizer, trainer_state.pt.
+
+        Written to a temporary directory and renamed: a crash never leaves a half checkpoint."""
+        root = self.out / "checkpoints"
+        final, tmp = root / f"step-{step:06d}", root / f".step-{step:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model = self.policy.model
+        if self.cfg.lora_rank:
+            peft_decoder = model.decoder
+            model.decoder = copy.deepcopy(peft_decoder).merge_and_unload()
+            try:
+                model.save_pretrained(tmp)
+            finally:
+                model.decoder = peft_decoder
+        else:
+            model.save_pretrained(tmp)
+        self.policy.tokenizer.save_pretrained(tmp)
+        state = {
+            "step": step, "config": asdict(self.cfg), "reference": self.cfg.reference or self.cfg.model,
+            "votes_hash": self.votes_hash, "optimizer": self.opt.state_dict(),
+            "decoder": {k: v for k, v in model.decoder.state_dict().items() if "lora_" in k} if self.cfg.lora_rank else None,
+            "value": self.value.state_dict() if self.value is not None else None,
+            "reward": self.reward.state_dict() if hasattr(self.reward, "state_dict") else None,
+        }  # fmt: skip
+        torch.save(state, tmp / "trainer_state.pt")
+        (tmp / "musicrl.json").write_text(json.dumps({k: state[k] for k in ("step", "config", "reference", "votes_hash")}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path: Path) -> int:
+        state = torch.load(path / "trainer_state.pt", weights_only=False, map_location=self.device)
+        if {k: v for k, v in state["config"].items() if k != "steps"} != {k: v for k, v in asdict(self.cfg).items() if k != "steps"}:
+            raise UserError(f"{path} was written with another config (only `steps` may change on resume)")
+        from transformers import MusicgenForConditionalGeneration
+
+        saved = MusicgenForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+        if self.cfg.lora_rank:
+            self.policy.model.decoder.load_state_dict(state["decoder"], strict=False)
+        else:
+            self.policy.model.load_state_dict(saved.state_dict())
+        self.opt.load_state_dict(state["optimizer"])
+        if self.value is not None:
+            self.value.load_state_dict(state["value"])
+        if state["reward"] is not None:
+            self.reward.load_state_dict(state["reward"])
+        return int(state["step"])
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def train(self, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> Path:
+        """Run to `cfg.steps` (or `stop_after` steps of this call, for tests); returns the last checkpoint."""
+        from tqdm.auto import tqdm
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        start = 0
+        if resume:
+            latest = latest_checkpoint(self.out)
+            if latest is None:
+                raise UserError(f"nothing to resume in {self.out}/checkpoints")
+            start = self.load_checkpoint(latest)
+        (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        end = self.cfg.steps if stop_after is None else min(self.cfg.steps, start + stop_after)
+        bar = tqdm(range(start, end), initial=start, total=self.cfg.steps, desc="RL", disable=not progress)
+        last = None
+        for step in bar:
+            metrics = self.step(step)
+            self._log(metrics, "metrics.csv")
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.4f}")
+            done = step + 1
+            if done % self.cfg.eval_every == 0 or done == self.cfg.steps:
+                self._log(self.evaluate(done), "eval.csv")
+            if done % self.cfg.checkpoint_every == 0 or done == end:
+                last = self.save_checkpoint(done)
+            if done == self.cfg.steps:  # out_dir/final: the finished model, servable and loadable by path
+                final, tmp = self.out / "final", self.out / ".final.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(last, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+        if self._tb is not None:
+            self._tb.close()
+        return last or latest_checkpoint(self.out)
+
+    def _log(self, metrics: dict, name: str) -> None:
+        path = self.out / name
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(metrics))
+            if new:
+                w.writeheader()
+            w.writerow(metrics)
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tb"))
+            except ImportError:
+                self._tb = False
+        if self._tb:
+            for key, v in metrics.items():
+                if key != "step" and isinstance(v, float) and math.isfinite(v):
+                    self._tb.add_scalar(key, v, metrics["step"])
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    found = sorted((Path(out_dir) / "checkpoints").glob("step-*"))
+    return found[-1] if found else None
+
+
+def _find_clap(reward):
+    """The CLAP reward inside a (weighted or sequential) combination, for the diversity metric."""
+    stages = getattr(reward, "stages", None) or [reward]
+    for stage in stages:
+        for r in getattr(stage, "rewards", {}).values():
+            if hasattr(r, "embed_audio") and hasattr(r, "embed_text"):
+                return r
+    return None
+
+
+def _votes_hash_of(reward_cfg: dict) -> str | None:
+    """The vote-set hash recorded by `train-reward preference` in the preference model's directory."""
+    hashes = []
+
+    def walk(d):
+        if isinstance(d, dict):
+            if d.get("type") == "preference" and "model" in d:
+                meta = Path(d["model"]) / "metrics.json"
+                if meta.exists():
+                    hashes.append(json.loads(meta.read_text()).get("votes_hash") or "")
+            for v in d.values():
+                walk(v)
+        elif isinstance(d, list):
+            for v in d:
+                walk(v)
+
+    walk(reward_cfg)
+    if not hashes:
+        return None
+    return hashlib.sha256("|".join(hashes).encode()).hexdigest()[:16]

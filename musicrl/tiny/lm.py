@@ -1,0 +1,210 @@
+"""Pretraining the tiny MusicGen LM on (caption, codes) from the synthetic corpus.
+
+Teacher forcing over the delay pattern, cross-entropy per codebook on real (non-pad) positions,
+captions re-drawn from the templates every time a clip is seen (so paraphrases are learnt), and
+caption dropout to the null condition (zero text states, the one the policy uses for
+classifier-free guidance) so that guidance works. Resumable: a checkpoint holds model, optimizer,
+step and RNG state, written atomically.
+
+    python -m musicrl.tiny.lm --codec musicrl/assets/tiny/codec --out runs/tiny/musicgen
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musicrl import delay as dp
+from musicrl import synth
+
+
+@dataclass(frozen=True)
+class LMTrainConfig:
+    num_clips: int = 4000
+    """Training clips (train-split seeds 0..num_clips-1), encoded once and cached."""
+    clip_s: float = 4.0
+    """Length of each corpus clip in seconds."""
+    crop_frames: int = 100
+    """Frames per training example (random crop; 2 s at 50 Hz): shorter sequences, faster steps."""
+    steps: int = 3000
+    """Optimizer steps."""
+    batch_size: int = 16
+    lr: float = 1e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
+    warmup: int = 100
+    weight_decay: float = 0.01
+    cond_dropout: float = 0.2
+    """Probability of replacing a caption by the null condition (needed for guidance)."""
+    hidden_size: int = 256
+    num_layers: int = 4
+    heads: int = 8
+    seed: int = 0
+    checkpoint_every: int = 250
+    threads: int = 1
+    """torch CPU threads (the machine is shared; raise on a box of your own)."""
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.num_clips < self.batch_size:
+            raise ValueError("steps >= 1, batch_size >= 1 and num_clips >= batch_size are required")
+        if not 0 <= self.cond_dropout < 1:
+            raise ValueError("cond_dropout must be in [0, 1)")
+
+
+def encode_corpus(codec, cfg: LMTrainConfig, cache: Path, progress: bool = True) -> dict:
+    """Render and encode the training clips once: codes [N, K, T] int16 plus each clip's attributes."""
+    if cache.exists():
+        return torch.load(cache, weights_only=False)
+    from tqdm.auto import tqdm
+
+    codes, attrs = [], []
+    batch = []
+    it = tqdm(range(cfg.num_clips), desc="encode corpus", disable=not progress)
+    for seed in it:
+        ex = synth.example(seed, duration_s=cfg.clip_s)
+        batch.append(torch.from_numpy(ex.audio))
+        attrs.append(ex.attrs.to_dict())
+        if len(batch) == 32 or seed == cfg.num_clips - 1:
+            audio = torch.stack(batch)[:, None]  # [b, 1, S]
+            codes.append(codec.encode(audio).to(torch.int16))
+            batch = []
+    data = {"codes": torch.cat(codes), "attrs": attrs}
+    tmp = cache.with_suffix(".tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, cache)
+    return data
+
+
+def _lr(step: int, cfg: LMTrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def lm_loss(policy, prompts: list[str], codes: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over real positions. codes [B, K, T]; drop [B] bool -> null condition."""
+    states, mask = policy.encode_text(prompts)
+    keep = (~drop).to(states.dtype)[:, None, None]
+    states, mask = states * keep, torch.where(drop[:, None], torch.ones_like(mask), mask)
+    logits = policy.teacher_forced_logits(codes, states, mask)  # [B, K, T+K-1, V]
+    _, targets = dp.decoder_inputs(codes, policy.pad_id, policy.bos_id)  # [B, K, T+K-1]
+    valid = dp.valid_mask(codes.shape[1], codes.shape[2], device=codes.device)  # [K, T+K-1]
+    ce = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 2).float(), targets.clamp(max=policy.vocab_size - 1).flatten(), reduction="none"
+    ).view(targets.shape)
+    return (ce * valid).sum() / (valid.sum() * codes.shape[0])
+
+
+def train_lm(codec_dir: str | Path, out_dir: str | Path, cfg: LMTrainConfig = LMTrainConfig(), progress: bool = True) -> Path:
+    from tqdm.auto import tqdm
+    from transformers import EncodecModel
+
+    from musicrl.codec import Codec
+    from musicrl.policy import MusicGenPolicy
+    from musicrl.tiny.musicgen import build
+
+    torch.set_num_threads(cfg.threads)
+    out_dir, work = Path(out_dir), Path(out_dir) / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    encodec = EncodecModel.from_pretrained(codec_dir).eval()
+    data = encode_corpus(Codec.from_encodec(encodec), cfg, work / "codes.pt", progress)
+    codes_all = data["codes"].long()  # [N, K, T]
+    attrs_all = [synth.Attributes.from_dict(a) for a in data["attrs"]]
+
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = build(encodec, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, heads=cfg.heads)
+    policy = MusicGenPolicy(model, tokenizer, name="tiny")
+    model.audio_encoder.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    rng = np.random.default_rng(cfg.seed)
+    step = 0
+    ckpt = work / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise ValueError(f"{ckpt} was written with another config; remove it to start over")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+
+    model.train()
+    model.audio_encoder.eval()
+    bar = tqdm(total=cfg.steps, initial=step, desc="tiny LM", disable=not progress)
+    T = codes_all.shape[-1]
+    while step < cfg.steps:
+        idx = rng.integers(0, len(codes_all), cfg.batch_size)
+        start = rng.integers(0, T - cfg.crop_frames + 1, cfg.batch_size) if T > cfg.crop_frames else np.zeros(cfg.batch_size, int)
+        codes = torch.stack([codes_all[i, :, s : s + cfg.crop_frames] for i, s in zip(idx, start)])  # [B, K, T']
+        prompts = [synth.caption(attrs_all[i], rng) for i in idx]
+        drop = torch.from_numpy(rng.random(cfg.batch_size) < cfg.cond_dropout)
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg)
+        loss = lm_loss(policy, prompts, codes, drop)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            state = {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": asdict(cfg),
+                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            }  # fmt: skip
+            torch.save(state, ckpt.with_suffix(".tmp"))
+            os.replace(ckpt.with_suffix(".tmp"), ckpt)
+    bar.close()
+    model.eval()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+@torch.no_grad()
+def evaluate_lm(model_dir: str | Path, n: int = 48, guidance: float = 3.0, seed: int = 0, duration_s: float = 4.0) -> dict:
+    """Generate from held-out captions naming tempo, register and mode; estimate them from the audio.
+
+    Returns per-attribute accuracy (chance: tempo 1/3, register 1/2, mode 1/2).
+    """
+    from musicrl import attributes
+    from musicrl.policy import MusicGenPolicy
+    from musicrl.sampling import SamplingConfig
+
+    policy = MusicGenPolicy.from_pretrained(str(model_dir))
+    rng = np.random.default_rng(seed)
+    hits = {"tempo": 0, "register": 0, "mode": 0}
+    for i in range(n):
+        a = synth.sample_attributes(rng)
+        prompt = f"a {a.tempo} {a.instrument} piece in {a.mode}, {a.register} register"
+        r = policy.sample([prompt], 1, duration_s, sampling=SamplingConfig(guidance_scale=guidance), seed=seed + i)
+        audio = policy.decode(r.codes)[0, 0].numpy()
+        est = attributes.estimate_all(audio, policy.sample_rate)
+        hits["tempo"] += attributes.tempo_word(est["tempo"]) == a.tempo
+        hits["register"] += est["register"] == a.register
+        hits["mode"] += est["mode"] == a.mode
+    return {k: v / n for k, v in hits.items()}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="pretrain the tiny MusicGen LM")
+    ap.add_argument("--codec", default="musicrl/assets/tiny/codec")
+    ap.add_argument("--out", default="runs/tiny/musicgen")
+    ap.add_argument("--steps", type=int, default=LMTrainConfig.steps)
+    ap.add_argument("--num-clips", type=int, default=LMTrainConfig.num_clips)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eval", action="store_true", help="only evaluate --out")
+    a = ap.parse_args()
+    if not a.eval:
+        train_lm(a.codec, a.out, LMTrainConfig(steps=a.steps, num_clips=a.num_clips, threads=a.threads))
+    for g in (1.0, 3.0):
+        print(f"guidance {g}:", evaluate_lm(a.out, guidance=g))
