@@ -15,6 +15,14 @@ from musicrl.errors import UserError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("musicrl.commands.generate", "generate music from a text prompt into WAV files"),
+    "train": ("musicrl.commands.train", "RL fine-tuning (MusicRL-R, -U, -RU) from a YAML preset"),
+    "eval": ("musicrl.commands.eval", "compare models under each reward (CIs, win rates, KL) or plot a run"),
+    "bootstrap": ("musicrl.commands.bootstrap", "rebuild the offline tiny world (codec, LM, CLAP, quality) from scratch"),
+    "synth": ("musicrl.commands.synth", "render clips of the tiny world's synthetic corpus with captions"),
+    "train-reward": ("musicrl.commands.train_reward", "train a learned reward (quality MOS or user preference) on a frozen CLAP"),
+    "simulate-votes": ("musicrl.commands.simulate_votes", "synth clips and A/B votes from simulated raters with a hidden taste"),
+    "app": ("musicrl.commands.app", "serve the Gradio A/B voting app (UI at /, JSON API under /api)"),
+    "votes": ("musicrl.commands.votes", "export the vote store (JSONL / HF dir) or print its stats and leaderboard"),
 }
 
 

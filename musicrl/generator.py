@@ -42,6 +42,9 @@ class Generator:
         self.version = weights_version(policy.model.decoder)
         self.max_duration_s: float = policy.max_duration_s
         self.sample_rate: int = policy.sample_rate
+        from musicrl.engine import FastSampler
+
+        self.sampler = FastSampler(policy)  # same tokens as policy.sample, ~1.6x faster on CPU
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path = "tiny", device: str = "cpu") -> "Generator":
@@ -57,7 +60,7 @@ class Generator:
         if unknown:
             raise UserError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
         sampling = SamplingConfig(**settings)
-        rollout = self.policy.sample(
+        rollout = self.sampler.sample(
             [prompt.strip()], num_samples, duration_s, sampling=sampling, seed=seed, progress=progress
         )
         audio = self.policy.decode(rollout.codes)[:, 0].float().cpu().numpy()  # [N, S]

@@ -92,6 +92,8 @@ class RLConfig:
     keep_checkpoints: int = 2
     log_audio: int = 2
     """Clips written as WAV at each evaluation."""
+    engine: str = "fast"
+    """Rollout decoder: 'fast' (musicrl.engine: static KV cache, CUDA graphs; same tokens) or 'reference'."""
     seed: int = 0
     device: str = "auto"
     votes_hash: str | None = None
@@ -114,6 +116,8 @@ class RLConfig:
             bad(f"baseline must be 'rloo', 'value' or 'none', got {self.baseline!r}")
         if self.baseline == "rloo" and self.samples_per_prompt < 2:
             bad("the RLOO baseline needs samples_per_prompt >= 2")
+        if self.engine not in ("fast", "reference"):
+            bad(f"engine must be 'fast' or 'reference', got {self.engine!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             bad(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         for name in ("steps", "prompts_per_step", "samples_per_prompt", "ppo_epochs", "grad_accum",
@@ -213,7 +217,12 @@ class RLTrainer:
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.train_prompts = load_prompts(cfg.prompts, seed=cfg.seed)
         self.eval_prompts = load_prompts(cfg.eval_prompts, n_synth=cfg.eval_prompts_count, seed=cfg.seed)[: cfg.eval_prompts_count]
-        self.step_count = 0
+        if cfg.engine == "fast":
+            from musicrl.engine import FastSampler
+
+            self.sampler = FastSampler(self.policy)  # reads the live weights at every call
+        else:
+            self.sampler = self.policy
         self.votes_hash = cfg.votes_hash or _votes_hash_of(cfg.reward)
         self._tb = None
 
@@ -248,7 +257,7 @@ class RLTrainer:
         t = time.perf_counter()
         pol.eval()  # no dropout: sampling and training distributions must be the same
         with self._autocast():
-            roll = pol.sample(self.prompts_for(step), k, cfg.duration_s, sampling=cfg.sampling, seed=step_seed(cfg.seed, step))
+            roll = self.sampler.sample(self.prompts_for(step), k, cfg.duration_s, sampling=cfg.sampling, seed=step_seed(cfg.seed, step))
         times["rollout"], t = time.perf_counter() - t, time.perf_counter()
         audio = pol.decode(roll.codes)  # [B, 1, S]
         times["decode"], t = time.perf_counter() - t, time.perf_counter()

@@ -1,0 +1,209 @@
+"""The whole MusicRL-U loop on the tiny world, through the app and the CLI, with simulated raters.
+
+    1. `musicrl app --model BASE --models-dir OUT/musicrl-u` runs as a subprocess for the whole loop
+       (the models dir is empty at first, so only BASE is served: pairs are two seeds of it);
+    2. simulated raters (`musicrl.simulate.Panel.default`) vote through the app's JSON API;
+    3. `musicrl votes export` -> OUT/votes.jsonl;
+    4. `musicrl train-reward preference --votes OUT/votes.jsonl --out OUT/preference`;
+    5. `musicrl train --config rl/musicrl-u reward.components.user.model=OUT/preference
+       out_dir=OUT/musicrl-u steps=N ...`, while the app keeps running: it picks up each checkpoint
+       of OUT/musicrl-u, and finally OUT/musicrl-u/final, by itself (--reload-every);
+    6. the raters vote again, now on pairs of BASE against the retrained model;
+    7. the leaderboard (Bradley-Terry, 95% bootstrap CIs) should show the retrained model above BASE.
+
+Everything runs `nice`d with one torch thread per process. Logs of each step go to OUT/logs/;
+OUT/loop.json holds the leaderboards and figures. Exit status 0 when the retrained model is rated
+above the base.
+
+    python benchmarks/closed_loop.py --out runs/loop                      # the shipped tiny world
+    python benchmarks/closed_loop.py --out /tmp/loop --random --rl-steps 2 --votes-before 40 \\
+        --votes-after 20                                   # plumbing only: random tiny models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from benchmarks.load_test import AppProcess, Tally, free_port, random_musicgen, voter  # noqa: E402
+
+SECRET = "closed-loop"
+
+
+def random_clap(path: Path) -> Path:
+    """A randomly initialised tiny CLAP (the tiny world's architecture), for a plumbing run."""
+    import torch
+    from transformers import ClapModel, ClapProcessor
+
+    from musicrl.tiny.clap import tiny_clap_config, tiny_feature_extractor, tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    ClapModel(tiny_clap_config(len(tokenizer))).save_pretrained(path)
+    ClapProcessor(feature_extractor=tiny_feature_extractor(), tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+            "MUSICRL_ADMIN_SECRET": SECRET}  # fmt: skip
+
+
+def musicrl(args: list[str], log: Path, what: str) -> float:
+    """Run one `musicrl` command (output to `log`); returns its wall time. Raises on failure."""
+    t0 = time.monotonic()
+    print(f"[loop] {what}: musicrl {' '.join(args)}", flush=True)
+    with log.open("w") as f:
+        rc = subprocess.run([sys.executable, "-m", "musicrl.cli", *args], cwd=ROOT, env=env(), stdout=f,
+                            stderr=subprocess.STDOUT).returncode  # fmt: skip
+    if rc:
+        raise SystemExit(f"[loop] {what} failed (exit {rc}); last lines of {log}:\n{log.read_text()[-2000:]}")
+    return round(time.monotonic() - t0, 1)
+
+
+def shown_path(path: Path) -> str:
+    """How a path is passed to the CLI (and so names a model on the leaderboard): relative to the repo if inside."""
+    return os.path.relpath(path, ROOT) if path.is_relative_to(ROOT) else str(path)
+
+
+def vote_phase(app: AppProcess, n: int, voters: int, duration_s: float, seed: int, timeout_s: float) -> dict:
+    from musicrl.simulate import Panel
+
+    panel = Panel.default(voters, seed=0)  # the same people in both rounds
+    tally = Tally(n)
+    deadline = time.monotonic() + timeout_s
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=voter, args=(i, panel.raters[i], app.url, tally, duration_s, deadline, seed),
+                                daemon=True) for i in range(voters)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s + 10)
+    if len(tally.confirmed) < n:
+        raise SystemExit(f"[loop] only {len(tally.confirmed)} of {n} votes went through: {tally.errors[:3]}")
+    choices = [c for (_, _, _, c) in tally.confirmed.values()]
+    return {"votes": n, "wall_s": round(time.monotonic() - t0, 1), "choices": {c: choices.count(c) for c in ("a", "b", "tie")}}
+
+
+def served(app: AppProcess) -> list[dict]:
+    import httpx
+
+    return httpx.get(app.url + "/api/admin/models", headers={"X-Admin-Secret": SECRET}, timeout=30).json()["models"]
+
+
+def leaderboard(app: AppProcess) -> dict:
+    import httpx
+
+    return httpx.get(app.url + "/api/leaderboard", timeout=60).json()
+
+
+def show(lb: dict) -> str:
+    lines = ["| rank | model | rating | 95% CI | games | W-L-T |", "|---|---|---|---|---|---|"]
+    for r in lb["ratings"]:
+        lines.append(f"| {r['rank']} | `{r['model']}` | {r['rating']:.0f} | [{r['ci_low']:.0f}, {r['ci_high']:.0f}] "
+                     f"| {r['games']} | {r['wins']}-{r['losses']}-{r['ties']} |")  # fmt: skip
+    if not lb["ratings"]:
+        lines.append("| – | (no rated model: all votes so far compare a model with itself) | | | | |")
+    return "\n".join(lines) + f"\n\n{lb['n_votes']} informative votes; provisional: {lb['provisional'] or 'none'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/loop", help="run directory (default runs/loop)")
+    p.add_argument("--force", action="store_true", help="delete --out first if it exists")
+    p.add_argument("--base", default="tiny", help="the model to start from and compare with (default tiny)")
+    p.add_argument("--backbone", default="tiny", help="CLAP backbone of the preference model (default tiny)")
+    p.add_argument("--random", action="store_true", help="plumbing run: random tiny MusicGen and CLAP (no assets needed)")
+    p.add_argument("--voters", type=int, default=10)
+    p.add_argument("--votes-before", type=int, default=400, help="votes on the base model's clips (default 400)")
+    p.add_argument("--votes-after", type=int, default=150, help="votes on base vs retrained (default 150)")
+    p.add_argument("--duration", type=float, default=2.0, help="clip length for votes and RL, s (default 2)")
+    p.add_argument("--rl-steps", type=int, default=60)
+    p.add_argument("--rl-set", action="append", default=[], metavar="KEY=VALUE", help="more `musicrl train` overrides")
+    p.add_argument("--reward-set", action="append", default=[], metavar="--FLAG=VALUE",
+                   help="more `train-reward preference` flags, e.g. --reward-set=--epochs=50")  # fmt: skip
+    p.add_argument("--reload-every", type=float, default=5.0, help="the app's checkpoint poll, s (default 5)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="per voting round and for the final model, s")
+    p.add_argument("--no-nice", action="store_true", help="do not lower this run's CPU priority")
+    args = p.parse_args(argv)
+
+    if not args.no_nice:
+        os.nice(10)
+    out = Path(args.out).resolve()
+    if out.exists() and any(out.iterdir()):
+        if not args.force:
+            raise SystemExit(f"[loop] {out} is not empty; pass --force to start over")
+        shutil.rmtree(out)
+    (out / "logs").mkdir(parents=True)
+    base, backbone = args.base, args.backbone
+    if args.random:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        base, backbone = str(random_musicgen(out / "random-musicgen")), str(random_clap(out / "random-clap"))
+    run_dir, data = out / "musicrl-u", out / "app"
+    run_dir.mkdir()
+    data.mkdir()
+    report: dict = {"base": base, "backbone": backbone, "args": vars(args), "timings_s": {}}
+
+    app = AppProcess(base, data, free_port(), out / "logs" / "app.log",
+                     extra=("--models-dir", shown_path(run_dir), "--reload-every", str(args.reload_every)))  # fmt: skip
+    app.env = env()
+    t = report["timings_s"]
+    try:
+        t["app_start"] = round(app.start(), 1)
+        print(f"[loop] app at {app.url}, serving {[m['model'] for m in served(app)]}", flush=True)
+        print(f"[loop] round 1: {args.votes_before} votes on {base}'s clips", flush=True)
+        report["round1"] = vote_phase(app, args.votes_before, args.voters, args.duration, 1, args.timeout)
+        report["leaderboard_before"] = leaderboard(app)
+        votes = out / "votes.jsonl"
+        db = f"sqlite:///{data / 'votes.db'}"
+        t["export"] = musicrl(["votes", "export", "--db", db, "--data-dir", str(data), "--format", "jsonl",
+                               "--out", str(votes)], out / "logs" / "export.log", "export")  # fmt: skip
+        t["train_reward"] = musicrl(["train-reward", "preference", "--votes", str(votes), "--out", str(out / "preference"),
+                                     "--backbone", backbone, "--threads", "1", *args.reward_set],
+                                    out / "logs" / "train-reward.log", "preference model")  # fmt: skip
+        report["preference"] = json.loads((out / "preference" / "metrics.json").read_text())
+        overrides = [f"reward.components.user.model={out / 'preference'}", f"out_dir={run_dir}", f"steps={args.rl_steps}",
+                     f"model={base}", f"duration_s={args.duration}", f"eval_every={max(1, args.rl_steps)}",
+                     f"checkpoint_every={max(1, args.rl_steps // 4)}", *args.rl_set]  # fmt: skip
+        t["rl"] = musicrl(["train", "--config", "rl/musicrl-u", *overrides], out / "logs" / "train.log", "RL")
+        t0 = time.monotonic()
+        while not any(str(m.get("checkpoint") or "").endswith("final") for m in served(app)):
+            if time.monotonic() - t0 > args.timeout:
+                raise SystemExit(f"[loop] the app did not pick up {run_dir / 'final'}")
+            time.sleep(1)
+        t["swap_wait"] = round(time.monotonic() - t0, 1)
+        report["served_after"] = served(app)
+        print(f"[loop] round 2: {args.votes_after} votes, serving {[m['model'] for m in report['served_after']]}", flush=True)
+        report["round2"] = vote_phase(app, args.votes_after, args.voters, args.duration, 2, args.timeout)
+        report["leaderboard_after"] = leaderboard(app)
+    finally:
+        app.stop()
+    lb = report["leaderboard_after"]
+    rating = {r["model"]: r["rating"] for r in lb["ratings"]}
+    new = next((m["model"] for m in report["served_after"] if m["model_id"] == shown_path(run_dir)), None)
+    old = next((m["model"] for m in report["served_after"] if m["model_id"] == base), None)
+    report["retrained_above_base"] = bool(new in rating and old in rating and rating[new] > rating[old])
+    (out / "loop.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    pref = report["preference"].get("val", {})
+    print(f"\npreference model: val accuracy {pref.get('accuracy')}, noise ceiling {pref.get('noise_ceiling')}, "
+          f"{report['preference'].get('votes_used')} votes used")  # fmt: skip
+    print("\n## Leaderboard before (after round 1)\n\n" + show(report["leaderboard_before"]))
+    print("\n## Leaderboard after (round 2)\n\n" + show(lb))
+    print(f"\ntimings (s): {t}")
+    print(f"retrained model above the base: {report['retrained_above_base']}  (report: {out / 'loop.json'})")
+    return 0 if report["retrained_above_base"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

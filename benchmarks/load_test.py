@@ -1,0 +1,365 @@
+"""Load test of the voting app: concurrent simulated voters through its JSON API, and a crash mid-run.
+
+The app runs as a subprocess (`musicrl app --model M --host 127.0.0.1 --port P`, a fresh data dir
+and SQLite store). `--voters` threads each play one `musicrl.simulate` rater: POST /api/generate,
+download both WAVs (checked against their content-hash ids), judge them, POST /api/vote; until
+`--votes` votes are confirmed in all. Every request has a timeout and every retry loop a bound.
+
+Two runs:
+- `steady`: afterwards every vote the API confirmed is in the store (same ids, same choices), and
+  nothing else is;
+- `kill-9`: after about half the votes the app is killed with SIGKILL and started again on the
+  same store; voters ride it out (retrying refused connections, re-sending a vote whose answer was
+  lost with the same signed pair token). Afterwards the store is opened by a new `VoteStore`:
+  every confirmed vote is there, and `PRAGMA integrity_check` says ok. A vote re-sent after a
+  lost answer may be stored twice; the effective votes (one per session and pair) drop the copy.
+
+Prints a markdown table (votes/s, generate and vote latency p50/p95, 503s, lost votes); `--out`
+writes the report as JSON.
+
+    python benchmarks/load_test.py                      # tiny if shipped, else a random tiny MusicGen
+    python benchmarks/load_test.py --model DIR --votes 200 --voters 20 --duration 0.5 --out load.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+import numpy as np  # noqa: E402
+
+RETRY_STATUS = (502, 503, 504)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def random_musicgen(path: Path) -> Path:
+    """A randomly initialised tiny MusicGen (random tiny EnCodec), as tests/conftest.py builds it."""
+    import torch
+    from transformers import EncodecConfig, EncodecModel
+
+    from musicrl.tiny.musicgen import build
+
+    torch.manual_seed(0)
+    codec = EncodecModel(
+        EncodecConfig(
+            sampling_rate=16000, target_bandwidths=[1.6], upsampling_ratios=[8, 5, 4, 2], num_filters=4,
+            hidden_size=16, codebook_size=256, num_lstm_layers=1, normalize=False,
+        )  # fmt: skip
+    )
+    for layer in codec.quantizer.layers:
+        layer.codebook.embed.normal_()
+    model, tokenizer = build(codec, hidden_size=64, num_layers=2, heads=4)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def default_model(scratch: Path) -> str:
+    from musicrl.hub import TINY_DIR
+
+    if (TINY_DIR / "musicgen" / "config.json").exists():
+        return "tiny"
+    return str(random_musicgen(scratch / "random-musicgen"))
+
+
+class AppProcess:
+    """`musicrl app` as a subprocess on a loopback port; its output goes to `log`."""
+
+    def __init__(self, model: str, data_dir: Path, port: int, log: Path, extra: tuple[str, ...] = ("--reload-every", "0")):
+        self.cmd = [sys.executable, "-m", "musicrl.cli", "app", "--model", model, "--data-dir", str(data_dir),
+                    "--host", "127.0.0.1", "--port", str(port), "--queue-size", "64", "--min-votes", "1",
+                    "--max-duration", "5", "--threads", "1", *extra]  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+                    "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
+
+    def start(self, timeout_s: float = 180.0) -> float:
+        """Start and wait until /api/health answers; returns the start-up time in seconds."""
+        import httpx
+
+        t0 = time.monotonic()
+        with self.log.open("ab") as f:
+            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+        while time.monotonic() - t0 < timeout_s:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the app exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/api/health", timeout=2).status_code == 200:
+                    return time.monotonic() - t0
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the app did not answer within {timeout_s:.0f} s:\n{self.log.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+
+
+@dataclass
+class Tally:
+    """What the voters saw, shared between their threads (under `lock`)."""
+
+    target: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    claimed: int = 0  # votes confirmed or in progress
+    confirmed: dict = field(default_factory=dict)  # vote_id -> (session, clip_a, clip_b, choice)
+    generate_s: list = field(default_factory=list)
+    vote_s: list = field(default_factory=list)
+    busy: int = 0  # 503 answers
+    conn_errors: int = 0  # refused / reset / timed out requests (retried)
+    resent: int = 0  # votes sent again after their answer was lost
+    gave_up: int = 0
+    errors: list = field(default_factory=list)
+
+    def claim(self) -> bool:
+        with self.lock:
+            if self.claimed >= self.target:
+                return False
+            self.claimed += 1
+            return True
+
+    def release(self) -> None:
+        with self.lock:
+            self.claimed -= 1
+            self.gave_up += 1
+
+
+class GiveUp(Exception):
+    pass
+
+
+def _request(client, tally: Tally, method: str, url: str, deadline: float, **kw):
+    """One request, retried on refused connections, timeouts and 502-504 until `deadline`.
+    Returns (response, seconds of the successful attempt, attempts)."""
+    import httpx
+
+    attempts, pause = 0, 0.05
+    while True:
+        attempts += 1
+        t0 = time.monotonic()
+        try:
+            r = client.request(method, url, **kw)
+            if r.status_code not in RETRY_STATUS:
+                return r, time.monotonic() - t0, attempts
+            with tally.lock:
+                tally.busy += r.status_code == 503
+        except httpx.TransportError:
+            with tally.lock:
+                tally.conn_errors += 1
+        if time.monotonic() + pause > deadline:
+            raise GiveUp(f"{method} {url}: no answer before the deadline")
+        time.sleep(pause)
+        pause = min(1.0, pause * 2)
+
+
+def voter(i: int, rater, url: str, tally: Tally, duration_s: float, deadline: float, seed: int) -> None:
+    import httpx
+    import soundfile as sf
+
+    from musicrl import synth
+    from musicrl.simulate import Clip
+
+    rng = np.random.default_rng([seed, i])
+    session = f"voter-{i:02d}"
+    with httpx.Client(base_url=url, timeout=60) as client:
+        while time.monotonic() < deadline and tally.claim():
+            try:
+                prompt = synth.caption(synth.sample_attributes(rng), rng, "train")
+                r, dt, _ = _request(client, tally, "POST", "/api/generate", deadline,
+                                    json={"prompt": prompt, "duration_s": duration_s})  # fmt: skip
+                if r.status_code != 200:
+                    raise GiveUp(f"generate: {r.status_code} {r.text[:200]}")
+                body = r.json()
+                clips = []
+                for c in body["clips"]:
+                    w, _, _ = _request(client, tally, "GET", c["url"], deadline)
+                    if w.status_code != 200 or hashlib.sha256(w.content).hexdigest() != c["id"]:
+                        raise GiveUp(f"clip {c['id'][:12]}: {w.status_code}, or its bytes do not match its id")
+                    audio, sr = sf.read(io.BytesIO(w.content), dtype="float32")
+                    clips.append(Clip(audio, sr))
+                choice = rater.vote(body["prompt"], clips[0], clips[1])
+                vote = {"pair": body["pair"], "choice": choice, "session": session,
+                        "listen_ms_a": int(1000 * duration_s), "listen_ms_b": int(1000 * duration_s)}  # fmt: skip
+                r, vt, attempts = _request(client, tally, "POST", "/api/vote", deadline, json=vote)
+                if r.status_code != 200:
+                    raise GiveUp(f"vote: {r.status_code} {r.text[:200]}")
+                with tally.lock:
+                    tally.generate_s.append(dt)
+                    tally.vote_s.append(vt)
+                    tally.resent += attempts - 1
+                    tally.confirmed[int(r.json()["vote_id"])] = (session, body["clips"][0]["id"], body["clips"][1]["id"], choice)
+            except Exception as e:  # noqa: BLE001 (a voter records any failure and goes on)
+                with tally.lock:
+                    tally.errors.append(f"{session}: {e}")
+                tally.release()
+
+
+def _pct(xs: list, q: float) -> float:
+    return float(np.percentile(xs, q)) if xs else float("nan")
+
+
+def run(model: str, work: Path, *, votes: int = 200, voters: int = 20, duration_s: float = 0.5,
+        kill_after: int | None = None, seed: int = 0, timeout_s: float = 600.0) -> dict:  # fmt: skip
+    """One load-test run in `work` (a new data dir); `kill_after`: SIGKILL the app after that many
+    confirmed votes, then start it again. Returns the report (see `TABLE` for the main figures)."""
+    from musicrl.simulate import Panel
+    from musicrl.votes import VoteStore
+
+    data = work / "data"
+    data.mkdir(parents=True)
+    app = AppProcess(model, data, free_port(), work / "app.log")
+    startup_s = app.start()
+    panel = Panel.default(voters, seed=seed)
+    tally = Tally(votes)
+    t0 = time.monotonic()
+    deadline = t0 + timeout_s
+    threads = [threading.Thread(target=voter, args=(i, panel.raters[i], app.url, tally, duration_s, deadline, seed),
+                                name=f"voter-{i}", daemon=True) for i in range(voters)]  # fmt: skip
+    for t in threads:
+        t.start()
+    restarts, at_kill, restart_s = 0, None, None
+    try:
+        if kill_after is not None:
+            while len(tally.confirmed) < kill_after and any(t.is_alive() for t in threads):
+                time.sleep(0.01)
+            app.kill9()
+            at_kill = len(tally.confirmed)
+            restart_s = app.start()
+            restarts = 1
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()) + 5)
+        wall = time.monotonic() - t0
+    finally:
+        app.stop()
+    store = VoteStore(f"sqlite:///{data / 'votes.db'}", data)  # a new reader, as after a restart
+    try:
+        stored = {v.id: v for v in store.votes()}
+        effective = store.votes(effective=True)
+    finally:
+        store.close()
+    with sqlite3.connect(data / "votes.db") as db:
+        integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+    missing = sorted(set(tally.confirmed) - set(stored))
+    mismatched = sorted(i for i, (_, a, b, c) in tally.confirmed.items()
+                        if i in stored and (stored[i].clip_a, stored[i].clip_b, stored[i].choice) != (a, b, c))  # fmt: skip
+    n = len(tally.confirmed)
+    return {
+        "run": "kill-9" if kill_after is not None else "steady",
+        "model": model,
+        "voters": voters,
+        "target_votes": votes,
+        "confirmed": n,
+        "stored_rows": len(stored),
+        "stored_effective": len(effective),
+        "unconfirmed_rows": len(set(stored) - set(tally.confirmed)),
+        "missing": missing,
+        "mismatched": mismatched,
+        "integrity": integrity,
+        "wall_s": round(wall, 2),
+        "votes_per_s": round(n / wall, 3) if wall > 0 else None,
+        "generate_p50_s": round(_pct(tally.generate_s, 50), 3),
+        "generate_p95_s": round(_pct(tally.generate_s, 95), 3),
+        "vote_p50_s": round(_pct(tally.vote_s, 50), 4),
+        "vote_p95_s": round(_pct(tally.vote_s, 95), 4),
+        "busy_503": tally.busy,
+        "conn_errors": tally.conn_errors,
+        "resent_votes": tally.resent,
+        "gave_up": tally.gave_up,
+        "errors": tally.errors[:10],
+        "startup_s": round(startup_s, 2),
+        "restarts": restarts,
+        "confirmed_at_kill": at_kill,
+        "restart_s": None if restart_s is None else round(restart_s, 2),
+        "duration_s": duration_s,
+        "choices": {c: sum(v[3] == c for v in tally.confirmed.values()) for c in ("a", "b", "tie")},
+    }
+
+
+TABLE = [("run", "run"), ("votes", "confirmed"), ("wall s", "wall_s"), ("votes/s", "votes_per_s"),
+         ("gen p50 s", "generate_p50_s"), ("gen p95 s", "generate_p95_s"), ("vote p50 s", "vote_p50_s"),
+         ("vote p95 s", "vote_p95_s"), ("503s", "busy_503"), ("conn err", "conn_errors"), ("re-sent", "resent_votes"),
+         ("rows", "stored_rows"), ("lost", "missing"), ("integrity", "integrity"), ("restart s", "restart_s")]  # fmt: skip
+
+
+def table(reports: list[dict]) -> str:
+    def cell(r, k):
+        v = r[k]
+        return str(len(v)) if isinstance(v, list) else ("–" if v is None else str(v))
+
+    lines = ["| " + " | ".join(h for h, _ in TABLE) + " |", "|" + "---|" * len(TABLE)]
+    lines += ["| " + " | ".join(cell(r, k) for _, k in TABLE) + " |" for r in reports]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="tiny | DIR (default: tiny if shipped, else a random tiny MusicGen)")
+    p.add_argument("--votes", type=int, default=200)
+    p.add_argument("--voters", type=int, default=20)
+    p.add_argument("--duration", type=float, default=0.5, help="clip length, s (default 0.5)")
+    p.add_argument("--kill-at", type=float, default=0.5, help="kill -9 after this fraction of the votes (default 0.5)")
+    p.add_argument("--skip-kill", action="store_true", help="only the steady run")
+    p.add_argument("--work", default=None, help="working dir (default: a temp dir, kept)")
+    p.add_argument("--out", default=None, help="write the reports as JSON here")
+    args = p.parse_args(argv)
+    if args.votes < 1 or args.voters < 1 or not 0 < args.kill_at < 1:
+        p.error("--votes and --voters must be >= 1, --kill-at in (0, 1)")
+    work = Path(args.work or tempfile.mkdtemp(prefix="musicrl-load-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model = args.model or default_model(work)
+    reports = [run(model, work / "steady", votes=args.votes, voters=args.voters, duration_s=args.duration)]
+    if not args.skip_kill:
+        reports.append(run(model, work / "kill9", votes=args.votes, voters=args.voters, duration_s=args.duration,
+                           kill_after=max(1, round(args.kill_at * args.votes))))  # fmt: skip
+    print(f"model {model}, {args.voters} voters, {args.votes} votes a run, {args.duration:g} s clips, "
+          f"{os.cpu_count()} CPUs; work dir {work}")
+    print(table(reports))
+    for r in reports:
+        extra = f", confirmed at kill {r['confirmed_at_kill']}" if r["confirmed_at_kill"] is not None else ""
+        print(f"{r['run']}: {r['stored_rows']} rows stored ({r['stored_effective']} effective, "
+              f"{r['unconfirmed_rows']} not confirmed to the client){extra}; app start-up {r['startup_s']} s"
+              + (f"; errors: {r['errors']}" if r["errors"] else ""))
+    if args.out:
+        Path(args.out).write_text(json.dumps(reports, indent=2) + "\n")
+    ok = all(not r["missing"] and not r["mismatched"] and r["integrity"] == "ok" and r["confirmed"] == args.votes
+             for r in reports)  # fmt: skip
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""`musicrl eval`: compare models under each reward (means, CIs, paired win rates, KL), or plot a run."""
+
+from __future__ import annotations
+
+import argparse
+
+from musicrl.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", help="comma-separated models; win rates are of each later model over the first")
+    p.add_argument("--prompts", default="synth-heldout", help="a text file (one prompt per line) or synth-heldout (default)")
+    p.add_argument("--num-prompts", type=int, default=32, help="prompts used from the list (default 32)")
+    p.add_argument("--num-samples", type=int, default=2, help="clips per prompt and model (default 2)")
+    p.add_argument("--duration", type=float, default=4.0)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--top-k", type=int, default=250)
+    p.add_argument("--rewards", default="clap=tiny,quality=tiny",
+                   help="name=model pairs; names clap, quality, or anything else for a preference model dir")
+    p.add_argument("--raters", type=int, default=0, help="also judge with a default panel of N simulated raters")
+    p.add_argument("--reference", help="model to measure KL against (default: the first of --models)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the report as JSON here")
+    p.add_argument("--run", help="plot reward vs KL of a training run directory instead (writes RUN/reward_vs_kl.png)")
+    p.add_argument("--device", default="auto")
+
+
+def _judges(spec: str, raters: int, device):
+    from rewards.combine import build_reward
+
+    judges = {}
+    if spec:
+        comps = {}
+        for item in spec.split(","):
+            if "=" not in item:
+                raise UserError(f"--rewards item {item!r} is not name=model")
+            name, model = item.split("=", 1)
+            kind = name if name in ("clap", "quality") else "preference"
+            comps[name] = {"type": kind, "model": model}
+        combo = build_reward({"components": comps, "normalize": False}, device).eval()
+        judges.update(combo.rewards)
+    if raters:
+        from musicrl.evaluate import raters_judge
+        from musicrl.simulate import Panel
+
+        judges["raters"] = raters_judge(Panel.default(raters))
+    if not judges:
+        raise UserError("nothing to judge with: give --rewards and/or --raters")
+    return judges
+
+
+def run(args: argparse.Namespace) -> int:
+    from musicrl import evaluate as ev
+
+    if args.run:
+        print(ev.plot_run(args.run))
+        return 0
+    if not args.models:
+        raise UserError("give --models A,B (or --run DIR to plot a run)")
+    models = [m for m in args.models.split(",") if m]
+    if args.num_samples < 1 or args.num_prompts < 1:
+        raise UserError("--num-samples and --num-prompts must be >= 1")
+    import torch
+
+    from musicrl.logs import quiet_transformers
+    from musicrl.policy import MusicGenPolicy
+    from musicrl.rl import load_prompts
+    from musicrl.sampling import SamplingConfig
+
+    quiet_transformers()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    judges = _judges(args.rewards, args.raters, device)
+    prompts = load_prompts(args.prompts, n_synth=args.num_prompts, seed=args.seed)[: args.num_prompts]
+    sampling = SamplingConfig(top_k=args.top_k, guidance_scale=args.guidance)
+    policies = {m: MusicGenPolicy.from_pretrained(m, device=device) for m in models}
+    samples = [ev.generate(policies[m], prompts, args.num_samples, args.duration, sampling, args.seed) for m in models]
+    for s, m in zip(samples, models):
+        s.model = m
+    report = ev.compare(samples, judges, args.num_samples)
+    ref_name = args.reference or models[0]
+    reference = policies.get(ref_name) or MusicGenPolicy.from_pretrained(ref_name, device=device)
+    kl_sampling = SamplingConfig(top_k=0, guidance_scale=args.guidance)  # KL over the full distributions
+    report["kl"] = {}
+    for s, m in zip(samples, models):
+        if m != ref_name:
+            mean, h = ev.kl_to_reference(policies[m], reference, s, kl_sampling)
+            report["kl"][m] = {"mean": mean, "ci95": h}
+    print(ev.format_report(report))
+    if args.out:
+        ev.save_report(report, args.out)
+    return 0

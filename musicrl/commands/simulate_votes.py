@@ -1,0 +1,38 @@
+"""`musicrl simulate-votes`: synth clips and A/B votes from simulated raters with a hidden taste."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from musicrl.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num", type=int, required=True, help="number of votes")
+    p.add_argument("--out", required=True, help="directory for votes.jsonl, simulation.json and clips/")
+    p.add_argument("--raters", type=int, default=5, help="raters on the panel (default 5)")
+    p.add_argument("--noise", type=float, default=0.35,
+                   help="choice temperature: P(a) = sigmoid((u_a - u_b) / noise) (default 0.35)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duration", type=float, default=4.0, help="seconds per clip (default 4)")
+    p.add_argument("--clips-per-prompt", type=int, default=4,
+                   help="clips rendered per prompt; all their pairs are voted on (default 4)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from musicrl.simulate import Panel, simulate_votes
+
+    if args.num < 1:
+        raise UserError(f"--num must be >= 1, got {args.num}")
+    if not args.noise >= 0:
+        raise UserError(f"--noise must be >= 0, got {args.noise}")
+    if not 0 < args.duration <= 30:
+        raise UserError(f"--duration must be in (0, 30] seconds, got {args.duration}")
+    panel = Panel.default(args.raters, args.noise, args.seed)
+    path = simulate_votes(args.num, panel, args.seed, args.out, duration_s=args.duration,
+                          clips_per_prompt=args.clips_per_prompt, progress=True)
+    summary = json.loads((path.parent / "simulation.json").read_text())
+    print(json.dumps({k: summary[k] for k in ("votes", "prompts", "choices", "noise_ceiling")}, indent=2))
+    print(path)
+    return 0

@@ -1,0 +1,83 @@
+"""`musicrl train-reward quality|preference`: train a learned reward's head on a frozen CLAP backbone.
+
+quality: from ratings (`--ratings` JSONL of {audio, rating} or a vote-store URL), or, without
+`--ratings`, from the tiny world's synthetic ratings (clean vs. degraded synth renders).
+preference: a Bradley-Terry model from A/B votes (`--votes` JSONL or a vote-store URL).
+The model directory (`--out`) gets config.json, model.safetensors, metrics.json and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from musicrl.errors import UserError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--backbone", default="tiny", help="CLAP backbone: 'tiny' (default), a directory or a hub id")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's own choice)")
+    p.add_argument("--data-dir", help="vote store's data dir (default: the SQLite file's directory)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--hidden-size", type=int)
+    p.add_argument("--num-layers", type=int)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--seed", type=int)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="which", metavar="{quality,preference}", required=True)
+    q = sub.add_parser("quality", help="MOS model: from --ratings, or synthetic tiny-world ratings without it")
+    q.add_argument("--ratings", help="JSONL of {audio, rating} rows, or a vote-store URL (sqlite:///votes.db)")
+    q.add_argument("--num-clips", type=int, help="synthetic: train clips (each clean + every degradation)")
+    q.add_argument("--eval-clips", type=int, help="synthetic: held-out clips for the Spearman check")
+    _common(q)
+    r = sub.add_parser("preference", help="Bradley-Terry user-preference model from A/B votes")
+    r.add_argument("--votes", required=True, help="JSONL of votes (prompt, clip_a, clip_b, choice) or a vote-store URL")
+    r.add_argument("--ties", choices=("half", "drop"), help="ties as half a win each (default) or dropped")
+    r.add_argument("--both-bad", choices=("exclude", "tie"), help="both_bad votes dropped (default) or as ties")
+    _common(r)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from musicrl.logs import quiet_transformers
+
+    quiet_transformers()
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.which == "quality":
+        from rewards import train_quality as tq
+
+        cfg = tq.config_from_args(args)
+        if args.ratings:
+            ratings = tq.load_ratings(args.ratings, args.data_dir)
+            metrics = tq.train_quality_from_ratings(ratings, args.out, cfg, args.backbone, device, source=args.ratings)
+            keys = ("val_spearman", "val_mae", "train_clips", "val_clips")
+        else:
+            metrics = tq.train_tiny_quality(args.out, cfg, args.backbone, device)
+            keys = ("spearman_vs_level", "spearman_by_kind", "train_clips", "eval_clips")
+    else:
+        from rewards import train_preference as tp
+
+        cfg = tp.config_from_args(args)
+        votes = tp.load_votes(args.votes, args.data_dir)
+        metrics = tp.train_preference(votes, args.out, cfg, args.backbone, device, source=args.votes)
+        val = metrics["val"]
+        metrics = {"val_accuracy": val.get("accuracy"), "val_ece": val.get("ece"),
+                   "val_noise_ceiling": val.get("noise_ceiling"), "val_votes": val.get("decisive_votes"),
+                   "train_accuracy": metrics["train"].get("accuracy"), "votes_used": metrics["votes_used"]}
+        keys = tuple(metrics)
+    print(json.dumps({k: metrics.get(k) for k in keys}, indent=2))
+    print(f"saved to {args.out}")
+    return 0

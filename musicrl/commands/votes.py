@@ -1,0 +1,79 @@
+"""`musicrl votes export|stats`: the vote store from the command line.
+
+    musicrl votes export --db URL --data-dir DIR --format jsonl|hf --out PATH [--per-session-cap N]
+    musicrl votes stats  --db URL [--data-dir DIR] [--min-votes N] [--json]
+
+Exports hold the effective votes: corrections applied (the latest wins), exact duplicate
+submissions dropped, optionally at most N votes per session (its first N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from musicrl.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="votes_command", metavar="ACTION", required=True)
+    e = sub.add_parser("export", help="write the effective votes as JSONL or an HF-style dataset directory")
+    e.add_argument("--db", required=True, help="sqlite:///PATH/votes.db or postgresql+psycopg://USER@HOST/DB")
+    e.add_argument("--data-dir", required=True, help="the store's data dir (holds clips/)")
+    e.add_argument(
+        "--format",
+        default="jsonl",
+        help="jsonl: one vote a line, absolute clip paths; hf: a directory with train.jsonl, clips/ "
+        "and dataset_info.json (datasets.load_dataset('json', data_files=DIR/train.jsonl)) (default jsonl)",
+    )
+    e.add_argument("--out", required=True, help="output file (jsonl) or new directory (hf)")
+    e.add_argument("--per-session-cap", type=int, default=None, help="keep at most N votes per session (its first N)")
+    s = sub.add_parser("stats", help="counts and the Bradley-Terry leaderboard")
+    s.add_argument("--db", required=True, help="sqlite:///PATH/votes.db or postgresql+psycopg://USER@HOST/DB")
+    s.add_argument("--data-dir", default=None, help="the store's data dir (not needed for stats)")
+    s.add_argument("--min-votes", type=int, default=5, help="games a model needs to be rated (default 5)")
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from musicrl.votes import VoteStore, parse_db_url
+
+    u = parse_db_url(args.db)
+    if u.get_backend_name() == "sqlite":
+        from pathlib import Path
+
+        if not Path(u.database).expanduser().is_file():
+            raise UserError(f"no such vote database: {u.database}")
+    store = VoteStore(args.db, args.data_dir)
+    try:
+        if args.votes_command == "export":
+            n = store.export(args.out, fmt=args.format, per_session_cap=args.per_session_cap)
+            print(f"wrote {n} votes to {args.out} ({args.format})")
+            return 0
+        return _stats(store, args)
+    finally:
+        store.close()
+
+
+def _stats(store, args) -> int:
+    from musicrl.leaderboard import leaderboard
+    from musicrl.votes import vote_pairs
+
+    if args.min_votes < 1:
+        raise UserError(f"--min-votes must be >= 1, got {args.min_votes}")
+    stats = store.stats()
+    lb = leaderboard(vote_pairs(store.votes(effective=True)), min_votes=args.min_votes)
+    if args.json:
+        print(json.dumps({**stats, "leaderboard": lb.table(), "provisional": lb.provisional}))
+        return 0
+    print(f"clips {stats['clips']} · votes {stats['votes_effective']} effective of {stats['votes_raw']} rows "
+          f"({stats['corrections']} corrections) · sessions {stats['sessions']} · ratings {stats['ratings']}")
+    print("choices: " + ", ".join(f"{k} {v}" for k, v in stats["choices"].items()))
+    if lb.ratings:
+        print(f"{'model':<32} {'rating':>7} {'95% CI':>16} {'games':>6} {'W-L-T':>12}")
+        for r in lb.ratings:
+            ci = f"[{r.ci_low:.0f}, {r.ci_high:.0f}]"
+            print(f"{r.model:<32} {r.rating:>7.0f} {ci:>16} {r.games:>6} {f'{r.wins}-{r.losses}-{r.ties}':>12}")
+    for m, n in lb.provisional.items():
+        print(f"{m:<32} {'(provisional: ' + str(n) + ' games)':>30}")
+    return 0

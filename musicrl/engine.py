@@ -1,0 +1,506 @@
+"""A fast rollout engine for the MusicGen decoder: a drop-in for `MusicGenPolicy.sample`.
+
+Why: the reference loop (`MusicGenPolicy.sample`) drives transformers' decoder through its
+generic forward (DynamicCache growth by concatenation, mask construction, output dataclasses,
+hooks) once per step. With a small model or a small batch that bookkeeping, not arithmetic,
+is the cost. This engine runs the same network with its own loop:
+
+- the decoder's weights are read where they live at every call (no copy in fp32, so a policy
+  being trained is always current; LoRA adapters of a peft-wrapped decoder are folded in per
+  call, see `_linear_weight`);
+- a preallocated static KV cache [layers, 2, N, heads, T_max, head_dim];
+- cross-attention K/V computed once from the text states; unconditional rows (zero states)
+  skip cross-attention, whose output there is exactly zero (no biases: K = V = 0);
+- one step function: embedding sum + sinusoidal position, pre-LN layers with
+  `scaled_dot_product_attention`, all K heads as one matmul, then the sampling distribution
+  (`filtered_log_probs`: `musicrl.sampling.process_logits` bit for bit, with a cheaper top-k
+  threshold) and the counter-based Gumbel noise of `musicrl.sampling` (`gumbel_chunk`: the same
+  values, drawn for several steps at once, or with the step as a tensor on the graph path);
+- CFG as one batched pass over [cond; uncond] rows, as the reference.
+
+Because the sampler is counter-based (a sample depends on (seed, step, codebook, token) only),
+the engine draws the SAME tokens as the reference for the same seed whenever the logits agree
+to rounding (fp32: in practice always). Log-probs are always those of the distribution the
+tokens were drawn from.
+
+On CUDA the step is captured as CUDA graphs (one per cache-length bucket, the cache read up
+to the bucket with a mask), replayed with no host work per step; `compile=True` additionally
+puts the step through `torch.compile` before capture (it implies this static path, whose shapes
+are fixed per bucket; on CPU it compiled in ~3 min here and ran slower than eager, so it is off
+by default everywhere). bf16: pass `dtype=torch.bfloat16`, or
+call inside `torch.autocast(...)` (its dtype is used): matmul weights are cast once per call,
+the residual stream and layer norms stay fp32, as under autocast.
+
+Dropout is never applied (the reference applies it only if the decoder is left in training
+mode, which the RL trainer never does when sampling).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from musicrl import delay as dp
+from musicrl.errors import UserError
+from musicrl.policy import MusicGenPolicy, Rollout
+from musicrl.sampling import _MASK32, SamplingConfig, _hash32, process_logits
+
+_GOLDEN = 0x9E3779B9  # the step salt of `musicrl.sampling.gumbel_noise`
+
+
+# ---- the network's weights, resolved per call ---------------------------------------------------
+@dataclass
+class _Layer:
+    ln1: tuple[torch.Tensor, torch.Tensor, float]  # self-attention pre-LN (weight, bias, eps)
+    q: torch.Tensor  # [D, D] (out, in), as nn.Linear
+    k: torch.Tensor
+    v: torch.Tensor
+    o: torch.Tensor
+    ln2: tuple[torch.Tensor, torch.Tensor, float]  # cross-attention pre-LN
+    cq: torch.Tensor
+    ck: torch.Tensor
+    cv: torch.Tensor
+    co: torch.Tensor
+    ln3: tuple[torch.Tensor, torch.Tensor, float]  # FFN pre-LN
+    fc1: torch.Tensor  # [F, D]
+    fc2: torch.Tensor  # [D, F]
+
+
+@dataclass
+class _Net:
+    emb: torch.Tensor  # [K * (V+1), D]: the K embedding tables stacked (index = token + k * (V+1))
+    pos: torch.Tensor  # [P, D] sinusoidal positions
+    layers: list[_Layer]
+    ln_f: tuple[torch.Tensor, torch.Tensor, float]
+    heads: torch.Tensor  # [K * V, D]: the K lm heads stacked
+    act: Callable[[torch.Tensor], torch.Tensor]
+    heads_n: int  # attention heads
+
+    def tensors(self) -> list[torch.Tensor]:
+        out = [self.emb, self.pos, self.heads, *self.ln_f[:2]]
+        for lw in self.layers:
+            out += [*lw.ln1[:2], lw.q, lw.k, lw.v, lw.o, *lw.ln2[:2], lw.cq, lw.ck, lw.cv, lw.co, *lw.ln3[:2], lw.fc1, lw.fc2]
+        return out
+
+
+def _unwrap(decoder: nn.Module) -> nn.Module:
+    """policy.model.decoder, or the MusicgenForCausalLM inside a peft wrapper."""
+    if hasattr(decoder, "get_base_model"):
+        decoder = decoder.get_base_model()
+    if not (hasattr(decoder, "lm_heads") and hasattr(decoder, "model")):
+        raise UserError(f"the fast engine needs a transformers MusicgenForCausalLM decoder, got {type(decoder).__name__}")
+    return decoder
+
+
+def _linear_weight(mod: nn.Module) -> torch.Tensor:
+    """The effective weight [out, in] of a bias-free linear layer, or of a peft LoRA wrapper of one.
+
+    Plain nn.Linear: the parameter itself (no copy: in-place optimizer steps are seen). LoRA:
+    base + delta of the active adapters, computed now (a fresh tensor per call), unless the
+    adapters are disabled (`disable_adapter()` context) or already merged.
+    """
+    if isinstance(mod, nn.Linear):
+        if mod.bias is not None:
+            raise UserError("the fast engine assumes MusicGen's bias-free linear layers")
+        return mod.weight
+    base = getattr(mod, "base_layer", None)
+    if base is None or not hasattr(mod, "get_delta_weight"):
+        raise UserError(f"the fast engine cannot read the weights of a {type(mod).__name__} layer")
+    w = _linear_weight(base)
+    if getattr(mod, "disable_adapters", False) or getattr(mod, "merged", False):
+        return w
+    for name in mod.active_adapters:
+        if name not in mod.lora_A:
+            continue
+        if getattr(mod, "use_dora", {}).get(name, False):
+            raise UserError("the fast engine does not support DoRA adapters; use the reference sampler")
+        w = w + mod.get_delta_weight(name).to(w.dtype)
+    return w
+
+
+def _ln(mod: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor, float]:
+    return mod.weight.float(), mod.bias.float(), mod.eps  # the residual stream is fp32 (no copy when fp32)
+
+
+def resolve_net(policy: MusicGenPolicy, dtype: torch.dtype | None = None) -> _Net:
+    """Read the decoder's current weights. Matmul weights are cast to `dtype` if given (a copy)."""
+    lm = _unwrap(policy.model.decoder)
+    core = lm.model.decoder
+    cast = (lambda w: w) if dtype is None else (lambda w: w.to(dtype))
+    lin = lambda m: cast(_linear_weight(m))  # noqa: E731
+    layers = []
+    for layer in core.layers:
+        sa, ca = layer.self_attn, layer.encoder_attn
+        layers.append(
+            _Layer(
+                ln1=_ln(layer.self_attn_layer_norm), q=lin(sa.q_proj), k=lin(sa.k_proj), v=lin(sa.v_proj), o=lin(sa.out_proj),
+                ln2=_ln(layer.encoder_attn_layer_norm), cq=lin(ca.q_proj), ck=lin(ca.k_proj), cv=lin(ca.v_proj), co=lin(ca.out_proj),
+                ln3=_ln(layer.final_layer_norm), fc1=lin(layer.fc1), fc2=lin(layer.fc2),
+            )  # fmt: skip
+        )
+    emb = torch.cat([e.weight for e in core.embed_tokens]).float()  # [K*(V+1), D]: K small tables, a cheap copy
+    heads = cast(torch.cat([_linear_weight(h) for h in lm.lm_heads]))  # [K*V, D]
+    return _Net(
+        emb=emb, pos=core.embed_positions.weights.float(), layers=layers, ln_f=_ln(core.layer_norm), heads=heads,
+        act=core.layers[0].activation_fn, heads_n=core.layers[0].self_attn.num_heads,
+    )  # fmt: skip
+
+
+# ---- the sampling distribution and noise, as `musicrl.sampling`, cheaper -------------------------
+def kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x [..., V] -> [..., 1]: the k-th largest value, exactly `topk(x, k).values[..., -1:]`.
+
+    CPU topk is slow for large k (k=250 of V=256: ~10x slower than the equivalent kthvalue), and
+    the value itself is all that is needed; either way the result is the same element of x.
+    """
+    V = x.shape[-1]
+    if 2 * k > V and x.device.type == "cpu":  # (CUDA topk is fast and graph-safe: keep it there)
+        return torch.kthvalue(x, V - k + 1, dim=-1, keepdim=True).values
+    return torch.topk(x, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+
+
+def filtered_log_probs(cond: torch.Tensor, uncond: torch.Tensor | None, cfg: SamplingConfig) -> torch.Tensor:
+    """`musicrl.sampling.process_logits`, bit for bit (tested), with a cheaper top-k threshold."""
+    logits = cond.float()
+    if cfg.guided:
+        logits = uncond.float() + cfg.guidance_scale * (logits - uncond.float())
+    if cfg.temperature != 1.0:  # x / 1.0 == x exactly: skipping is the same
+        logits = logits / cfg.temperature
+    if 0 < cfg.top_k < logits.shape[-1]:
+        logits = logits.masked_fill(logits < kth_largest(logits, cfg.top_k), float("-inf"))
+    if 0 < cfg.top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop_sorted = (probs.cumsum(-1) - probs) >= cfg.top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return logits.log_softmax(-1)
+
+
+def _hash32_(x: torch.Tensor) -> torch.Tensor:
+    """`musicrl.sampling._hash32`, in place on a tensor of our own (no temporaries but the shifts)."""
+    x &= _MASK32
+    x ^= x >> 16
+    x *= 0x7FEB352D
+    x &= _MASK32
+    x ^= x >> 15
+    x *= 0x5BD1E995
+    x &= _MASK32
+    x ^= x >> 16
+    return x
+
+
+def gumbel_chunk(seed_hash: torch.Tensor, noise_hash: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """`musicrl.sampling.gumbel_noise` for several steps at once: [C] steps -> [C, B, K, V] float32.
+
+    seed_hash: [B] `_hash32(seeds)`; noise_hash: [K, V] `_hash32(k * V + v + 1)`. Elementwise the same
+    integer and double arithmetic as `gumbel_noise`, so the values are identical (tested).
+    """
+    h = _hash32(seed_hash[None, :] ^ _hash32(steps + _GOLDEN)[:, None])  # [C, B]
+    h = _hash32_(h[:, :, None, None] ^ noise_hash)  # [C, B, K, V]
+    u = h.double().add_(0.5).div_(2.0**32)
+    return u.log_().neg_().log_().neg_().float()
+
+
+# ---- per-call decoding state -----------------------------------------------------------------
+@dataclass
+class _State:
+    B: int  # rows sampled
+    guided: bool
+    kv: torch.Tensor  # [layers, 2, N, H, T_max, hd] self-attention keys and values
+    xkv: torch.Tensor  # [layers, 2, B, H, L, hd] cross-attention keys and values of the conditional rows
+    cross_mask: torch.Tensor | None  # [B, 1, 1, L] bool (True = attend); eager path: None when nothing is padded
+    offsets: torch.Tensor  # [K] k * (V+1): token -> row of the stacked embedding
+    seed_hash: torch.Tensor  # [B] _hash32(seed)
+    noise_hash: torch.Tensor  # [K, V] _hash32(k * V + v + 1)
+    valid: torch.Tensor  # [K, steps] bool
+    arange: torch.Tensor  # [T_max] positions, for the bucket mask
+    cur: torch.Tensor  # [B, K] the tokens fed at this step
+    pos: torch.Tensor  # [1] long: this step's position
+    tokens: torch.Tensor  # [B, K, steps] sampled (delayed) tokens
+    logps: torch.Tensor  # [B, K, steps] their log-probs
+
+
+class FastSampler:
+    """`FastSampler(policy).sample(...)` == `policy.sample(...)`, faster. See the module docstring.
+
+    graph: the static path, captured as CUDA graphs (default: on when the policy is on CUDA). Off
+        CUDA, True runs the same static path eagerly with no capture: slower, a testing aid.
+    compile: `torch.compile` the step (default off; implies the static path).
+    dtype: compute dtype of the matmuls (None: the weights' own, or the active autocast dtype).
+    bucket: on the graph path, the cache is read in windows of this many positions (one graph each).
+    """
+
+    def __init__(
+        self,
+        policy: MusicGenPolicy,
+        *,
+        graph: bool | None = None,
+        compile: bool = False,
+        dtype: torch.dtype | None = None,
+        bucket: int = 256,
+    ):
+        self.policy = policy
+        _unwrap(policy.model.decoder)  # fail early on an unsupported decoder
+        self.graph = graph
+        self.compile = compile
+        self.dtype = dtype
+        self.bucket = bucket
+        self._step_fn = torch.compile(self._step, dynamic=False) if compile else self._step
+        self._graphs: dict | None = None  # the last captured graph set: {"key", "state", "net", "graphs"}
+
+    # ---- public --------------------------------------------------------------------------
+    def clear(self) -> None:
+        """Free the kept CUDA graphs and their state (KV cache, buffers); the next call captures anew."""
+        self._graphs = None
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: list[str],
+        num_samples: int = 1,
+        duration_s: float | None = None,
+        *,
+        num_frames: int | None = None,
+        sampling: SamplingConfig = SamplingConfig(),
+        seed: int = 0,
+        progress: bool = False,
+    ) -> Rollout:
+        """Same contract as `MusicGenPolicy.sample`: rows [p0]*n + [p1]*n + ..., row i seeded `seed + i`."""
+        pol = self.policy
+        if not prompts:
+            raise UserError("no prompts given")
+        if num_samples < 1:
+            raise UserError(f"num_samples must be >= 1, got {num_samples}")
+        T = num_frames if num_frames is not None else pol.frames_for(duration_s if duration_s is not None else 5.0)
+        if T > pol.max_frames:
+            raise UserError(f"{T} frames is beyond this model's maximum of {pol.max_frames}")
+        rows = [p for p in prompts for _ in range(num_samples)]
+        seeds = torch.arange(len(rows), dtype=torch.long) + seed
+        dev = pol.device
+        use_graph = self.compile or ((dev.type == "cuda") if self.graph is None else self.graph)
+        dtype = self.dtype
+        if dtype is None and torch.is_autocast_enabled(dev.type):
+            dtype = torch.get_autocast_dtype(dev.type)
+        states, mask = pol.encode_text(rows)  # [B, L, D], [B, L] (under the caller's autocast, as the reference)
+        states = states.float()
+        with torch.autocast(dev.type, enabled=False):  # dtypes are explicit below
+            net = resolve_net(pol, dtype)
+            if use_graph:
+                st = self._run_static(net, states, mask, seeds, T, sampling, progress)
+            else:
+                st = self._new_state(net, states, mask, seeds, T, sampling.guided)
+                self._prefill_cross(net, st, states, mask)
+                self._run_eager(net, st, sampling, progress)
+        return Rollout(dp.undelay(st.tokens), dp.undelay(st.logps), rows, seeds, sampling)  # undelay copies
+
+    # ---- setup ---------------------------------------------------------------------------
+    def _new_state(self, net: _Net, states, mask, seeds, T: int, guided: bool, L: int | None = None, static=False) -> _State:
+        pol = self.policy
+        B, K, V = len(seeds), pol.num_codebooks, pol.vocab_size
+        dev, L = states.device, L or states.shape[1]
+        N = 2 * B if guided else B
+        D, H = net.emb.shape[1], net.heads_n
+        kv_dtype = net.layers[0].k.dtype
+        steps = T + K - 1
+        n_layers = len(net.layers)
+        k = torch.arange(K, device=dev)
+        hd = D // H
+        # eager: every position read was written this call; static: masked positions are read too (0 * garbage
+        # could be NaN), so they start as zeros
+        alloc = torch.zeros if static else torch.empty
+        return _State(
+            B=B, guided=guided,
+            kv=alloc(n_layers, 2, N, H, steps, hd, dtype=kv_dtype, device=dev),
+            xkv=torch.zeros(n_layers, 2, B, H, L, hd, dtype=kv_dtype, device=dev),
+            cross_mask=None,
+            offsets=k * (V + 1),
+            seed_hash=_hash32(seeds.to(dev)),
+            noise_hash=_hash32(k[:, None] * V + torch.arange(V, device=dev)[None, :] + 1),
+            valid=dp.valid_mask(K, T, device=dev),
+            arange=torch.arange(steps, device=dev),
+            cur=torch.full((B, K), pol.bos_id, dtype=torch.long, device=dev),
+            pos=torch.zeros(1, dtype=torch.long, device=dev),
+            tokens=torch.full((B, K, steps), pol.pad_id, dtype=torch.long, device=dev),
+            logps=torch.zeros((B, K, steps), dtype=torch.float32, device=dev),
+        )  # fmt: skip
+
+    def _prefill_cross(self, net: _Net, st: _State, states: torch.Tensor, mask: torch.Tensor) -> None:
+        """Cross-attention K/V of the conditional rows, once: states [B, L, D], mask [B, L] (L <= cache's)."""
+        B, L, D = states.shape
+        H = net.heads_n
+        x = states.to(net.layers[0].ck.dtype)
+        for i, lw in enumerate(net.layers):
+            st.xkv[i, 0, :, :, :L] = F.linear(x, lw.ck).view(B, L, H, D // H).transpose(1, 2)
+            st.xkv[i, 1, :, :, :L] = F.linear(x, lw.cv).view(B, L, H, D // H).transpose(1, 2)
+        full = torch.zeros(B, 1, 1, st.xkv.shape[4], dtype=torch.bool, device=mask.device)
+        full[:, 0, 0, :L] = mask.bool()
+        if st.cross_mask is not None:  # the graph path: a captured buffer, written in place
+            st.cross_mask.copy_(full)
+        elif not bool(full.all()):  # the eager path: no mask at all when nothing is padded (faster SDPA)
+            st.cross_mask = full
+
+    # ---- the step ------------------------------------------------------------------------
+    def _step(self, net: _Net, st: _State, cfg: SamplingConfig, length: int, masked: bool, noise=None, j=None) -> None:
+        """One decoding step at position st.pos over cache positions [0, length).
+
+        Reads st.cur; writes the KV cache at st.pos, st.tokens/st.logps at st.pos, and st.cur.
+        masked: attend only to positions <= st.pos (the graph path, where length is a bucket).
+        noise: this step's Gumbel noise [B, K, V] if precomputed (else computed here from st.pos).
+        j: st.pos as a Python int on the eager path: cheaper slice writes than index_copy_.
+        """
+        B, N = st.B, st.kv.shape[2]
+        D, H = net.emb.shape[1], net.heads_n
+        hd = D // H
+        # embedding: sum over codebooks + position; [B, D], then [N, 1, D] (uncond rows see the same tokens)
+        h = F.embedding(st.cur + st.offsets, net.emb).sum(1) + net.pos.index_select(0, st.pos)
+        if st.guided:
+            h = torch.cat([h, h])
+        h = h.float()  # [N, D]: one query row per sequence, kept 2-D (cheapest matmul path)
+        self_mask = (st.arange[:length] <= st.pos)[None, None, None, :] if masked else None
+        for i, lw in enumerate(net.layers):
+            wdt = lw.q.dtype
+            # self-attention with the static cache
+            x = F.layer_norm(h, (D,), *lw.ln1).to(wdt)
+            q = F.linear(x, lw.q).view(N, H, 1, hd)
+            k = F.linear(x, lw.k).view(N, H, 1, hd)
+            v = F.linear(x, lw.v).view(N, H, 1, hd)
+            kc, vc = st.kv[i, 0], st.kv[i, 1]  # [N, H, T_max, hd]
+            if j is not None:
+                kc[:, :, j], vc[:, :, j] = k[:, :, 0], v[:, :, 0]
+            else:
+                kc.index_copy_(2, st.pos, k)
+                vc.index_copy_(2, st.pos, v)
+            a = F.scaled_dot_product_attention(q, kc[:, :, :length], vc[:, :, :length], attn_mask=self_mask)
+            h = h + F.linear(a.reshape(N, D), lw.o)
+            # cross-attention: conditional rows only (unconditional rows attend to zero K/V: output 0)
+            x = F.layer_norm(h[:B], (D,), *lw.ln2).to(wdt)
+            q = F.linear(x, lw.cq).view(B, H, 1, hd)
+            a = F.scaled_dot_product_attention(q, st.xkv[i, 0], st.xkv[i, 1], attn_mask=st.cross_mask)
+            h[:B] += F.linear(a.reshape(B, D), lw.co)  # h is this step's own tensor
+            # feed-forward
+            x = F.layer_norm(h, (D,), *lw.ln3).to(wdt)
+            h += F.linear(net.act(F.linear(x, lw.fc1)), lw.fc2)
+        h = F.layer_norm(h, (D,), *net.ln_f).to(net.heads.dtype)  # [N, D]
+        logits = F.linear(h, net.heads).view(N, st.offsets.shape[0], -1)  # [N, K, V]
+        cond, uncond = (logits[:B], logits[B:]) if st.guided else (logits, None)
+        logp = filtered_log_probs(cond, uncond, cfg)  # [B, K, V] float32
+        new = (logp + (self._gumbel(st) if noise is None else noise)).argmax(-1)  # [B, K]
+        v = st.valid.index_select(1, st.pos)[:, 0] if j is None else st.valid[:, j]  # [K]
+        new = torch.where(v, new, self.policy.pad_id)
+        lp = torch.where(v, logp.gather(-1, new.clamp(max=logp.shape[-1] - 1)[..., None])[..., 0], 0.0)
+        if j is None:
+            st.logps.index_copy_(2, st.pos, lp[..., None])
+            st.tokens.index_copy_(2, st.pos, new[..., None])
+        else:
+            st.logps[:, :, j] = lp
+            st.tokens[:, :, j] = new
+        st.cur.copy_(new)
+
+    @staticmethod
+    def _gumbel(st: _State) -> torch.Tensor:
+        """`musicrl.sampling.gumbel_noise(seeds, step, K, V)` with the step as a tensor: [B, K, V]."""
+        return gumbel_chunk(st.seed_hash, st.noise_hash, st.pos)[0]
+
+    # ---- loops ---------------------------------------------------------------------------
+    def _steps(self, n: int, progress: bool):
+        if not progress:
+            return range(n)
+        from tqdm.auto import tqdm
+
+        return tqdm(range(n), desc="sampling (fast)", unit="step", leave=False)
+
+    def _run_eager(self, net: _Net, st: _State, cfg: SamplingConfig, progress: bool) -> None:
+        steps = st.tokens.shape[2]
+        B, K, V = st.B, *st.noise_hash.shape
+        chunk = max(1, min(32, (1 << 18) // (B * K * V)))  # steps of Gumbel noise drawn at once (cache-sized)
+        noise = None
+        for j in self._steps(steps, progress):
+            if j % chunk == 0:
+                noise = gumbel_chunk(st.seed_hash, st.noise_hash, st.arange[j : j + chunk])  # [c, B, K, V]
+            st.pos = st.arange[j : j + 1]
+            self._step_fn(net, st, cfg, j + 1, False, noise[j % chunk], j)
+
+    def _run_static(self, net: _Net, states, mask, seeds, T: int, cfg: SamplingConfig, progress: bool) -> _State:
+        """The graph path: static buffers, the cache read in masked buckets, st.pos advanced on the device.
+
+        On CUDA each bucket's step is captured once as a CUDA graph and replayed; the captured set (and
+        its state) is kept for the next call of the same shape, whose weights are refreshed in place.
+        Off CUDA (tests) the same steps run eagerly, which checks everything but the capture itself.
+        """
+        pol = self.policy
+        capture = states.device.type == "cuda"
+        L = math.ceil(states.shape[1] / 16) * 16  # padded text length, so prompts of similar length share graphs
+        key = (len(seeds), L, T, cfg, net.layers[0].q.dtype)
+        cached = self._graphs if self._graphs is not None and self._graphs["key"] == key else None
+        if cached is not None and not self._refresh(cached["net"], net):
+            cached = None
+        if cached is None:
+            self._graphs = None  # free the old set before allocating the new one
+            st, static = self._new_state(net, states, mask, seeds, T, cfg.guided, L=L, static=True), net
+        else:
+            st, static = cached["state"], cached["net"]
+            st.seed_hash.copy_(_hash32(seeds.to(st.seed_hash.device)))
+        if st.cross_mask is None:  # the captured step reads a mask buffer, always
+            st.cross_mask = torch.ones(st.B, 1, 1, L, dtype=torch.bool, device=st.kv.device)
+        st.xkv.zero_()
+        self._prefill_cross(static, st, states, mask)
+        steps = st.tokens.shape[2]
+        bucket_of = lambda j: min(steps, (j // self.bucket + 1) * self.bucket)  # noqa: E731
+
+        def step_and_advance(length: int):
+            self._step_fn(static, st, cfg, length, True)
+            st.pos.add_(1)
+
+        if cached is None:
+            graphs = {}
+            if capture:
+                lengths = sorted({bucket_of(j) for j in range(steps)})
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):  # warm-up (allocator, kernels, compile) outside capture
+                    for length in lengths:
+                        for _ in range(2):
+                            st.pos.zero_()
+                            step_and_advance(length)
+                torch.cuda.current_stream().wait_stream(side)
+                pool = torch.cuda.graph_pool_handle()
+                for length in lengths:
+                    graphs[length] = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graphs[length], pool=pool):
+                        step_and_advance(length)
+            self._graphs = {"key": key, "state": st, "net": static, "graphs": graphs}
+        graphs = self._graphs["graphs"]
+        st.pos.zero_()
+        st.cur.fill_(pol.bos_id)
+        for j in self._steps(steps, progress):
+            if capture:
+                graphs[bucket_of(j)].replay()
+            else:
+                step_and_advance(bucket_of(j))
+        return st
+
+    def _refresh(self, static: _Net, current: _Net) -> bool:
+        """Bring the captured weights up to date in place; False if that is not safe (then re-capture).
+
+        A captured slot that is the decoder's own parameter is read live and needs nothing; a slot we
+        own (a cast, a stacked table, a LoRA-folded weight) is overwritten. A slot holding a live
+        parameter whose current value is another tensor (adapters toggled) must not be written into.
+        """
+        decoder = self.policy.model.decoder
+        live = {t.data_ptr() for t in [*decoder.parameters(), *decoder.buffers()]}
+        pairs = [(s, w) for s, w in zip(static.tensors(), current.tensors()) if s.data_ptr() != w.data_ptr()]
+        if any(s.data_ptr() in live or s.shape != w.shape or s.dtype != w.dtype for s, w in pairs):
+            return False
+        for s, w in pairs:
+            s.copy_(w)
+        return True
+
+
+def fast_sample(policy: MusicGenPolicy, prompts: list[str], num_samples: int = 1, duration_s: float | None = None, **kwargs) -> Rollout:
+    """One-shot `FastSampler(policy).sample(...)` (keep a FastSampler to reuse captured CUDA graphs)."""
+    return FastSampler(policy).sample(prompts, num_samples, duration_s, **kwargs)

@@ -1,0 +1,175 @@
+"""Comparing models: per-reward means with confidence intervals, paired win rates, KL to a reference,
+and the reward-vs-KL picture of a training run.
+
+Every model generates from the same prompts with the same seeds, so comparisons are paired: the
+win rate of B over A under a reward is the fraction of prompts where B's mean score beats A's
+(ties, equal to 1e-9, are counted apart and reported).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musicrl.errors import UserError
+from musicrl.policy import MusicGenPolicy
+from musicrl.rl import exact_kl
+from musicrl.sampling import SamplingConfig
+
+
+def mean_ci(x: np.ndarray, z: float = 1.96) -> tuple[float, float]:
+    """Mean and the half-width of its normal-approximation 95% interval."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    if x.size < 2:
+        return float(x.mean()) if x.size else float("nan"), float("nan")
+    return float(x.mean()), float(z * x.std(ddof=1) / math.sqrt(x.size))
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return c - h, c + h
+
+
+@dataclass
+class Samples:
+    model: str
+    prompts: list[str]  # [P*n]
+    codes: torch.Tensor  # [P*n, K, T]
+    audio: torch.Tensor  # [P*n, 1, S]
+    sample_rate: int
+
+
+def generate(policy: MusicGenPolicy, prompts: list[str], n: int, duration_s: float, sampling: SamplingConfig, seed: int) -> Samples:
+    roll = policy.sample(prompts, n, duration_s, sampling=sampling, seed=seed)
+    return Samples(policy.name, roll.prompts, roll.codes, policy.decode(roll.codes).cpu(), policy.sample_rate)
+
+
+def raters_judge(panel):
+    """The simulated raters' own judgement as a score: mean utility over the panel's raters."""
+
+    from musicrl.simulate import Clip, perceive
+
+    def score(audio: torch.Tensor, sample_rate: int, prompts: list[str]) -> torch.Tensor:
+        out = []
+        for a, p in zip(audio, prompts):
+            heard = perceive(Clip(a[0].cpu().numpy(), sample_rate))  # estimate the attributes once per clip
+            out.append(np.mean([r.value(heard, p) for r in panel.raters]))
+        return torch.tensor(out, dtype=torch.float32)
+
+    return score
+
+
+def compare(samples: list[Samples], judges: dict, n: int) -> dict:
+    """Scores of every model under every judge; win rates of each later model over the first."""
+    report = {"models": [s.model for s in samples], "rewards": {}, "win_rates": {}}
+    scores = {}
+    for name, judge in judges.items():
+        for s in samples:
+            with torch.no_grad():
+                v = judge(s.audio, s.sample_rate, s.prompts).float().cpu().numpy()  # [P*n]
+            scores[(name, s.model)] = v.reshape(-1, n)  # [P, n]
+            m, h = mean_ci(v)
+            report["rewards"].setdefault(name, {})[s.model] = {"mean": m, "ci95": h}
+    base = samples[0].model
+    for s in samples[1:]:
+        for name in judges:
+            a, b = scores[(name, base)].mean(1), scores[(name, s.model)].mean(1)  # per prompt
+            wins, ties = int((b > a + 1e-9).sum()), int((abs(b - a) <= 1e-9).sum())
+            P = len(a)
+            lo, hi = wilson(wins + 0.5 * ties, P)
+            report["win_rates"].setdefault(name, {})[f"{s.model} over {base}"] = {
+                "win": wins / P, "tie": ties / P, "loss": (P - wins - ties) / P, "win_ci95": [lo, hi], "prompts": P,
+            }  # fmt: skip
+    return report
+
+
+@torch.no_grad()
+def kl_to_reference(policy: MusicGenPolicy, reference: MusicGenPolicy, s: Samples, sampling: SamplingConfig, batch: int = 8) -> tuple[float, float]:
+    """Mean (and CI) over clips of the exact sequence KL(policy || reference), on the policy's own samples."""
+    kls = []
+    for i in range(0, len(s.prompts), batch):
+        p, c = s.prompts[i : i + batch], s.codes[i : i + batch]
+        kls.append(exact_kl(policy.distributions(p, c, sampling), reference.distributions(p, c, sampling)).sum((1, 2)))
+    return mean_ci(torch.cat(kls).cpu().numpy())
+
+
+def plot_run(run_dir: str | Path, out_png: str | Path | None = None) -> Path:
+    """Reward vs KL over a training run (metrics.csv, and eval.csv when present) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    metrics = _read_csv(run_dir / "metrics.csv")
+    if not metrics:
+        raise UserError(f"no metrics.csv with rows in {run_dir}")
+    evals = _read_csv(run_dir / "eval.csv")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["step"] for r in metrics]
+    kl = np.cumsum([r["kl"] for r in metrics]) / np.arange(1, len(metrics) + 1)
+    ax = axes[0]
+    sc = ax.scatter([r["kl"] for r in metrics], [r["reward"] for r in metrics], c=steps, cmap="viridis", s=12)
+    fig.colorbar(sc, ax=ax, label="step")
+    ax.set_xlabel("KL(policy || reference) per token")
+    ax.set_ylabel("training reward (normalised sum)")
+    ax.set_title("reward vs KL, every step")
+    ax = axes[1]
+    comps = sorted({k for r in metrics for k in r if k.startswith("reward/")})
+    for c in comps:
+        ax.plot(steps, [r[c] for r in metrics], label=c.split("/", 1)[1])
+    if evals:
+        for c in sorted({k for r in evals for k in r if k.startswith("eval/") and k != "eval/kl_seq"}):
+            ax.plot([r["step"] for r in evals], [r[c] for r in evals], "o--", label=f"held-out {c.split('/', 1)[1]}")
+    ax2 = ax.twinx()
+    ax2.plot(steps, kl, color="gray", alpha=0.6, label="KL (running mean)")
+    ax2.set_ylabel("KL per token")
+    ax.set_xlabel("step")
+    ax.set_ylabel("raw reward")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("reward components over training")
+    fig.tight_layout()
+    out = Path(out_png) if out_png else run_dir / "reward_vs_kl.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return [{k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()} for r in rows]
+
+
+def format_report(report: dict) -> str:
+    lines = []
+    for name, per_model in report["rewards"].items():
+        cells = ", ".join(f"{m}: {v['mean']:.4f} ± {v['ci95']:.4f}" for m, v in per_model.items())
+        lines.append(f"{name:>12}  {cells}")
+    for name, pairs in report["win_rates"].items():
+        for pair, w in pairs.items():
+            lines.append(
+                f"{name:>12}  {pair}: win {w['win']:.0%} (95% CI {w['win_ci95'][0]:.0%}–{w['win_ci95'][1]:.0%}), "
+                f"tie {w['tie']:.0%}, loss {w['loss']:.0%} over {w['prompts']} prompts"
+            )
+    for m, v in report.get("kl", {}).items():
+        lines.append(f"{'KL':>12}  {m} vs reference: {v['mean']:.2f} ± {v['ci95']:.2f} nats per clip")
+    return "\n".join(lines)
+
+
+def save_report(report: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")

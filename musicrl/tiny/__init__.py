@@ -1,0 +1,1 @@
+"""The tiny world: small models we train ourselves on `musicrl.synth`, shipped under `musicrl/assets/tiny/`."""

@@ -1,0 +1,65 @@
+"""`musicrl bootstrap tiny`: rebuild the whole tiny world from nothing, stage by stage.
+
+  codec    the tiny EnCodec, trained on the synthetic corpus        (musicrl.tiny.codec)
+  lm       the tiny MusicGen LM, on (caption, codes) of that codec   (musicrl.tiny.lm)
+  clap     the tiny CLAP, contrastive on (caption, audio)            (musicrl.tiny.clap)
+  quality  the MOS head on frozen tiny-CLAP embeddings, on graded degradations (rewards.train_quality)
+
+A stage whose output directory holds a finished model (config.json) is skipped; an interrupted stage
+resumes from its own checkpoint under OUT/work/<stage>. The shipped `musicrl/assets/tiny` is this
+command's output.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+STAGES = ("codec", "lm", "clap", "quality")
+
+
+def bootstrap(out: str | Path, stages: tuple[str, ...] = STAGES, progress: bool = True, threads: int | None = None) -> dict:
+    import torch
+
+    from musicrl.errors import UserError
+
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise UserError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    work = out / "work"
+    dirs = {"codec": out / "codec", "lm": out / "musicgen", "clap": out / "clap", "quality": out / "quality"}
+    timings = {}
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        if (dirs[stage] / "config.json").exists():
+            print(f"[bootstrap] {stage}: done already ({dirs[stage]})")
+            continue
+        t = time.time()
+        print(f"[bootstrap] {stage} -> {dirs[stage]}")
+        if stage == "codec":
+            from musicrl.tiny.codec import CodecTrainConfig, train_codec
+
+            train_codec(dirs["codec"], CodecTrainConfig(), progress=progress, work_dir=work / "codec")
+        elif stage == "lm":
+            if not (dirs["codec"] / "config.json").exists():
+                raise UserError(f"the lm stage needs the codec first ({dirs['codec']})")
+            from musicrl.tiny.lm import LMTrainConfig, train_lm
+
+            train_lm(dirs["codec"], dirs["lm"], LMTrainConfig(), progress=progress, work_dir=work / "lm")
+        elif stage == "clap":
+            from musicrl.tiny.clap import ClapTrainConfig, train_clap
+
+            train_clap(dirs["clap"], ClapTrainConfig(), progress=progress, work_dir=work / "clap")
+        elif stage == "quality":
+            if not (dirs["clap"] / "config.json").exists():
+                raise UserError(f"the quality stage needs the clap first ({dirs['clap']})")
+            from rewards.train_quality import QualityTrainConfig, train_tiny_quality
+
+            train_tiny_quality(dirs["quality"], QualityTrainConfig(), backbone=str(dirs["clap"]))
+        timings[stage] = time.time() - t
+        print(f"[bootstrap] {stage}: {timings[stage] / 60:.1f} min")
+    return timings

@@ -1,0 +1,484 @@
+"""The tiny world's CLAP: a transformers `ClapModel` with a tiny config, trained contrastively here.
+
+Same classes as LAION's checkpoints (HTSAT-style Swin audio tower over a log-mel, RoBERTa text
+tower, two projection MLPs), so `rewards.clap.ClapReward` loads `tiny` and `laion/larger_clap_music`
+through one code path; only the config and the files beside it differ:
+
+- tokenizer: RoBERTa's own kind (byte-level BPE, `RobertaTokenizer`, `<s> ... </s>`), its
+  vocabulary learned here from train-split synth captions (`tiny_tokenizer`), so nothing is
+  downloaded and `AutoTokenizer.from_pretrained(dir)` loads it from `tokenizer.json`. Byte-level:
+  any text encodes (an unknown word falls back to known pieces or bytes, no `<unk>`). Why not the
+  byte-level `ByT5Tokenizer` (tried first): captions are ~60 bytes but ~18 BPE tokens, so a step
+  cost ~2.5x more, and it learned far slower per step (batch 32, lr 1e-3, 300 steps: loss 3.23 vs
+  2.70, R@1 among 32 0.05 vs 0.11) - bytes must first be assembled into words, and with no `<s>` in
+  front, RoBERTa's first-token pooler starts from an arbitrary letter. The text config's
+  `vocab_size` is the tokenizer's length; `max_position_embeddings=130` (positions start at
+  pad+1) takes prompts of up to 128 tokens.
+- feature extractor: `ClapFeatureExtractor` at 16 kHz (the tiny world's rate), 32 mel bins
+  (Slaney, 0-8 kHz), FFT 1024, hop 512, 4 s inputs (126 frames), `truncation="rand_trunc"` (no
+  fusion: the model has `enable_fusion=False`), `padding="repeatpad"`. Saved as a `ClapProcessor`
+  (feature extractor + tokenizer, as LAION's), so `AutoProcessor.from_pretrained(dir)` works too.
+  (64 mel bins at FFT 2048 / hop 1024, for finer pitch, learned clearly slower at equal cost.)
+- audio tower: spec_size 64 over 32 mel bins (freq_ratio 2: the 128-frame spectrogram is folded into
+  a 64x64 image), patches 4x4, window 4, three stages of width 32/64/128 (the last stage's 4x4 grid
+  equals the window, as transformers requires).
+
+Training: symmetric InfoNCE over the batch (CLIP/CLAP), on (clip, caption) pairs from
+`musicrl.synth`, each clip re-captioned with a fresh train-split paraphrase every epoch so the text
+tower sees every synonym of every attribute. Captions name only 2-5 attributes, so two clips of a
+batch often both fit one caption ("a slow piano tune"); the targets are therefore spread uniformly
+over every clip of the batch that fits the caption (known from the clips' attributes), instead of
+the diagonal only, which would push true matches apart. With no such duplicates it is the plain
+symmetric CLIP loss (tested). Not ClapModel's `return_loss`: besides being diagonal-only, it
+transposes `logits_per_audio`, so both of its terms rank audio per text (transformers 5.x).
+
+Features are computed by `rewards.clap.ClapLogMel`, the very function the reward uses at inference.
+
+Run: `nice -n 10 python -m musicrl.tiny.clap` (-> musicrl/assets/tiny/clap, checkpoints in runs/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
+
+from musicrl.errors import UserError
+
+SAMPLE_RATE = 16_000
+CLIP_S = 4  # the model's input length (seconds), = the synth's default clip
+CHECKPOINT = "clap_train_state.pt"
+LOG = "clap_train_log.jsonl"
+
+
+def tiny_tokenizer(n_captions: int = 4000, seed: int = 0) -> RobertaTokenizer:
+    """Byte-level BPE learned from `n_captions` train-split captions (deterministic; held-out words unseen).
+
+    Special tokens in RoBERTa's order (`<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, `<mask>`=4), which
+    are ClapTextConfig's default bos/pad/eos ids. 518 ids: the corpus runs out of merges first.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from musicrl import synth
+
+    rng = np.random.default_rng([seed, 1234])
+    captions = [synth.caption(synth.sample_attributes(rng), rng, "train") for _ in range(n_captions)]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=2000, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    bpe.train_from_iterator(captions, trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    return RobertaTokenizer(vocab=state["vocab"], merges=merges, add_prefix_space=True)
+
+
+def tiny_feature_extractor() -> ClapFeatureExtractor:
+    """16 kHz, 64 Slaney mel bins 0-8 kHz, FFT 1024 / hop 256, 4 s -> [1, 251, 64] per clip."""
+    return ClapFeatureExtractor(
+        feature_size=64, sampling_rate=SAMPLE_RATE, hop_length=256, max_length_s=CLIP_S,
+        fft_window_size=1024, frequency_min=0, frequency_max=SAMPLE_RATE // 2,
+        truncation="rand_trunc", padding="repeatpad",
+    )
+
+
+def tiny_clap_config(vocab_size: int) -> ClapConfig:
+    """~1.1 M parameters: a 3-layer 128-d RoBERTa, a 3-stage Swin audio tower, a 128-d joint space."""
+    text = dict(
+        vocab_size=vocab_size, hidden_size=128, num_hidden_layers=3, num_attention_heads=4,
+        intermediate_size=384, max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    audio = dict(
+        num_mel_bins=64, spec_size=128, window_size=4, patch_size=8, patch_stride=[8, 8],
+        patch_embeds_hidden_size=32, depths=[1, 2, 2], num_attention_heads=[2, 4, 8],
+        hidden_size=128,  # = patch_embeds_hidden_size * 2 ** (stages - 1), what the projection reads
+        enable_fusion=False, num_hidden_layers=3, hidden_dropout_prob=0.0,
+    )
+    return ClapConfig(text_config=text, audio_config=audio, projection_dim=128)
+
+
+@dataclass(frozen=True)
+class ClapTrainConfig:
+    """How the tiny CLAP is trained. The defaults are the shipped recipe."""
+
+    pool_clips: int = 4096
+    """Train clips (seeds 0..pool_clips-1, 4 s each), rendered once; every epoch re-captions them."""
+    epochs: int = 40
+    """Passes over the pool; steps = epochs * (pool_clips // batch_size)."""
+    batch_size: int = 64
+    """Clips per step, each with one caption: the contrastive negatives."""
+    lr: float = 1e-3
+    """AdamW peak learning rate (linear warm-up, cosine decay to lr * min_lr_ratio)."""
+    warmup_steps: int = 100
+    """Steps of linear LR warm-up."""
+    min_lr_ratio: float = 0.05
+    """The cosine decay ends at lr * min_lr_ratio."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay, on matrices only (not biases, norms, temperatures)."""
+    grad_clip: float = 1.0
+    """Max global gradient norm."""
+    word_dropout: float = 0.1
+    """Each word of a training caption is dropped with this probability (see `noisy_caption`)."""
+    junk_words: int = 2
+    """Up to this many junk tokens (random letters, punctuation) inserted into a training caption."""
+    gain_db: float = 9.0
+    """Random level change in +-gain_db per clip (added to the log-mel): robustness to loudness."""
+    max_logit_scale: float = 100.0
+    """Clamp of the learned temperatures exp(logit_scale_{a,t}), as in CLIP."""
+    eval_every: int = 200
+    """Steps between quick retrieval checks (on held-out-seed clips distinct from evaluate_clap's)."""
+    eval_clips: int = 256
+    """Clips of those checks (R@1 among 32, so at least 32)."""
+    checkpoint_every: int = 200
+    """Steps between resumable checkpoints."""
+    seed: int = 0
+    """Model init, shuffling, captions and augmentation all derive from it."""
+    num_threads: int = 1
+    """torch threads (the machines are shared)."""
+
+    def __post_init__(self):
+        for name in ("pool_clips", "epochs", "batch_size", "lr", "eval_every", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"ClapTrainConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.eval_clips < 32:
+            raise UserError(f"ClapTrainConfig.eval_clips must be >= 32, got {self.eval_clips}")
+        if self.batch_size < 2 or self.pool_clips < self.batch_size:
+            raise UserError(f"need 2 <= batch_size <= pool_clips, got {self.batch_size}, {self.pool_clips}")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.pool_clips // self.batch_size
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+# ---------------------------------------------------------------- data
+
+
+@torch.no_grad()
+def render_mels(seeds: list[int], split: str, log_mel, progress: bool = False, desc: str = "rendering"):
+    """Synth clips for `seeds` -> (log-mels [N, 1, T, F], attributes, captions)."""
+    from musicrl import synth
+
+    mels, attrs, caps = [], [], []
+    for i in tqdm(range(0, len(seeds), 64), disable=not progress, desc=desc, dynamic_ncols=True):
+        exs = [synth.example(s, CLIP_S, split) for s in seeds[i : i + 64]]
+        audio = torch.as_tensor(np.stack([e.audio for e in exs]))  # [b, S]
+        mels.append(log_mel(audio))
+        attrs += [e.attrs for e in exs]
+        caps += [e.caption for e in exs]
+    return torch.cat(mels), attrs, caps
+
+
+def fit_matrix(captions: list[str], attrs: list) -> torch.Tensor:
+    """[T, A] bool: clip a has every attribute caption t names (per `synth.parse_prompt`)."""
+    from musicrl import synth
+
+    named = [synth.parse_prompt(c) for c in captions]
+    values = [a.to_dict() for a in attrs]
+    return torch.tensor([[all(v[k] == x for k, x in n.items()) for v in values] for n in named])
+
+
+def match_matrix(captions: list[str], attrs: list) -> torch.Tensor:
+    """fit_matrix with the diagonal (each clip's own caption) always True."""
+    return fit_matrix(captions, attrs) | torch.eye(len(captions), dtype=torch.bool)
+
+
+_PUNCTUATION = tuple(",;:()-!?/&.")
+
+
+def noisy_caption(caption: str, rng: np.random.Generator, word_dropout: float, junk_words: int) -> str:
+    """Drop each word with probability `word_dropout`, then insert 0..`junk_words` junk tokens
+    (random letter strings or punctuation) at random places.
+
+    Robustness to what people type: words the model never saw (held-out synonyms, filler such as
+    "imagine" or "i want") and unusual punctuation. Junk never names an attribute (re-drawn if
+    `parse_prompt` finds one), and the caller's match matrix parses the noisy caption, so a
+    dropped attribute word is no longer counted as named.
+    """
+    from musicrl import synth
+
+    words = [w for w in caption.split() if rng.random() >= word_dropout] or caption.split()[:1]
+    for _ in range(int(rng.integers(junk_words + 1))):
+        while True:
+            if rng.random() < 0.3:
+                junk = _PUNCTUATION[int(rng.integers(len(_PUNCTUATION)))]
+            else:
+                junk = "".join(chr(97 + int(c)) for c in rng.integers(26, size=int(rng.integers(3, 10))))
+            if not synth.parse_prompt(junk):
+                break
+        words.insert(int(rng.integers(len(words) + 1)), junk)
+    return " ".join(words)
+
+
+def _batch(step: int, cfg: ClapTrainConfig, attrs: list):
+    """Clip indices, fresh train captions and gains for `step`: a pure function of (seed, step)."""
+    from musicrl import synth
+
+    epoch, pos = divmod(step, cfg.steps_per_epoch)
+    perm = np.random.default_rng([cfg.seed, epoch, 0]).permutation(cfg.pool_clips)
+    idx = perm[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
+    captions = []
+    for i in idx:
+        rng = np.random.default_rng([cfg.seed, epoch, 1, int(i)])
+        captions.append(noisy_caption(synth.caption(attrs[i], rng, "train"), rng, cfg.word_dropout, cfg.junk_words))
+    gain = np.random.default_rng([cfg.seed, step, 2]).uniform(-cfg.gain_db, cfg.gain_db, len(idx))
+    return torch.as_tensor(idx), captions, torch.as_tensor(gain, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------- training
+
+
+def contrastive_loss(logits_per_text: torch.Tensor, logits_per_audio: torch.Tensor,
+                     match: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with every fitting pair a positive (targets uniform over them).
+
+    logits_per_text [T, A], logits_per_audio [A, T], match [T, A] bool with a true diagonal.
+    With `match` the identity: CLIP's loss, (CE(text -> audio) + CE(audio -> text)) / 2.
+    """
+    t = match.float()
+    text_loss = -(F.log_softmax(logits_per_text, -1) * (t / t.sum(1, keepdim=True))).sum(-1).mean()
+    a = t.t()
+    audio_loss = -(F.log_softmax(logits_per_audio, -1) * (a / a.sum(1, keepdim=True))).sum(-1).mean()
+    return (text_loss + audio_loss) / 2
+
+
+def _lr(step: int, cfg: ClapTrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _train_step(model, opt, tokenizer, mels, attrs, step: int, cfg: ClapTrainConfig) -> dict:
+    torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout: a resumed run repeats the same steps
+    idx, captions, gain = _batch(step, cfg, attrs)
+    feats = (mels[idx] + gain[:, None, None, None]).clamp_min(-100.0)  # [B, 1, T, F], level change in dB
+    tok = tokenizer(captions, padding=True, return_tensors="pt")
+    out = model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"], input_features=feats)
+    match = match_matrix(captions, [attrs[i] for i in idx])
+    loss = contrastive_loss(out.logits_per_text, out.logits_per_audio, match)
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"CLAP training diverged at step {step} (loss {loss.item()})")
+    for group in opt.param_groups:
+        group["lr"] = _lr(step, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    with torch.no_grad():  # CLIP's clamp of the temperature
+        for p in (model.logit_scale_a, model.logit_scale_t):
+            p.clamp_(max=math.log(cfg.max_logit_scale))
+    positives = match.float().sum(1).mean().item()  # fitting clips per caption, own included
+    return {"loss": loss.item(), "scale": model.logit_scale_t.exp().item(), "pos": positives}
+
+
+def _save_checkpoint(path: Path, model, opt, step: int, cfg: ClapTrainConfig):
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "cfg": asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict()}, tmp)
+    tmp.replace(path)  # atomic: an interrupt never leaves a half-written checkpoint
+
+
+def train_clap(out_dir: str | Path, cfg: ClapTrainConfig = ClapTrainConfig(), progress: bool = True,
+               work_dir: str | Path | None = None) -> Path:
+    """Train the tiny CLAP and save model, tokenizer and feature extractor into `out_dir`.
+
+    Resumable: a checkpoint goes to `work_dir` (default `out_dir`, where it is deleted once the model
+    is saved) every `cfg.checkpoint_every` steps; rerunning with the same config continues from it.
+    Every batch, caption, gain and dropout mask is a pure function of (seed, step), so a resumed run
+    takes the same steps as an uninterrupted one. Runs on CPU.
+    """
+    from rewards.clap import ClapLogMel
+
+    out_dir = Path(out_dir)
+    ckpt_dir = Path(work_dir) if work_dir is not None else out_dir
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = ckpt_dir / CHECKPOINT
+    torch.set_num_threads(cfg.num_threads)
+    tokenizer, fe = tiny_tokenizer(), tiny_feature_extractor()
+    torch.manual_seed(cfg.seed)
+    model = ClapModel(tiny_clap_config(len(tokenizer))).train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state["cfg"] != asdict(cfg):
+            raise UserError(f"{ckpt} was written with a different ClapTrainConfig; delete it to start over")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    log_mel = ClapLogMel(fe)
+    mels, attrs, _ = render_mels(list(range(cfg.pool_clips)), "train", log_mel, progress, "rendering pool")
+    val_seeds = [synth_heldout(10_000 + i) for i in range(cfg.eval_clips)]  # not evaluate_clap's
+    val = render_mels(val_seeds, "heldout", log_mel)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
+               desc="tiny clap", dynamic_ncols=True)
+    stats = {}
+    for step in bar:
+        stats.update(_train_step(model, opt, tokenizer, mels, attrs, step, cfg))
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            stats.update(_quick_eval(model, tokenizer, *val, seed=cfg.seed))
+        bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()}, refresh=False)
+        if step % 50 == 0 or (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            with open(ckpt_dir / LOG, "a") as log:
+                log.write(json.dumps({"step": step, **stats}) + "\n")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            _save_checkpoint(ckpt, model, opt, step + 1, cfg)
+    bar.close()
+    model.eval()
+    model.save_pretrained(out_dir)
+    # processor_config.json for AutoProcessor; preprocessor_config.json for AutoFeatureExtractor
+    # (transformers 5 keeps the extractor inside the processor file, 4.x looks for its own file)
+    ClapProcessor(feature_extractor=fe, tokenizer=tokenizer).save_pretrained(out_dir)
+    fe.save_pretrained(out_dir)
+    if work_dir is None:  # out_dir keeps only the model
+        ckpt.unlink(missing_ok=True)
+        (ckpt_dir / LOG).unlink(missing_ok=True)
+    return out_dir
+
+
+def synth_heldout(i: int) -> int:
+    from musicrl.synth import HELDOUT_SEED_OFFSET
+
+    return HELDOUT_SEED_OFFSET + i
+
+
+@torch.no_grad()
+def _quick_eval(model, tokenizer, mels, attrs, heldout_caps, seed: int) -> dict:
+    """R@1 in groups of 32 on pre-rendered clips, with train-split and held-out captions."""
+    from musicrl import synth
+
+    model.eval()
+    audio = F.normalize(model.get_audio_features(input_features=mels).pooler_output, dim=-1)
+    rng = np.random.default_rng([seed, 99])
+    train_caps = [synth.caption(a, rng, "train") for a in attrs]
+    result = {}
+    for name, caps in (("r1_train_words", train_caps), ("r1_heldout_words", heldout_caps)):
+        tok = tokenizer(caps, padding=True, return_tensors="pt")
+        text = F.normalize(model.get_text_features(**tok).pooler_output, dim=-1)
+        result[name] = recall_at_1(text, audio)
+    model.train()
+    return result
+
+
+def recall_at_1(text: torch.Tensor, audio: torch.Tensor, group: int = 32) -> float:
+    """text, audio [N, D] (row i = pair i), in groups of `group`: how often text i ranks audio i first."""
+    hits = []
+    for g in range(0, len(text) - group + 1, group):
+        sim = text[g : g + group] @ audio[g : g + group].t()  # [group, group]
+        hits.append(sim.argmax(1) == torch.arange(group))
+    return torch.cat(hits).float().mean().item()
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_clap(model_dir: str | Path = "tiny", n: int = 256, group: int = 32, seed: int = 0) -> dict:
+    """Text-audio agreement of a CLAP on `n` held-out synth clips (held-out seeds), via `ClapReward`.
+
+    - r1_heldout_words: text->audio R@1 among `group` candidates, captions from the held-out
+      templates and synonyms (split="heldout"); r1_train_words: the same with fresh train-split
+      captions. fit@1_*: how often the top clip *fits* the caption (it has every attribute the
+      caption names), the fairer figure since a caption naming 2-5 attributes often fits several
+      candidates; r1_ceiling: the R@1 of a perfect model that picks at random among fitting clips.
+    - own_vs_mismatched_*: fraction of (clip, own caption) scoring above (clip, the next clip's
+      caption); ambiguous_pairs: fraction where the mismatched caption fits the clip as well.
+    """
+    from musicrl import synth
+    from rewards.clap import ClapReward
+
+    if n < group:
+        raise UserError(f"n ({n}) must be at least the group size ({group})")
+    reward = ClapReward.from_pretrained(model_dir)
+    clips = list(synth.examples(n, 0, CLIP_S, "heldout"))
+    audio = torch.as_tensor(np.stack([c.audio for c in clips]))[:, None]  # [n, 1, S]
+    emb_a = torch.cat([reward.embed_audio(audio[i : i + 32], SAMPLE_RATE) for i in range(0, n, 32)])
+    rng = np.random.default_rng([seed, 7])
+    captions = {"heldout": [c.caption for c in clips],
+                "train": [synth.caption(c.attrs, rng, "train") for c in clips]}
+    attrs = [c.attrs for c in clips]
+    result: dict = {"n": n, "group": group}
+    for split, caps in captions.items():
+        emb_t = reward.embed_text(caps)
+        words = f"{split}_words"
+        result[f"r1_{words}"] = recall_at_1(emb_t, emb_a, group)
+        fit_hits, ceiling = [], []
+        for g in range(0, n - group + 1, group):
+            top = (emb_t[g : g + group] @ emb_a[g : g + group].t()).argmax(1)  # [group]
+            m = match_matrix(caps[g : g + group], attrs[g : g + group])  # [group, group]
+            fit_hits.append(m[torch.arange(group), top])
+            ceiling.append(1 / m.sum(1))
+        result[f"fit@1_{words}"] = torch.cat(fit_hits).float().mean().item()
+        result[f"r1_ceiling_{words}"] = torch.cat(ceiling).mean().item()
+        other = torch.roll(emb_t, -1, 0)  # clip i vs the caption of clip i+1
+        own = (emb_a * emb_t).sum(-1) > (emb_a * other).sum(-1)
+        result[f"own_vs_mismatched_{words}"] = own.float().mean().item()
+        ambiguous = fit_matrix(caps[1:] + caps[:1], attrs).diagonal()  # caption i+1 fits clip i
+        result[f"ambiguous_pairs_{words}"] = ambiguous.float().mean().item()
+    result["zero_shot"] = zero_shot_accuracy(reward, emb_a, attrs)
+    return result
+
+
+def zero_shot_accuracy(reward, emb_a: torch.Tensor, attrs: list) -> dict[str, float]:
+    """Per attribute: how often the clip's value, said in one word, outscores the attribute's other values.
+
+    The prompt is the first train-split synonym of each value (e.g. "sad" vs "happy" for mode,
+    "no drums" / "with kick and hi-hat" / "full drums"). Chance is 1 / (number of values).
+    """
+    from musicrl import synth
+
+    result = {}
+    for attr in ("tempo", "mode", "register", "instrument", "drums"):
+        values = list(synth.SYNONYMS[attr])
+        prompts = [synth.SYNONYMS[attr][v]["train"][0] for v in values]
+        pred = (emb_a @ reward.embed_text(prompts).t()).argmax(1)  # [n]
+        truth = torch.tensor([values.index(a.to_dict()[attr]) for a in attrs])
+        result[attr] = (pred == truth).float().mean().item()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m musicrl.tiny.clap", description="train the tiny CLAP")
+    parser.add_argument("--out", default="musicrl/assets/tiny/clap", help="where the model is saved")
+    parser.add_argument("--work-dir", default="runs/tiny/clap", help="resumable checkpoints go here")
+    for f in fields(ClapTrainConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    parser.add_argument("--eval", type=int, default=256, help="held-out clips to evaluate on (0: skip)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    from musicrl.logs import quiet_transformers
+
+    quiet_transformers()
+    cfg = ClapTrainConfig(**{f.name: getattr(args, f.name) for f in fields(ClapTrainConfig)})
+    t0 = time.time()
+    out = train_clap(args.out, cfg, progress=not args.no_progress, work_dir=args.work_dir)
+    report = {"train_seconds": round(time.time() - t0, 1), "config": asdict(cfg)}
+    if args.eval:
+        report["eval"] = evaluate_clap(out, n=args.eval)
+    text = json.dumps(report, indent=2)
+    print(text)
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.work_dir) / "report.json").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,683 @@
+"""The durable vote store: clips (content-addressed WAV files + rows), A/B votes, quality ratings.
+
+A SQLite file by default (`sqlite:///path/votes.db`), PostgreSQL by URL
+(`postgresql+psycopg://user@host/db`). Everything is append-only: this API has no update or
+delete, and database triggers refuse UPDATE/DELETE on all three tables, so a correction is a new
+vote row whose `supersedes` points at the vote it replaces.
+
+Durability: a clip's WAV is written atomically (temp file, fsync, rename, fsync dir) before its
+row; `record_vote` returns only after COMMIT (SQLite runs in WAL mode with synchronous=FULL), so
+the UI may confirm a vote as soon as the call returns.
+
+Vote semantics: `clip_a`/`clip_b` are the canonical pair, `choice` in {a, b, tie, both_bad} refers
+to them, and `left` says which of the two was shown on the left (screen position, for bias
+analysis). `session` is a salted hash of the caller's session key (salt from `MUSICRL_SALT` or a
+per-store secret file `data_dir/.musicrl-secret`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from sqlalchemy import (
+    DDL,
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+
+from musicrl.errors import UserError
+
+CHOICES = ("a", "b", "tie", "both_bad")
+EXPORT_FORMATS = ("jsonl", "hf")
+SECRET_FILE = ".musicrl-secret"
+_CLIP_ID = re.compile(r"^[0-9a-f]{64}$")
+_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
+
+metadata = MetaData()
+
+clips_table = Table(
+    "clips",
+    metadata,
+    Column("id", String(64), primary_key=True),  # sha256 of the WAV bytes
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("model_id", String(512), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("seed", BigInteger, nullable=False),
+    Column("settings", JSON, nullable=False),
+    Column("duration_s", Float, nullable=False),
+    Column("sample_rate", Integer, nullable=False),
+)
+
+votes_table = Table(
+    "votes",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("clip_a", String(64), ForeignKey("clips.id"), nullable=False),
+    Column("clip_b", String(64), ForeignKey("clips.id"), nullable=False),
+    Column("model_a", String(512), nullable=False),
+    Column("model_a_version", String(128), nullable=False),
+    Column("model_b", String(512), nullable=False),
+    Column("model_b_version", String(128), nullable=False),
+    Column("left", String(1), nullable=False),
+    Column("choice", String(8), nullable=False),
+    Column("listen_ms_a", Integer, nullable=True),
+    Column("listen_ms_b", Integer, nullable=True),
+    Column("session", String(64), nullable=False),
+    Column("supersedes", _ID, ForeignKey("votes.id"), nullable=True),
+    CheckConstraint("choice IN ('a', 'b', 'tie', 'both_bad')", name="ck_votes_choice"),
+    CheckConstraint("\"left\" IN ('a', 'b')", name="ck_votes_left"),
+    CheckConstraint("clip_a <> clip_b", name="ck_votes_distinct_clips"),
+    Index("ix_votes_session", "session"),
+)
+
+ratings_table = Table(
+    "ratings",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("clip_id", String(64), ForeignKey("clips.id"), nullable=False),
+    Column("rating", SmallInteger, nullable=False),
+    Column("session", String(64), nullable=False),
+    Column("vote_id", _ID, ForeignKey("votes.id"), nullable=True),
+    CheckConstraint("rating BETWEEN 1 AND 5", name="ck_ratings_range"),
+)
+
+# Append-only at the database level too: a stray UPDATE/DELETE (another tool, a bad migration) fails.
+for _t in (clips_table, votes_table, ratings_table):
+    for _op in ("UPDATE", "DELETE"):
+        event.listen(
+            _t,
+            "after_create",
+            DDL(
+                f"CREATE TRIGGER {_t.name}_no_{_op.lower()} BEFORE {_op} ON {_t.name} "
+                f"BEGIN SELECT RAISE(ABORT, 'musicrl: {_t.name} is append-only'); END"
+            ).execute_if(dialect="sqlite"),
+        )
+    event.listen(
+        _t,
+        "after_create",
+        DDL(
+            f"CREATE TRIGGER {_t.name}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {_t.name} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION musicrl_append_only()"
+        ).execute_if(dialect="postgresql"),
+    )
+event.listen(
+    metadata,
+    "before_create",
+    DDL(
+        "CREATE OR REPLACE FUNCTION musicrl_append_only() RETURNS trigger AS $$ BEGIN "
+        "RAISE EXCEPTION USING MESSAGE = 'musicrl: ' || TG_TABLE_NAME || ' is append-only'; END; $$ "
+        "LANGUAGE plpgsql"
+    ).execute_if(dialect="postgresql"),
+)
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    id: str
+    path: Path | None  # the WAV under data_dir; None when the store was opened without one
+    model_id: str
+    model_version: str
+    prompt: str
+    seed: int
+    settings: dict
+    duration_s: float
+    sample_rate: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Vote:
+    id: int
+    created_at: datetime
+    prompt: str
+    clip_a: str
+    clip_b: str
+    model_a: str
+    model_a_version: str
+    model_b: str
+    model_b_version: str
+    left: str  # 'a' or 'b': which clip was shown on the left
+    choice: str  # 'a' | 'b' | 'tie' | 'both_bad', about clip_a / clip_b
+    listen_ms_a: int | None
+    listen_ms_b: int | None
+    session: str  # salted hash
+    supersedes: int | None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(t: datetime) -> datetime:
+    """SQLite hands back naive datetimes; we only ever store UTC."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+
+
+def _check_clip_id(clip_id: object) -> None:
+    if not isinstance(clip_id, str) or not _CLIP_ID.match(clip_id):
+        raise UserError(f"not a clip id: {str(clip_id)[:80]!r}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "orig", None) or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")  # a COMMIT survives power loss, not only a crash
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def parse_db_url(url: str) -> URL:
+    """Validate a database URL: sqlite:///file or postgresql[+psycopg]://...; one-line error otherwise."""
+    hint = "expected sqlite:///PATH/votes.db or postgresql+psycopg://USER@HOST/DB"
+    try:
+        u = make_url(str(url))
+    except (ArgumentError, ValueError) as e:
+        raise UserError(f"malformed database URL {url!r}: {hint}") from e
+    backend = u.drivername.split("+")[0]
+    if backend in ("postgres", "postgresql"):
+        if "+" not in u.drivername or backend == "postgres":
+            u = u.set(drivername="postgresql+psycopg")
+        if not u.database:
+            raise UserError(f"database URL {u.render_as_string(hide_password=True)!r} names no database")
+        return u
+    if backend == "sqlite":
+        if not u.database or u.database == ":memory:":
+            raise UserError(f"database URL {url!r} needs a file (an in-memory SQLite store is not durable)")
+        parent = Path(u.database).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise UserError(f"directory for the SQLite database does not exist: {parent}")
+        return u
+    raise UserError(f"unsupported database {backend!r} in {url!r}: {hint}")
+
+
+def _jsonable(settings: dict | None) -> dict:
+    def conv(x: Any):
+        if isinstance(x, np.generic):
+            return x.item()
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+        return str(x)
+
+    return json.loads(json.dumps(dict(settings or {}), default=conv))
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """Mono float audio [S] -> 16-bit PCM WAV bytes (deterministic, so the hash is a content id)."""
+    import soundfile as sf
+
+    a = np.asarray(audio)
+    if a.ndim == 2 and 1 in a.shape:
+        a = a.reshape(-1)
+    if a.ndim != 1 or a.size == 0:
+        raise UserError(f"a clip must be mono audio of shape [S] with S > 0, got shape {tuple(np.shape(audio))}")
+    if not np.all(np.isfinite(a)):
+        raise UserError("a clip contains NaN or infinite samples")
+    if int(sample_rate) <= 0:
+        raise UserError(f"sample rate must be positive, got {sample_rate}")
+    pcm = np.round(np.clip(a.astype(np.float64), -1.0, 1.0) * 32767.0).astype("<i2")
+    buf = io.BytesIO()
+    sf.write(buf, pcm, int(sample_rate), format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)  # the rename itself is durable
+    finally:
+        os.close(dfd)
+
+
+def effective_votes(votes: Iterable[Vote], per_session_cap: int | None = None) -> list[Vote]:
+    """Deduplicate raw vote rows into the votes that count, in id order.
+
+    1. Corrections: a vote that another row `supersedes` is dropped; of several corrections of the
+       same original the latest wins.
+    2. One vote per (session, unordered clip pair): the latest wins, which drops exact duplicate
+       submissions (a double click, a retried request).
+    3. `per_session_cap`: a session keeps at most its first N remaining votes, so one voter
+       cannot dominate the set.
+    """
+    rows = sorted(votes, key=lambda v: v.id)
+    by_id = {v.id: v for v in rows}
+
+    def root(v: Vote) -> int:
+        seen = set()
+        while v.supersedes is not None and v.supersedes in by_id and v.id not in seen:
+            seen.add(v.id)
+            v = by_id[v.supersedes]
+        return v.id
+
+    latest: dict[tuple, Vote] = {}
+    for v in rows:  # id order, so later rows overwrite earlier ones
+        latest[("root", root(v))] = v
+    latest_pair: dict[tuple, Vote] = {}
+    for v in sorted(latest.values(), key=lambda v: v.id):
+        latest_pair[(v.session, frozenset((v.clip_a, v.clip_b)))] = v
+    kept = sorted(latest_pair.values(), key=lambda v: v.id)
+    if per_session_cap is not None:
+        if int(per_session_cap) < 1:
+            raise UserError(f"per-session cap must be at least 1, got {per_session_cap}")
+        counts: dict[str, int] = {}
+        capped = []
+        for v in kept:
+            counts[v.session] = counts.get(v.session, 0) + 1
+            if counts[v.session] <= per_session_cap:
+                capped.append(v)
+        kept = capped
+    return kept
+
+
+class VoteStore:
+    """Clips, votes and ratings in one database plus a directory of WAV files.
+
+    `data_dir` must exist; it may be None for read-only use (stats) that needs no files or salt.
+    """
+
+    def __init__(self, url: str, data_dir: str | Path | None = None):
+        self._url = parse_db_url(url)
+        if data_dir is not None:
+            data_dir = Path(data_dir).expanduser().resolve()
+            if not data_dir.is_dir():
+                raise UserError(f"data dir does not exist: {data_dir} (create it first)")
+        self._data_dir: Path | None = data_dir
+        self._salt: bytes | None = None
+        if self._url.get_backend_name() == "sqlite":
+            self._engine: Engine = create_engine(self._url, connect_args={"timeout": 30})
+            event.listen(self._engine, "connect", _sqlite_pragmas)
+        else:
+            self._engine = create_engine(self._url, pool_pre_ping=True)
+        try:
+            metadata.create_all(self._engine)
+        except (OperationalError, SQLAlchemyError) as e:
+            self._engine.dispose()
+            raise UserError(f"cannot open database {self.url}: {_first_line(e)}") from e
+
+    # -- plumbing -------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self._url.render_as_string(hide_password=True)
+
+    @property
+    def data_dir(self) -> Path | None:
+        return self._data_dir
+
+    @property
+    def clips_dir(self) -> Path:
+        return self._need_data_dir() / "clips"
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def _need_data_dir(self) -> Path:
+        if self._data_dir is None:
+            raise UserError("this vote store was opened without a data dir; pass --data-dir")
+        return self._data_dir
+
+    def _secret(self) -> bytes:
+        if self._salt is None:
+            env = os.environ.get("MUSICRL_SALT")
+            if env:
+                self._salt = env.encode()
+            else:
+                path = self._need_data_dir() / SECRET_FILE
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "w") as f:
+                        f.write(secrets.token_hex(32))
+                        f.flush()
+                        os.fsync(f.fileno())
+                except FileExistsError:
+                    pass
+                self._salt = path.read_text().strip().encode()
+                if not self._salt:
+                    raise UserError(f"the store secret file is empty: {path}")
+        return self._salt
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A key for `purpose` (e.g. signing pair tokens), derived from the store secret."""
+        return hmac.new(self._secret(), f"musicrl:{purpose}".encode(), hashlib.sha256).digest()
+
+    def hash_session(self, raw: str) -> str:
+        """The stored form of a session key: salted, so votes cannot be joined to people or IPs."""
+        if not raw or not str(raw).strip():
+            raise UserError("a vote needs a session key")
+        return hmac.new(self._secret(), str(raw).encode(), hashlib.sha256).hexdigest()[:32]
+
+    # -- clips ----------------------------------------------------------------------------------
+    def clip_path(self, clip_id: str) -> Path:
+        _check_clip_id(clip_id)
+        return self.clips_dir / clip_id[:2] / f"{clip_id}.wav"
+
+    def add_clip(
+        self,
+        audio: np.ndarray,
+        sample_rate: int,
+        *,
+        model_id: str,
+        model_version: str,
+        prompt: str,
+        seed: int,
+        settings: dict | None = None,
+    ) -> ClipRecord:
+        """Store a clip: its WAV (atomically, first), then its row. Same audio -> same id, stored once."""
+        data = wav_bytes(audio, sample_rate)
+        clip_id = hashlib.sha256(data).hexdigest()
+        path = self.clip_path(clip_id)
+        if not path.exists():
+            _write_atomic(path, data)
+        row = dict(
+            id=clip_id,
+            created_at=_utcnow(),
+            model_id=str(model_id),
+            model_version=str(model_version),
+            prompt=str(prompt),
+            seed=int(seed),
+            settings=_jsonable(settings),
+            duration_s=float(np.asarray(audio).size / int(sample_rate)),
+            sample_rate=int(sample_rate),
+        )
+        try:
+            with self._engine.begin() as conn:
+                if conn.execute(select(clips_table.c.id).where(clips_table.c.id == clip_id)).first() is None:
+                    conn.execute(clips_table.insert().values(**row))
+        except IntegrityError:
+            pass  # inserted concurrently by someone else: the same content, so the same clip
+        return self.clip(clip_id)
+
+    def clip(self, clip_id: str) -> ClipRecord:
+        _check_clip_id(clip_id)
+        with self._engine.connect() as conn:
+            r = conn.execute(select(clips_table).where(clips_table.c.id == str(clip_id))).mappings().first()
+        if r is None:
+            raise UserError(f"unknown clip {str(clip_id)[:80]}")
+        return self._clip_record(r)
+
+    def _clip_record(self, r) -> ClipRecord:
+        return ClipRecord(
+            id=r["id"],
+            path=self.clip_path(r["id"]) if self._data_dir is not None else None,
+            model_id=r["model_id"],
+            model_version=r["model_version"],
+            prompt=r["prompt"],
+            seed=int(r["seed"]),
+            settings=dict(r["settings"] or {}),
+            duration_s=float(r["duration_s"]),
+            sample_rate=int(r["sample_rate"]),
+            created_at=_aware(r["created_at"]),
+        )
+
+    # -- votes and ratings ----------------------------------------------------------------------
+    def record_vote(
+        self,
+        *,
+        clip_a: str,
+        clip_b: str,
+        choice: str,
+        session: str,
+        left: str = "a",
+        listen_ms_a: int | None = None,
+        listen_ms_b: int | None = None,
+        supersedes: int | None = None,
+    ) -> Vote:
+        """Append a vote; returns after COMMIT. Models and prompt are taken from the clip rows.
+
+        A correction passes `supersedes=<vote id>`: the same session and the same clip pair.
+        """
+        if choice not in CHOICES:
+            raise UserError(f"unknown choice {str(choice)[:40]!r}: expected one of {', '.join(CHOICES)}")
+        if left not in ("a", "b"):
+            raise UserError(f"left must be 'a' or 'b', got {str(left)[:40]!r}")
+        if clip_a == clip_b:
+            raise UserError("a vote compares two different clips")
+        for ms in (listen_ms_a, listen_ms_b):
+            if ms is not None and (not isinstance(ms, (int, np.integer)) or ms < 0):
+                raise UserError(f"listen time must be a non-negative integer of ms, got {ms!r}")
+        session_hash = self.hash_session(session)
+        with self._engine.begin() as conn:
+            rows = {
+                r["id"]: r
+                for r in conn.execute(
+                    select(clips_table).where(clips_table.c.id.in_([str(clip_a), str(clip_b)]))
+                ).mappings()
+            }
+            for c in (clip_a, clip_b):
+                if c not in rows:
+                    raise UserError(f"unknown clip {str(c)[:80]}")
+            if supersedes is not None:
+                old = conn.execute(select(votes_table).where(votes_table.c.id == int(supersedes))).mappings().first()
+                if old is None:
+                    raise UserError(f"vote {supersedes} to correct does not exist")
+                if old["session"] != session_hash or {old["clip_a"], old["clip_b"]} != {clip_a, clip_b}:
+                    raise UserError(f"vote {supersedes} can only be corrected by its session, on the same pair")
+            a, b = rows[clip_a], rows[clip_b]
+            values = dict(
+                created_at=_utcnow(),
+                prompt=a["prompt"],
+                clip_a=clip_a,
+                clip_b=clip_b,
+                model_a=a["model_id"],
+                model_a_version=a["model_version"],
+                model_b=b["model_id"],
+                model_b_version=b["model_version"],
+                left=left,
+                choice=choice,
+                listen_ms_a=None if listen_ms_a is None else int(listen_ms_a),
+                listen_ms_b=None if listen_ms_b is None else int(listen_ms_b),
+                session=session_hash,
+                supersedes=None if supersedes is None else int(supersedes),
+            )
+            vote_id = conn.execute(votes_table.insert().values(**values)).inserted_primary_key[0]
+        # the `with` block has committed: only now is the vote reported back
+        return Vote(id=int(vote_id), **values)
+
+    def add_rating(self, clip_id: str, rating: int, *, session: str, vote_id: int | None = None) -> int:
+        """Append a 1-5 quality rating of one clip; returns its row id after COMMIT."""
+        if isinstance(rating, bool) or not isinstance(rating, (int, np.integer)) or not 1 <= rating <= 5:
+            raise UserError(f"a rating is an integer from 1 to 5, got {rating!r}")
+        self.clip(clip_id)
+        with self._engine.begin() as conn:
+            rid = conn.execute(
+                ratings_table.insert().values(
+                    created_at=_utcnow(),
+                    clip_id=clip_id,
+                    rating=int(rating),
+                    session=self.hash_session(session),
+                    vote_id=vote_id,
+                )
+            ).inserted_primary_key[0]
+        return int(rid)
+
+    def votes(self, *, effective: bool = False, per_session_cap: int | None = None) -> list[Vote]:
+        """All vote rows in id order; `effective=True` applies `effective_votes` (dedup, cap)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(votes_table).order_by(votes_table.c.id)).mappings().all()
+        out = [
+            Vote(**{**dict(r), "id": int(r["id"]), "created_at": _aware(r["created_at"])})
+            for r in rows
+        ]
+        if effective or per_session_cap is not None:
+            out = effective_votes(out, per_session_cap)
+        return out
+
+    def ratings(self) -> list[dict]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(ratings_table).order_by(ratings_table.c.id)).mappings().all()
+        return [{**dict(r), "created_at": _aware(r["created_at"])} for r in rows]
+
+    # -- export and stats -----------------------------------------------------------------------
+    def export(self, path: str | Path, fmt: str = "jsonl", per_session_cap: int | None = None) -> int:
+        """Write the effective votes; returns the number of rows.
+
+        jsonl: one JSON object per vote, clip paths absolute (under data_dir).
+        hf: a self-contained directory: `train.jsonl` (clip paths relative to it), `clips/` (hard
+        links or copies of the WAVs), `dataset_info.json`; load it with
+        `datasets.load_dataset("json", data_files="DIR/train.jsonl")`.
+        """
+        if fmt not in EXPORT_FORMATS:
+            raise UserError(f"unknown export format {str(fmt)[:40]!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+        self._need_data_dir()
+        path = Path(path).expanduser().resolve()
+        votes = self.votes(effective=True, per_session_cap=per_session_cap)
+        if fmt == "jsonl":
+            if not path.parent.is_dir():
+                raise UserError(f"directory for the export does not exist: {path.parent}")
+            if path.is_dir():
+                raise UserError(f"export path is a directory: {path}")
+            lines = [json.dumps(self._export_row(v, None)) for v in votes]
+            _write_atomic(path, ("\n".join(lines) + ("\n" if lines else "")).encode())
+            return len(votes)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise UserError(f"export directory exists and is not empty: {path}")
+        if not path.parent.is_dir():
+            raise UserError(f"directory for the export does not exist: {path.parent}")
+        (path / "clips").mkdir(parents=True, exist_ok=True)
+        for v in votes:
+            for c in (v.clip_a, v.clip_b):
+                dst = path / "clips" / f"{c}.wav"
+                if not dst.exists():
+                    try:
+                        os.link(self.clip_path(c), dst)
+                    except OSError:
+                        shutil.copyfile(self.clip_path(c), dst)
+        lines = [json.dumps(self._export_row(v, path)) for v in votes]
+        _write_atomic(path / "train.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode())
+        string = {"dtype": "string", "_type": "Value"}
+        features = {k: string for k in self._export_row(votes[0], path)} if votes else {}
+        for k in ("vote_id", "listen_ms_a", "listen_ms_b", "supersedes"):
+            if k in features:
+                features[k] = {"dtype": "int64", "_type": "Value"}
+        info = {
+            "description": "musicrl A/B votes (effective: corrections applied, duplicates dropped)",
+            "features": features,
+            "splits": {"train": {"name": "train", "num_examples": len(votes)}},
+            "loading": 'datasets.load_dataset("json", data_files="train.jsonl"); clip paths are relative to this dir',
+            "per_session_cap": per_session_cap,
+        }
+        _write_atomic(path / "dataset_info.json", json.dumps(info, indent=2).encode())
+        return len(votes)
+
+    def _export_row(self, v: Vote, rel_to: Path | None) -> dict:
+        def clip(c: str) -> str:
+            return f"clips/{c}.wav" if rel_to is not None else str(self.clip_path(c))
+
+        return {
+            "vote_id": v.id,
+            "created_at": v.created_at.isoformat(),
+            "prompt": v.prompt,
+            "clip_a": clip(v.clip_a),
+            "clip_b": clip(v.clip_b),
+            "clip_a_id": v.clip_a,
+            "clip_b_id": v.clip_b,
+            "model_a": v.model_a,
+            "model_a_version": v.model_a_version,
+            "model_b": v.model_b,
+            "model_b_version": v.model_b_version,
+            "left": v.left,
+            "choice": v.choice,
+            "listen_ms_a": v.listen_ms_a,
+            "listen_ms_b": v.listen_ms_b,
+            "session": v.session,
+            "supersedes": v.supersedes,
+        }
+
+    def stats(self) -> dict:
+        """Counts: clips, raw and effective votes, sessions, choices, votes per model, ratings."""
+        with self._engine.connect() as conn:
+            n_clips = conn.execute(select(func.count()).select_from(clips_table)).scalar_one()
+            n_ratings = conn.execute(select(func.count()).select_from(ratings_table)).scalar_one()
+        raw = self.votes()
+        eff = effective_votes(raw)
+        choices = {c: sum(v.choice == c for v in eff) for c in CHOICES}
+        models: dict[str, int] = {}
+        for v in eff:
+            for m in {model_key(v.model_a, v.model_a_version), model_key(v.model_b, v.model_b_version)}:
+                models[m] = models.get(m, 0) + 1
+        return {
+            "clips": int(n_clips),
+            "votes_raw": len(raw),
+            "votes_effective": len(eff),
+            "corrections": sum(v.supersedes is not None for v in raw),
+            "sessions": len({v.session for v in eff}),
+            "choices": choices,
+            "votes_per_model": dict(sorted(models.items())),
+            "ratings": int(n_ratings),
+        }
+
+
+def model_key(model_id: str, version: str) -> str:
+    """The name a model version goes by on the leaderboard: id@first 8 of its weights hash."""
+    return f"{model_id}@{version[:8]}" if version else model_id
+
+
+def vote_pairs(votes: Iterable[Vote]) -> list[tuple[str, str, str]]:
+    """Votes -> (model_a, model_b, choice) triples for `musicrl.leaderboard`."""
+    return [
+        (model_key(v.model_a, v.model_a_version), model_key(v.model_b, v.model_b_version), v.choice) for v in votes
+    ]
+
+
+__all__ = [
+    "CHOICES",
+    "EXPORT_FORMATS",
+    "ClipRecord",
+    "Vote",
+    "VoteStore",
+    "effective_votes",
+    "model_key",
+    "parse_db_url",
+    "vote_pairs",
+    "wav_bytes",
+]

@@ -1,0 +1,166 @@
+"""The frozen CLAP backbone that the learned rewards (quality, user preference) put their heads on.
+
+Why a small head on a frozen CLAP, not a model of its own: MusicRL trained its reward models on top
+of pretrained audio/text encoders (a from-scratch preference model stayed at chance); the head is
+cheap to train on a few thousand votes or ratings, the backbone is already loaded for the CLAP
+reward, and the same code serves the tiny CLAP and LAION's. Embeddings are computed once per clip
+and cached during training, so training the head is seconds of CPU.
+
+A head is only valid on the backbone it was trained on: `fingerprint` hashes the backbone's
+projection weights, stored beside the head and checked on load (a retrained tiny CLAP would
+otherwise silently turn a saved head into noise).
+
+A head's directory names its backbone in `config.json`: a name as given ('tiny', a hub id) or, for a
+local directory, its path relative to the head's directory (so the two can move together).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musicrl.errors import UserError
+
+
+def load_backbone(name: str | Path, device: str | torch.device = "cpu"):
+    """A `ClapReward` (the frozen CLAP plus its feature pipeline) by name, directory or 'tiny'."""
+    from musicrl.logs import quiet_transformers
+    from rewards.clap import ClapReward
+
+    quiet_transformers()
+    return ClapReward.from_pretrained(str(name), device=device)
+
+
+def fingerprint(clap) -> str:
+    """A short hash of the backbone's audio and text projection weights (identifies the checkpoint)."""
+    h = hashlib.sha256()
+    state = {**{f"a.{k}": v for k, v in clap.model.audio_projection.state_dict().items()},
+             **{f"t.{k}": v for k, v in clap.model.text_projection.state_dict().items()}}
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def stored_name(backbone: str | Path, model_dir: str | Path) -> str:
+    """How `config.json` in `model_dir` names `backbone`: a local directory relative to `model_dir`."""
+    name = str(backbone)
+    if name != "tiny" and Path(name).expanduser().is_dir():
+        return os.path.relpath(Path(name).expanduser().resolve(), Path(model_dir).resolve())
+    return name
+
+
+def resolve_stored(name: str, model_dir: str | Path) -> str:
+    """The inverse of `stored_name`: a relative path is taken from `model_dir`."""
+    if name == "tiny" or Path(name).is_absolute():
+        return name
+    local = Path(model_dir) / name
+    if name.startswith(".") or local.is_dir():
+        return str(local)
+    return name  # a hub id
+
+
+def check_fingerprint(clap, expected: str | None, what: str, model_dir) -> None:
+    if expected and fingerprint(clap) != expected:
+        raise UserError(
+            f"the {what} head in {model_dir} was trained on a different CLAP backbone "
+            f"(fingerprint {expected}, loaded {fingerprint(clap)}); retrain it with `musicrl train-reward`"
+        )
+
+
+def mlp(in_dim: int, hidden: int, layers: int, dropout: float) -> torch.nn.Sequential:
+    """`layers` hidden layers of width `hidden` (GELU, dropout), then one linear output unit."""
+    mods: list[torch.nn.Module] = []
+    d = in_dim
+    for _ in range(layers):
+        mods += [torch.nn.Linear(d, hidden), torch.nn.GELU(), torch.nn.Dropout(dropout)]
+        d = hidden
+    mods.append(torch.nn.Linear(d, 1))
+    return torch.nn.Sequential(*mods)
+
+
+def read_clip(path: str | Path) -> tuple[np.ndarray, int]:
+    """(mono float32 [S], sample rate) of an audio file; a missing file is a one-line UserError."""
+    from musicrl.audio import read_wav
+
+    if not Path(path).is_file():
+        raise UserError(f"clip file missing: {path}")
+    return read_wav(path)
+
+
+@torch.inference_mode()
+def embed_clips(clap, clips: list[tuple[np.ndarray, int]], batch_size: int = 64,
+                progress: bool = False, desc: str = "embedding clips") -> torch.Tensor:
+    """[(audio [S], sr)] -> unit-norm CLAP audio embeddings [N, D] on the CPU.
+
+    Clips of equal length and rate are batched together (the embedding of a clip does not depend on
+    its batch: `ClapReward` is pure), others go in their own batches.
+    """
+    from tqdm.auto import tqdm
+
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (audio, sr) in enumerate(clips):
+        groups.setdefault((len(audio), int(sr)), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(clips)
+    bar = tqdm(total=len(clips), desc=desc, disable=not progress, dynamic_ncols=True)
+    for (_, sr), idx in groups.items():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s : s + batch_size]
+            audio = torch.as_tensor(np.stack([clips[i][0] for i in chunk]))[:, None]  # [b, 1, S]
+            emb = clap.embed_audio(audio, sr).float().cpu()  # [b, D]
+            for i, e in zip(chunk, emb):
+                out[i] = e
+            bar.update(len(chunk))
+    bar.close()
+    if not clips:
+        return torch.zeros(0, 0)
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+def save_head(model_dir: str | Path, config: dict, head: torch.nn.Module) -> None:
+    """`config.json` and `model.safetensors` (the head's weights only) into `model_dir`."""
+    import json
+
+    from safetensors.torch import save_file
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+              str(model_dir / "model.safetensors"))
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_head_files(model_dir: str | Path, model_type: str) -> tuple[dict, dict]:
+    """(config, head state dict) from a head directory; one-line errors for what is missing or foreign."""
+    import json
+
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    cfg_path, weights = model_dir / "config.json", model_dir / "model.safetensors"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise UserError(f"no {model_type} model in {model_dir} (needs config.json and model.safetensors)")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{cfg_path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict) or config.get("model_type") != model_type:
+        got = config.get("model_type") if isinstance(config, dict) else None
+        raise UserError(f"{model_dir} holds a {got!r} model, not a {model_type!r} one")
+    return config, load_file(str(weights))
+
+
+def backbone_of(model_dir: str | Path, model_type: str) -> str:
+    """The backbone a saved head names, resolved against its directory (without loading anything)."""
+    import json
+
+    cfg_path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(cfg_path.read_text())
+        return resolve_stored(config["backbone"], model_dir)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"no {model_type} model in {model_dir} (unreadable config.json)") from None

@@ -1,0 +1,220 @@
+"""The voting app: JSON API, file serving, admin, limits (fast); a real browser session (slow).
+
+Served model: the shipped `tiny` MusicGen if its assets are present, else a random-weight tiny
+MusicGen (conftest), through the real `musicrl.generator.Generator`.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("gradio")
+
+from app.arena import Listening  # noqa: E402
+from app.server import build_app, start_server  # noqa: E402
+from musicrl.generator import Generator  # noqa: E402
+from musicrl.votes import SECRET_FILE, VoteStore, model_key  # noqa: E402
+
+SECRET = "open-sesame"
+
+
+@pytest.fixture(scope="module")
+def model_dir(request):
+    from musicrl.hub import TINY_DIR
+
+    if (TINY_DIR / "musicgen" / "config.json").exists():
+        return "tiny"
+    return str(request.getfixturevalue("random_musicgen_dir"))
+
+
+@pytest.fixture(scope="module")
+def served(model_dir, tmp_path_factory):
+    """One model (so pairs are two seeds of it), admin on, a reload hook, a small queue."""
+    data = tmp_path_factory.mktemp("app-data")
+    store = VoteStore(f"sqlite:///{data}/votes.db", data)
+    gen = Generator.from_pretrained(model_dir)
+    reloads = []
+
+    def reload():
+        reloads.append(1)
+        return [Generator.from_pretrained(model_dir)]
+
+    demo = build_app([gen], store, admin_secret=SECRET, reload=reload, max_prompt_chars=50, max_duration_s=3.0,
+                     queue_size=2, leaderboard_min_votes=1, n_boot=50, seed=0)  # fmt: skip
+    with start_server(demo) as srv:
+        with httpx.Client(base_url=srv.url, timeout=60) as client:
+            yield client, store, demo.musicrl_arena, gen, reloads
+
+
+def _generate(client, prompt="a calm piano melody", duration_s=1.0):
+    r = client.post("/api/generate", json={"prompt": prompt, "duration_s": duration_s})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_generate_serves_two_stored_clips_and_vote_reveals_after_commit(served):
+    client, store, _, gen, _ = served
+    before = len(store.votes())
+    g = _generate(client)
+    a, b = g["clips"]
+    assert (a["slot"], b["slot"]) == ("a", "b") and a["id"] != b["id"]
+    clips = [store.clip(c["id"]) for c in (a, b)]
+    assert all(c.model_id == gen.model_id and c.model_version == gen.version for c in clips)
+    assert clips[0].seed != clips[1].seed and clips[0].duration_s == pytest.approx(1.0, abs=0.05)
+    wav = client.get(a["url"])
+    assert wav.status_code == 200 and wav.content[:4] == b"RIFF" and wav.content == clips[0].path.read_bytes()
+    assert "model" not in json.dumps(g)  # blind: nothing in the answer names the model
+    r = client.post("/api/vote", json={"pair": g["pair"], "choice": "b", "session": "bot-1", "listen_ms_a": 900})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    stored = store.votes()
+    assert len(stored) == before + 1 and stored[-1].id == body["vote_id"]  # committed when the answer came
+    assert (stored[-1].choice, stored[-1].clip_b, stored[-1].listen_ms_a, stored[-1].left) == ("b", b["id"], 900, "a")
+    assert body["models"]["a"].startswith(gen.model_id)
+    fix = client.post("/api/vote", json={"pair": g["pair"], "choice": "tie", "session": "bot-1", "supersedes": body["vote_id"]})
+    assert fix.status_code == 200 and store.votes()[-1].supersedes == body["vote_id"]
+    assert [v.choice for v in store.votes(effective=True) if v.clip_a == a["id"]] == ["tie"]
+    lb = client.get("/api/leaderboard").json()
+    assert lb["n_votes"] == 0 and lb["models"] == []  # two seeds of one model: no rating information
+
+
+def test_bad_requests_get_clear_messages(served):
+    client, _, arena, _, _ = served
+    g = _generate(client)
+    cases = [
+        ("/api/generate", {"prompt": "x" * 51}, 400, "limit is 50"),
+        ("/api/generate", {"prompt": "   "}, 400, "Type a prompt"),
+        ("/api/generate", {"prompt": "piano", "duration_s": 60}, 400, "between 0.5 and 3"),
+        ("/api/vote", {"pair": g["pair"], "choice": "left"}, 400, "unknown choice"),
+        ("/api/vote", {"pair": g["pair"][:-2] + "00", "choice": "a"}, 400, "invalid pair token"),
+        ("/api/vote", {"pair": "garbage", "choice": "a"}, 400, "invalid pair token"),
+    ]
+    for path, body, status, msg in cases:
+        r = client.post(path, json=body)
+        assert r.status_code == status and msg in r.json()["error"], (path, body, r.text)
+    held = [arena._slots.acquire(blocking=False) for _ in range(2)]  # the queue is full
+    try:
+        r = client.post("/api/generate", json={"prompt": "piano"})
+        assert r.status_code == 503 and "busy" in r.json()["error"]
+    finally:
+        for ok in held:
+            if ok:
+                arena._slots.release()
+    assert client.get("/api/clips/" + "0" * 64 + ".wav").status_code == 404
+    assert client.get("/api/clips/..%2F..%2Fvotes.db").status_code == 404
+
+
+def test_files_are_served_only_from_the_clips_dir(served):
+    client, store, _, _, _ = served
+    g = _generate(client)
+    clip = store.clip_path(g["clips"][0]["id"])
+    assert client.get(f"/gradio_api/file={quote(str(clip))}").status_code == 200
+    for path in (store.data_dir / SECRET_FILE, store.data_dir / "votes.db", Path("/etc/passwd"), Path(__file__)):
+        assert path.exists()
+        assert client.get(f"/gradio_api/file={quote(str(path))}").status_code == 403, path
+
+
+def test_admin_actions_need_the_secret(served):
+    client, store, _, gen, reloads = served
+    assert client.get("/api/admin/models").status_code == 403
+    assert client.get("/api/admin/models", headers={"X-Admin-Secret": "guess"}).status_code == 403
+    models = client.get("/api/admin/models", headers={"X-Admin-Secret": SECRET}).json()["models"]
+    assert models == [{"model": f"{gen.model_id}@{gen.version[:8]}", "model_id": gen.model_id, "version": gen.version,
+                       "checkpoint": None}]  # fmt: skip
+    assert client.post("/api/admin/reload").status_code == 403 and not reloads
+    r = client.post("/api/admin/reload", headers={"X-Admin-Secret": SECRET})
+    assert r.status_code == 200 and reloads == [1] and r.json()["models"] == models  # same weights, same version
+    r = client.post("/api/admin/export", json={"format": "jsonl"}, headers={"X-Admin-Secret": SECRET})
+    assert r.status_code == 200, r.text
+    out = Path(r.json()["path"])
+    assert out.parent == store.data_dir / "exports" and len(out.read_text().splitlines()) == r.json()["rows"]
+    bad = client.post("/api/admin/export", json={"format": "xml"}, headers={"X-Admin-Secret": SECRET})
+    assert bad.status_code == 400 and "unknown export format" in bad.json()["error"]
+
+
+def test_two_models_are_paired_blind_and_at_random(model_dir, tmp_path):
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
+    g1, g2 = Generator.from_pretrained(model_dir), Generator.from_pretrained(model_dir)
+    g2.model_id = "other"
+    arena = build_app([g1, g2], store, seed=3, n_boot=10).musicrl_arena
+    pairs = [arena.generate_pair("fast drums", 0.5) for _ in range(5)]
+    assert all({p.a.model_id, p.b.model_id} == {g1.model_id, "other"} for p in pairs)
+    assert len({p.a.model_id for p in pairs}) == 2 and len({p.left for p in pairs}) == 2  # order and side vary
+
+
+def test_listening_adds_up_play_time():
+    lis = Listening()
+    lis.play("A", 10.0)
+    lis.play("A", 10.5)  # a second play event while playing changes nothing
+    assert lis.seconds("A", 11.0) == pytest.approx(1.0) and lis.playing
+    lis.pause("A", 11.5)
+    lis.pause("A", 12.0)  # pause and stop both fire at the end: counted once
+    lis.play("A", 20.0)
+    lis.pause("A", 20.25)
+    assert lis.seconds("A", 99.0) == pytest.approx(1.75) and lis.seconds("B", 99.0) == 0.0 and not lis.playing
+
+
+@pytest.mark.slow
+def test_browser_generate_listen_vote_reveal_leaderboard(model_dir, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("headless chromium is not installed (apt-get install chromium)")
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
+    g1, g2 = Generator.from_pretrained(model_dir), Generator.from_pretrained(model_dir)
+    g2.model_id = "tiny-rival"
+    demo = build_app([g1, g2], store, min_listen_s=1.0, default_duration_s=1.5, leaderboard_min_votes=1, n_boot=50, seed=1)
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"]  # fmt: skip
+    timings = {}
+    with start_server(demo) as srv, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1300})
+            expect = sync_api.expect
+            t0 = time.monotonic()
+            page.goto(srv.url)
+            page.get_by_role("tab", name="Leaderboard").click()
+            expect(page.locator("#leaderboard-note")).to_contain_text("0 informative votes")
+            page.get_by_role("tab", name="Vote").click()
+            page.locator("#prompt textarea").fill("a calm piano melody")
+            page.locator("#generate").click()
+            page.wait_for_selector("#clip-b .play-pause-button", timeout=30_000)
+            timings["generate_s"] = time.monotonic() - t0
+            expect(page.locator("#status")).to_contain_text("Listen to both clips")
+            for b in ("a", "b", "tie", "both_bad"):
+                expect(page.locator(f"#vote-{b}")).to_be_disabled()
+            page.locator("#clip-a .play-pause-button").click()
+            expect(page.locator("#status")).to_contain_text("A 1.0 / 1.0 s ✓", timeout=10_000)
+            expect(page.locator("#vote-a")).to_be_disabled()  # B not heard yet
+            page.locator("#clip-b .play-pause-button").click()
+            expect(page.locator("#vote-a")).to_be_enabled(timeout=10_000)
+            timings["listened_s"] = time.monotonic() - t0
+            page.locator('#rating-a label:has-text("4")').click()
+            page.locator("#vote-a").click()
+            expect(page.locator("#reveal")).to_contain_text("you chose A", timeout=10_000)
+            reveal = page.locator("#reveal").inner_text()
+            assert "tiny-rival@" in reveal and f"{g1.model_id}@" in reveal
+            page.get_by_role("tab", name="Leaderboard").click()
+            expect(page.locator("#leaderboard-note")).to_contain_text("1 informative votes")
+            expect(page.locator("#leaderboard")).to_contain_text("tiny-rival@")
+            timings["voted_s"] = time.monotonic() - t0
+            page.screenshot(path=str(tmp_path / "leaderboard.png"), full_page=True)
+            page.get_by_role("tab", name="Vote").click()
+            page.screenshot(path=str(tmp_path / "vote.png"), full_page=True)
+        finally:
+            browser.close()
+    (v,) = store.votes()
+    left_clip = store.clip(v.clip_a if v.left == "a" else v.clip_b)
+    assert v.choice == v.left  # "A is better" = the clip shown on the left
+    assert f"A was {model_key(left_clip.model_id, left_clip.model_version)} (seed {left_clip.seed})" in reveal
+    assert v.listen_ms_a >= 900 and v.listen_ms_b >= 900
+    (rating,) = store.ratings()
+    assert rating["rating"] == 4 and rating["clip_id"] == left_clip.id and rating["vote_id"] == v.id
+    print(f"browser timings: {timings}; screenshots in {tmp_path}")

@@ -1,0 +1,47 @@
+"""Model comparison: paired win rates, intervals, KL, and the run plot."""
+
+import numpy as np
+import torch
+
+from musicrl import evaluate as ev
+
+
+def _samples(name, audio_level, P=4, n=2):
+    audio = torch.full((P * n, 1, 100), float(audio_level))
+    return ev.Samples(name, [f"p{i // n}" for i in range(P * n)], torch.zeros(P * n, 4, 5, dtype=torch.long), audio, 16000)
+
+
+def test_compare_counts_wins_ties_and_losses():
+    a, b = _samples("A", 0.1), _samples("B", 0.2)
+    b.audio[:2] = 0.1  # prompt p0: a tie
+    b.audio[2:4] = 0.05  # prompt p1: a loss
+    judges = {"loud": lambda audio, sr, prompts: audio.abs().mean((1, 2))}
+    r = ev.compare([a, b], judges, n=2)
+    w = r["win_rates"]["loud"]["B over A"]
+    assert (w["win"], w["tie"], w["loss"]) == (0.5, 0.25, 0.25)
+    lo, hi = w["win_ci95"]
+    assert lo < 0.625 < hi  # ties count half inside the interval's centre
+    assert r["rewards"]["loud"]["A"]["mean"] == np.float32(0.1).item() or abs(r["rewards"]["loud"]["A"]["mean"] - 0.1) < 1e-6
+
+
+def test_intervals():
+    m, h = ev.mean_ci(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert m == 2.5 and abs(h - 1.96 * np.std([1, 2, 3, 4], ddof=1) / 2) < 1e-12
+    lo, hi = ev.wilson(50, 100)
+    assert abs((lo + hi) / 2 - 0.5) < 1e-9 and 0.39 < lo < 0.41
+
+
+def test_kl_to_itself_is_zero(random_policy):
+    from musicrl.sampling import SamplingConfig
+
+    s = SamplingConfig(top_k=0, guidance_scale=3.0)
+    samples = ev.generate(random_policy, ["a", "b"], 1, 0.1, s, seed=0)
+    mean, _ = ev.kl_to_reference(random_policy, random_policy, samples, s)
+    assert abs(mean) < 1e-5
+
+
+def test_plot_run_writes_a_png(tmp_path):
+    rows = ["step,reward,kl,reward/clap", "1,0.1,0.0,0.2", "2,0.3,0.01,0.25", "3,0.5,0.02,0.3"]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    out = ev.plot_run(tmp_path)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000

@@ -1,0 +1,183 @@
+"""The Bradley-Terry preference reward: it learns a planted taste, its tie policies, save/reload, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import ClapModel
+
+from musicrl import synth
+from musicrl.cli import main
+from musicrl.errors import UserError
+from musicrl.simulate import Rater, simulate_votes
+from musicrl.tiny.clap import tiny_clap_config, tiny_feature_extractor, tiny_tokenizer
+from rewards.preference import PreferenceModel, PreferenceReward
+from rewards.train_preference import (
+    PreferenceTrainConfig,
+    VoteRow,
+    bt_loss,
+    calibration,
+    load_votes,
+    split_by_prompt,
+    targets,
+    train_preference,
+)
+
+
+def _random_clap(path, seed):
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer(n_captions=200)  # a small vocabulary is enough for a random model
+    ClapModel(tiny_clap_config(len(tokenizer))).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    tiny_feature_extractor().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clap_dir(tmp_path_factory):
+    return _random_clap(tmp_path_factory.mktemp("clap"), 0)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, clap_dir):
+    """A rater who only cares for a high register (which even a random CLAP hears), and a model trained on it."""
+    votes_dir = tmp_path_factory.mktemp("votes")
+    rater = Rater({"register": {"high": 1.5}}, noise=0.5, seed=0)
+    path = simulate_votes(200, rater, 0, votes_dir, duration_s=2.0, clips_per_prompt=4, keep_prob=0.0)
+    out = tmp_path_factory.mktemp("pref")
+    metrics = train_preference(load_votes(path), out, PreferenceTrainConfig(val_fraction=0.4),
+                               backbone=str(clap_dir), progress=False)
+    return path, out, metrics
+
+
+def _row(choice, prompt="p"):
+    return VoteRow(prompt, None, None, choice)  # type: ignore[arg-type]
+
+
+def test_recovers_a_planted_preference_near_the_noise_ceiling(planted):
+    _, out, m = planted
+    val = m["val"]
+    assert val["decisive_votes"] >= 25
+    assert val["accuracy"] >= 0.8  # chance is 0.5
+    assert val["accuracy"] >= val["noise_ceiling"] - 0.12
+    assert 0 <= val["ece"] <= 1 and len(val["calibration_bins"]) == 10
+    assert (out / "reliability.png").stat().st_size > 1000
+    assert json.loads((out / "metrics.json").read_text())["val"]["accuracy"] == val["accuracy"]
+
+
+def test_save_reload_gives_identical_scores_and_batched_equals_one_by_one(planted, clap_dir):
+    path, out, _ = planted
+    reward = PreferenceReward.from_pretrained(out)
+    audio = torch.as_tensor(np.stack([synth.example(i, 2.0).audio for i in range(3)]))[:, None]
+    prompts = ["a high piano tune", "low organ", "a high piano tune"]
+    batched = reward(audio, synth.SAMPLE_RATE, prompts)
+    single = torch.cat([reward(audio[i : i + 1], synth.SAMPLE_RATE, prompts[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+    again = PreferenceReward.from_pretrained(out)(audio, synth.SAMPLE_RATE, prompts)
+    assert torch.equal(batched, again)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "musicrl-preference" and not config["backbone"].startswith("/")
+
+
+def test_a_head_refuses_a_different_backbone(planted, tmp_path):
+    from rewards.backbone import load_backbone
+
+    other = load_backbone(_random_clap(tmp_path / "other", 1))
+    with pytest.raises(UserError, match="different CLAP backbone"):
+        PreferenceModel.from_pretrained(planted[1], clap=other)
+
+
+def test_tie_and_both_bad_policies():
+    rows = [_row("a"), _row("b"), _row("tie"), _row("both_bad")]
+    keep, y = targets(rows, PreferenceTrainConfig())  # ties half, both_bad excluded
+    assert keep == [0, 1, 2] and y.tolist() == [1.0, 0.0, 0.5]
+    keep, y = targets(rows, PreferenceTrainConfig(ties="drop"))
+    assert keep == [0, 1] and y.tolist() == [1.0, 0.0]
+    keep, y = targets(rows, PreferenceTrainConfig(both_bad="tie"))
+    assert keep == [0, 1, 2, 3] and y.tolist() == [1.0, 0.0, 0.5, 0.5]
+    keep, _ = targets(rows, PreferenceTrainConfig(both_bad="tie", ties="drop"))
+    assert keep == [0, 1]
+
+
+def test_bt_loss_is_minus_log_sigmoid_for_wins_and_half_wins_for_ties():
+    d = torch.tensor([0.7, -1.2])
+    torch.testing.assert_close(bt_loss(d, torch.ones(2)), -torch.nn.functional.logsigmoid(d).mean())
+    # a tie is optimal at equal scores: loss log 2, zero gradient
+    d0 = torch.zeros(1, requires_grad=True)
+    loss = bt_loss(d0, torch.full((1,), 0.5))
+    loss.backward()
+    assert abs(loss.item() - np.log(2)) < 1e-6 and abs(d0.grad.item()) < 1e-7
+    assert bt_loss(torch.tensor([1.0]), torch.tensor([0.5])) > loss
+
+
+def test_validation_holds_out_whole_prompts():
+    prompts = [f"p{i % 10}" for i in range(100)]
+    val = split_by_prompt(prompts, 0.2, seed=0)
+    assert len(val) == 2 and val <= set(prompts)
+    assert split_by_prompt(prompts, 0.2, seed=0) == val and split_by_prompt(prompts, 0.0, 0) == set()
+    with pytest.raises(UserError):
+        split_by_prompt(["only"] * 5, 0.2, 0)
+
+
+def test_calibration_error_of_known_predictions():
+    p = np.array([0.05, 0.05, 0.95, 0.95, 0.55, 0.55])
+    y = np.array([0, 0, 1, 1, 1, 0])
+    ece, bins = calibration(p, y)
+    assert abs(ece - (2 / 6 * 0.05 + 2 / 6 * 0.05 + 2 / 6 * 0.05)) < 1e-9
+    assert [b["n"] for b in bins] == [2, 0, 0, 0, 0, 2, 0, 0, 0, 2]
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: {**r, "colour": "red"}, "unknown column"),
+        (lambda r: {k: v for k, v in r.items() if k != "choice"}, "missing column"),
+        (lambda r: {**r, "choice": "left"}, "bad choice"),
+        (lambda r: {**r, "clip_b": "nowhere.wav"}, "clip file missing"),
+    ],
+)
+def test_malformed_votes_are_one_line_user_errors(planted, tmp_path, change, message):
+    good = json.loads(planted[0].read_text().splitlines()[0])
+    base = planted[0].parent
+    good = {**good, "clip_a": str(base / good["clip_a"]), "clip_b": str(base / good["clip_b"])}  # absolute paths
+    path = _write(tmp_path / "votes.jsonl", [good, change(good)])
+    with pytest.raises(UserError, match=message) as e:
+        load_votes(path)
+    assert "\n" not in str(e.value)
+
+
+def test_empty_or_missing_votes_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="no votes"):
+        load_votes(_write(tmp_path / "empty.jsonl", []))
+    with pytest.raises(UserError, match="no such votes file"):
+        load_votes(tmp_path / "absent.jsonl")
+    with pytest.raises(UserError, match="no such vote database"):
+        load_votes(f"sqlite:///{tmp_path}/absent.db")
+
+
+def test_votes_from_a_vote_store(tmp_path):
+    from musicrl.votes import VoteStore
+
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
+    a, b = (store.add_clip(synth.example(i, 1.0).audio, synth.SAMPLE_RATE, model_id="m", model_version="1",
+                           prompt="calm piano", seed=i) for i in range(2))
+    store.record_vote(clip_a=a.id, clip_b=b.id, choice="b", session="s1")
+    store.close()
+    rows = load_votes(f"sqlite:///{tmp_path}/votes.db")
+    assert [(r.prompt, r.choice) for r in rows] == [("calm piano", "b")]
+    assert rows[0].clip_a.is_file() and rows[0].clip_b.is_file()
+
+
+def test_cli_exit_code_2_on_bad_votes(tmp_path, capsys):
+    bad = _write(tmp_path / "votes.jsonl", [{"prompt": "x", "clip_a": "a.wav", "clip_b": "b.wav", "choice": "meh"}])
+    assert main(["train-reward", "preference", "--votes", str(bad), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad choice" in err and len(err.splitlines()) == 1

@@ -1,0 +1,98 @@
+"""Simulated raters: utilities from a hidden taste, logistic votes, ties, the noise ceiling, vote files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from musicrl import synth
+from musicrl.errors import UserError
+from musicrl.simulate import Clip, Panel, Rater, adherence, perceive, simulate_votes
+
+
+def clip(**fixed) -> Clip:
+    attrs = synth.sample_attributes(np.random.default_rng(0), **fixed)
+    return Clip(np.zeros(synth.SAMPLE_RATE, dtype=np.float32), synth.SAMPLE_RATE, attrs)
+
+
+TASTE = {"mode": {"major": 1.0, "minor": -0.5}, "drums": {"full": 0.25}, "adherence": 2.0}
+
+
+def test_utility_is_the_taste_plus_prompt_adherence():
+    r = Rater(TASTE, noise=0.5)
+    c = clip(mode="major", drums="none", tempo="fast", register="low")
+    prompt = "a fast melody in a minor key"  # names tempo (kept) and mode (missed)
+    assert synth.parse_prompt(prompt) == {"tempo": "fast", "mode": "minor"}
+    assert adherence(prompt, perceive(c)) == 0.5
+    assert r.utility(c.audio, c.sample_rate, prompt, c.attrs) == pytest.approx(1.0 + 0 + 2.0 * 0.5)
+    assert r.utility(c.audio, c.sample_rate, "nothing named", c.attrs) == pytest.approx(1.0)
+
+
+def test_without_attributes_the_rater_measures_the_audio():
+    ex = synth.example(3)
+    heard = perceive(ex.audio)  # bare audio: estimators only
+    assert set(heard) == {"tempo", "register", "mode"}
+    assert heard["register"] == ex.attrs.register and heard["tempo"] == ex.attrs.tempo
+    r = Rater({"register": {ex.attrs.register: 1.0}})
+    assert r.utility(ex.audio, synth.SAMPLE_RATE, "") == 1.0
+
+
+def test_votes_follow_the_logistic_choice_and_ties():
+    a, b = clip(mode="major", drums="none"), clip(mode="minor", drums="none")
+    sure = Rater(TASTE, noise=0.0, seed=1)
+    assert {sure.vote("", a, b) for _ in range(20)} == {"a"} and sure.vote("", b, a) == "b"
+    assert Rater(TASTE, noise=0.7).vote("", a, clip(mode="major", drums="none")) == "tie"
+    noisy = Rater(TASTE, noise=0.7, seed=2)
+    wins = np.mean([noisy.vote("", a, b) == "a" for _ in range(4000)])
+    p = 1 / (1 + np.exp(-1.5 / 0.7))
+    assert abs(wins - p) < 4 * np.sqrt(p * (1 - p) / 4000)
+
+
+def test_noise_ceiling_is_the_mean_of_max_p_over_decisive_pairs():
+    r = Rater(TASTE, noise=1.0)
+    a, b, c = clip(mode="major", drums="none"), clip(mode="minor", drums="none"), clip(mode="major", drums="full")
+    pairs = [("", a, b), ("", b, c), ("", a, a)]  # the last is a tie: excluded
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    expected = np.mean([max(sig(1.5), 1 - sig(1.5)), max(sig(-1.75), 1 - sig(-1.75))])
+    assert r.noise_ceiling(pairs) == pytest.approx(expected)
+    # raters who disagree: a voter-blind model can do no better than the panel's mean probability
+    lover, hater = Rater({"mode": {"major": 1.0}}), Rater({"mode": {"minor": 1.0}})
+    assert Panel([lover, hater]).noise_ceiling(pairs[:1]) == pytest.approx(0.5)
+    assert lover.noise_ceiling(pairs[:1]) > 0.8
+
+
+def test_bad_tastes_are_user_errors():
+    with pytest.raises(UserError, match="unknown taste attribute"):
+        Rater({"colour": {"red": 1.0}})
+    with pytest.raises(UserError, match="unknown value"):
+        Rater({"mode": {"dorian": 1.0}})
+    with pytest.raises(UserError, match="noise"):
+        Rater({}, noise=-1)
+
+
+def test_simulate_votes_writes_a_reproducible_vote_file(tmp_path):
+    from rewards.train_preference import load_votes
+
+    panel = Panel.default(3, noise=0.5, seed=0)
+    path = simulate_votes(10, panel, 7, tmp_path / "a", duration_s=0.5, clips_per_prompt=3)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 10 and all(r["choice"] in ("a", "b", "tie") for r in rows)
+    assert all(r["p_a"] is None or 0 <= r["p_a"] <= 1 for r in rows) and {r["rater"] for r in rows} <= {0, 1, 2}
+    assert len({r["prompt"] for r in rows}) == 4  # 3 pairs per prompt of 3 clips
+    loaded = load_votes(path)  # the trainer's own checks: columns, choices, clip files
+    assert loaded[0].clip_a.is_file()
+    summary = json.loads((tmp_path / "a" / "simulation.json").read_text())
+    assert summary["votes"] == 10 and 0.5 <= summary["noise_ceiling"] <= 1
+    again = simulate_votes(10, Panel.default(3, noise=0.5, seed=0), 7, tmp_path / "b", duration_s=0.5,
+                           clips_per_prompt=3)
+    assert again.read_text() == path.read_text()
+
+
+def test_simulate_votes_cli(tmp_path, capsys):
+    from musicrl.cli import main
+
+    assert main(["simulate-votes", "--num", "3", "--out", str(tmp_path), "--duration", "0.5", "--raters", "2"]) == 0
+    assert len((tmp_path / "votes.jsonl").read_text().splitlines()) == 3
+    assert main(["simulate-votes", "--num", "0", "--out", str(tmp_path)]) == 2

@@ -1,0 +1,100 @@
+"""The tiny CLAP's config, loss and trainer: loadable by the generic classes, exact resume."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoFeatureExtractor, AutoProcessor, AutoTokenizer, ClapModel
+
+from musicrl import synth
+from musicrl.errors import UserError
+from musicrl.tiny import clap as tiny_clap
+from musicrl.tiny.clap import (
+    ClapTrainConfig, contrastive_loss, match_matrix, tiny_clap_config, tiny_feature_extractor,
+    tiny_tokenizer, train_clap,
+)
+
+
+def test_contrastive_loss_is_symmetric_infonce_without_duplicates():
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    model = ClapModel(tiny_clap_config(len(tokenizer))).eval()
+    with torch.no_grad():
+        model.logit_scale_a.fill_(2.0)  # distinct temperatures: each direction keeps its own
+    tok = tokenizer(["a slow piano tune", "fast organ, no drums", "bells"], padding=True, return_tensors="pt")
+    feats = torch.randn(3, 1, 251, 64) * 10 - 40
+    out = model(**tok, input_features=feats, return_loss=True)
+    ours = contrastive_loss(out.logits_per_text, out.logits_per_audio, torch.eye(3, dtype=torch.bool))
+    labels = torch.arange(3)
+    text_to_audio = F.cross_entropy(out.logits_per_text, labels)
+    audio_to_text = F.cross_entropy(out.logits_per_audio, labels)
+    torch.testing.assert_close(ours, (text_to_audio + audio_to_text) / 2)
+    # transformers' return_loss transposes logits_per_audio: both of its terms rank audio per text
+    hf_terms = (text_to_audio + F.cross_entropy(out.logits_per_audio.t(), labels)) / 2
+    torch.testing.assert_close(out.loss, hf_terms)
+    # caption 0 also fits clip 1 and the model ranks clip 1 first: no longer a mistake
+    both = torch.tensor([[1, 1, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    logits = torch.tensor([[3.0, 5.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]])
+    eye = torch.eye(3, dtype=torch.bool)
+    assert contrastive_loss(logits, logits.t(), both) < contrastive_loss(logits, logits.t(), eye) - 0.1
+
+
+def test_match_matrix_follows_the_named_attributes():
+    exs = [synth.example(s) for s in range(40)]
+    caps = ["a slow tune", "fast bell melody, no drums"]
+    m = match_matrix(caps + [e.caption for e in exs[2:]], [e.attrs for e in exs])
+    assert m.diagonal().all()
+    for j, e in enumerate(exs):
+        if j != 0:
+            assert bool(m[0, j]) == (e.attrs.tempo == "slow")
+        if j != 1:
+            a = e.attrs
+            assert bool(m[1, j]) == (a.tempo == "fast" and a.instrument == "bell" and a.drums == "none")
+
+
+def test_saved_directory_loads_with_the_auto_classes(tmp_path):
+    cfg = ClapTrainConfig(pool_clips=8, epochs=1, batch_size=4, eval_every=100, eval_clips=32,
+                          checkpoint_every=1)
+    out = train_clap(tmp_path / "clap", cfg, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "model.safetensors", "preprocessor_config.json", "processor_config.json",
+        "tokenizer.json", "tokenizer_config.json"]
+    ids = AutoTokenizer.from_pretrained(out)("a slow piano tune").input_ids
+    assert ids[0] == 0 and ids[-1] == 2 and len(ids) == 6  # <s> a slow piano tune </s>
+    assert AutoFeatureExtractor.from_pretrained(out).sampling_rate == 16_000
+    AutoProcessor.from_pretrained(out)
+    ClapModel.from_pretrained(out)
+
+
+@pytest.mark.slow
+def test_resumed_training_equals_uninterrupted(tmp_path, monkeypatch):
+    cfg = ClapTrainConfig(pool_clips=8, epochs=2, batch_size=4, eval_every=100, eval_clips=32,
+                          checkpoint_every=2, warmup_steps=1)
+    whole = train_clap(tmp_path / "whole", cfg, progress=False)
+    real_step = tiny_clap._train_step
+
+    def crash_at_step_3(*args):
+        if args[5] == 3:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(tiny_clap, "_train_step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):  # after the step-2 checkpoint, before the end
+        train_clap(tmp_path / "resumed", cfg, progress=False, work_dir=tmp_path / "work")
+    monkeypatch.setattr(tiny_clap, "_train_step", real_step)
+    resumed = train_clap(tmp_path / "resumed", cfg, progress=False, work_dir=tmp_path / "work")
+    a, b = ClapModel.from_pretrained(whole).state_dict(), ClapModel.from_pretrained(resumed).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    with pytest.raises(UserError, match="different ClapTrainConfig"):
+        train_clap(tmp_path / "other", replace(cfg, lr=1e-4), progress=False, work_dir=tmp_path / "work")
+
+
+def test_config_is_validated():
+    with pytest.raises(UserError):
+        ClapTrainConfig(batch_size=1)
+    with pytest.raises(UserError):
+        ClapTrainConfig(pool_clips=10, batch_size=64)

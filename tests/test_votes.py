@@ -1,0 +1,290 @@
+"""The vote store against a SQLite file and a real PostgreSQL server started here; the votes CLI."""
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from sqlalchemy import text
+
+from musicrl.cli import main
+from musicrl.errors import UserError
+from musicrl.votes import SECRET_FILE, Vote, VoteStore, effective_votes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server on a free loopback port; yields a function making fresh databases."""
+    initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdbs and shutil.which("initdb"):
+        initdbs = [shutil.which("initdb")]
+    if not initdbs:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql")
+    bindir = Path(initdbs[-1]).parent
+    pytest.importorskip("psycopg")
+    root = Path(tempfile.mkdtemp(prefix="musicrl-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        import pwd
+
+        user = "postgres" if any(p.pw_name == "postgres" for p in pwd.getpwall()) else "nobody"
+        pw = pwd.getpwnam(user)
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        as_user = ["runuser", "-u", user, "--"]
+    data, log, port = root / "data", root / "log", _free_port()
+
+    def sh(*cmd):
+        r = subprocess.run([*as_user, *map(str, cmd)], capture_output=True, text=True, timeout=60)
+        if r.returncode:
+            raise RuntimeError(f"{cmd[0]} failed: {r.stderr or r.stdout}")
+
+    sh(bindir / "initdb", "-D", data, "-U", "musicrl", "--auth=trust", "-E", "UTF8", "--no-sync")
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    sh(bindir / "pg_ctl", "-D", data, "-l", log, "-o", opts, "-w", "-t", "60", "start")
+    import psycopg
+
+    def make_db() -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=musicrl dbname=postgres", autocommit=True) as c:
+            c.execute(f"CREATE DATABASE {name}")
+        return f"postgresql+psycopg://musicrl@127.0.0.1:{port}/{name}"
+
+    try:
+        yield make_db
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/votes.db"
+    return request.getfixturevalue("postgres")()
+
+
+def _tone(freq: float, seconds: float = 0.5, sr: int = 16000) -> np.ndarray:
+    t = np.arange(int(sr * seconds)) / sr
+    return (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _clips(store: VoteStore, n: int = 2, models=("m1", "m2")):
+    return [
+        store.add_clip(_tone(200 + 50 * i), 16000, model_id=models[i % len(models)], model_version=f"v{i % len(models)}",
+                       prompt="calm piano", seed=i, settings={"temperature": np.float32(0.9), "top_k": 250})
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_clip_is_content_addressed_wav_written_before_its_row(db_url, tmp_path):
+    store = VoteStore(db_url, tmp_path)
+    a, b = _clips(store)
+    assert a.id != b.id and len(a.id) == 64
+    assert a.path == tmp_path / "clips" / a.id[:2] / f"{a.id}.wav"
+    import hashlib
+
+    assert hashlib.sha256(a.path.read_bytes()).hexdigest() == a.id
+    audio, sr = sf.read(a.path, dtype="float32")
+    assert sr == 16000 and np.max(np.abs(audio - _tone(200))) < 1e-4  # 16-bit PCM round trip
+    assert a.settings == {"temperature": pytest.approx(0.9), "top_k": 250} and a.duration_s == pytest.approx(0.5)
+    again = store.add_clip(_tone(200), 16000, model_id="m1", model_version="v0", prompt="calm piano", seed=0)
+    assert again.id == a.id and store.stats()["clips"] == 2  # same audio, stored once
+    assert not list(tmp_path.glob("clips/*/.*.tmp"))  # no temp files left from the atomic writes
+
+
+def test_vote_is_durable_across_a_new_store_and_models_come_from_the_clips(db_url, tmp_path):
+    store = VoteStore(db_url, tmp_path)
+    a, b = _clips(store)
+    v = store.record_vote(clip_a=a.id, clip_b=b.id, choice="a", session="alice", left="b", listen_ms_a=2100, listen_ms_b=1900)
+    store.close()
+    again = VoteStore(db_url, tmp_path).votes()
+    assert again == [v]
+    assert (v.model_a, v.model_a_version, v.model_b, v.model_b_version) == ("m1", "v0", "m2", "v1")
+    assert v.prompt == "calm piano" and v.left == "b" and v.listen_ms_a == 2100
+    assert v.session != "alice" and len(v.session) == 32  # salted hash, not the raw key
+    assert v.created_at.tzinfo is not None
+
+
+def test_store_is_append_only_in_the_api_and_in_the_database(db_url, tmp_path):
+    store = VoteStore(db_url, tmp_path)
+    a, b = _clips(store)
+    v = store.record_vote(clip_a=a.id, clip_b=b.id, choice="a", session="s")
+    store.add_rating(a.id, 4, session="s", vote_id=v.id)
+    public = {m for m in dir(store) if not m.startswith("_")}
+    assert not {m for m in public if any(w in m for w in ("update", "delete", "remove", "edit", "drop"))}
+    for sql in ("UPDATE votes SET choice = 'b'", "DELETE FROM votes", "UPDATE clips SET prompt = 'x'",
+                "DELETE FROM ratings", "UPDATE ratings SET rating = 1"):  # fmt: skip
+        with pytest.raises(Exception, match="append-only"):
+            with store._engine.begin() as conn:
+                conn.execute(text(sql))
+    assert store.votes() == [v] and store.ratings()[0]["rating"] == 4
+
+
+def test_correction_is_a_new_row_and_export_applies_it(db_url, tmp_path):
+    store = VoteStore(db_url, tmp_path)
+    a, b, c = _clips(store, 3)
+    v1 = store.record_vote(clip_a=a.id, clip_b=b.id, choice="a", session="s1")
+    v2 = store.record_vote(clip_a=a.id, clip_b=b.id, choice="tie", session="s1", supersedes=v1.id)
+    store.record_vote(clip_a=a.id, clip_b=c.id, choice="b", session="s1")
+    store.record_vote(clip_a=a.id, clip_b=c.id, choice="b", session="s1")  # a double submission
+    store.record_vote(clip_a=b.id, clip_b=c.id, choice="both_bad", session="s2")
+    with pytest.raises(UserError, match="only be corrected by its session"):
+        store.record_vote(clip_a=a.id, clip_b=b.id, choice="b", session="mallory", supersedes=v1.id)
+    with pytest.raises(UserError, match="does not exist"):
+        store.record_vote(clip_a=a.id, clip_b=b.id, choice="b", session="s1", supersedes=999)
+    assert len(store.votes()) == 5
+    n = store.export(tmp_path / "votes.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "votes.jsonl").read_text().splitlines()]
+    assert n == len(rows) == 3
+    assert [(r["choice"], r["supersedes"]) for r in rows] == [("tie", v1.id), ("b", None), ("both_bad", None)]
+    assert rows[0]["vote_id"] == v2.id and rows[0]["prompt"] == "calm piano"
+    assert Path(rows[0]["clip_a"]).is_absolute() and Path(rows[0]["clip_a"]).is_file()
+    assert {"model_a", "model_b", "session", "created_at"} <= set(rows[0])
+    assert store.export(tmp_path / "capped.jsonl", per_session_cap=1) == 2  # s1 keeps its first, s2 its one
+    st = store.stats()
+    assert (st["votes_raw"], st["votes_effective"], st["sessions"], st["corrections"]) == (5, 3, 2, 1)
+    assert st["choices"] == {"a": 0, "b": 1, "tie": 1, "both_bad": 1}
+
+
+def test_effective_votes_chains_and_cap():
+    def v(i, session, pair, choice, sup=None):
+        return Vote(i, None, "p", *pair, "m", "1", "n", "2", "a", choice, None, None, session, sup)
+
+    votes = [
+        v(1, "s", ("x", "y"), "a"),
+        v(2, "s", ("x", "y"), "b", 1),
+        v(3, "s", ("x", "y"), "tie", 2),  # chain 1 <- 2 <- 3: 3 wins
+        v(4, "s", ("y", "x"), "tie"),  # same pair in the other order, same choice: a duplicate of 3
+        v(5, "s", ("x", "z"), "a"),
+        v(6, "t", ("x", "z"), "a"),  # another session: kept
+        v(7, "s", ("z", "w"), "b"),
+    ]
+    assert [e.id for e in effective_votes(votes)] == [4, 5, 6, 7]
+    assert [e.id for e in effective_votes(votes, per_session_cap=2)] == [4, 5, 6]
+    with pytest.raises(UserError):
+        effective_votes(votes, per_session_cap=0)
+
+
+def test_hf_export_is_a_self_contained_directory(tmp_path):
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
+    a, b = _clips(store)
+    store.record_vote(clip_a=a.id, clip_b=b.id, choice="b", session="s")
+    out = tmp_path / "ds"
+    assert store.export(out, fmt="hf") == 1
+    row = json.loads((out / "train.jsonl").read_text())
+    assert row["clip_a"] == f"clips/{a.id}.wav" and (out / row["clip_a"]).read_bytes() == a.path.read_bytes()
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert info["splits"]["train"]["num_examples"] == 1 and info["features"]["choice"]["dtype"] == "string"
+    with pytest.raises(UserError, match="not empty"):
+        store.export(out, fmt="hf")
+
+
+def test_bad_input_is_one_line_user_error(tmp_path):
+    cases = [
+        (lambda: VoteStore("not a url", tmp_path), "malformed database URL"),
+        (lambda: VoteStore("mysql://u@h/db", tmp_path), "unsupported database"),
+        (lambda: VoteStore("sqlite://", tmp_path), "needs a file"),
+        (lambda: VoteStore(f"sqlite:///{tmp_path}/absent/votes.db", tmp_path), "does not exist"),
+        (lambda: VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path / "missing"), "data dir does not exist"),
+        (lambda: VoteStore(f"postgresql+psycopg://nobody@127.0.0.1:{_free_port()}/x", tmp_path), "cannot open database"),
+    ]
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
+    a, b = _clips(store)
+    cases += [
+        (lambda: store.export(tmp_path / "x.csv", fmt="csv"), "unknown export format"),
+        (lambda: store.export(tmp_path / "nodir" / "x.jsonl"), "does not exist"),
+        (lambda: store.record_vote(clip_a=a.id, clip_b=b.id, choice="A", session="s"), "unknown choice"),
+        (lambda: store.record_vote(clip_a=a.id, clip_b="f" * 64, choice="a", session="s"), "unknown clip"),
+        (lambda: store.record_vote(clip_a=a.id, clip_b=a.id, choice="a", session="s"), "two different clips"),
+        (lambda: store.add_rating(a.id, 6, session="s"), "1 to 5"),
+        (lambda: store.clip_path("../../etc/passwd"), "not a clip id"),
+        (lambda: store.add_clip(np.full(10, np.nan), 16000, model_id="m", model_version="1", prompt="p", seed=0), "NaN"),
+    ]
+    for fn, msg in cases:
+        with pytest.raises(UserError, match=msg) as e:
+            fn()
+        assert "\n" not in str(e.value)
+
+
+def test_session_salt_from_env_or_secret_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("MUSICRL_SALT", raising=False)
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
+    h = store.hash_session("alice")
+    assert (tmp_path / SECRET_FILE).stat().st_mode & 0o077 == 0  # only the owner may read it
+    assert VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path).hash_session("alice") == h  # stable per store
+    monkeypatch.setenv("MUSICRL_SALT", "pepper")
+    assert VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path).hash_session("alice") != h
+
+
+def test_vote_survives_a_killed_process(tmp_path):
+    """record_vote returned => the vote is on disk, even if the process dies right after (no cleanup)."""
+    code = (
+        "import sys, numpy as np, os; sys.path.insert(0, sys.argv[2]);"
+        "from musicrl.votes import VoteStore; s = VoteStore(f'sqlite:///{sys.argv[1]}/votes.db', sys.argv[1]);"
+        "c = [s.add_clip(np.sin(np.arange(800) * f).astype('float32'), 16000, model_id='m', model_version='1',"
+        " prompt='p', seed=i) for i, f in enumerate((0.1, 0.2))];"
+        "v = s.record_vote(clip_a=c[0].id, clip_b=c[1].id, choice='b', session='s'); print(v.id, flush=True);"
+        "os._exit(9)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 9, r.stderr
+    votes = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path).votes()
+    assert [(v.id, v.choice) for v in votes] == [(int(r.stdout.strip()), "b")]
+
+
+def test_concurrent_votes_are_all_recorded(db_url, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = VoteStore(db_url, tmp_path)
+    a, b = _clips(store)
+
+    def vote(i):
+        return store.record_vote(clip_a=a.id, clip_b=b.id, choice="ab"[i % 2], session=f"s{i}").id
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(vote, range(40)))
+    assert len(set(ids)) == 40 and sorted(v.id for v in store.votes()) == sorted(ids)
+
+
+def test_sqlite_runs_wal_with_full_sync(tmp_path):
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
+    with store._engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_votes_cli_export_and_stats(tmp_path, capsys):
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
+    a, b = _clips(store)
+    for i in range(6):
+        store.record_vote(clip_a=a.id, clip_b=b.id, choice="a" if i < 5 else "b", session=f"s{i}")
+    db = f"sqlite:///{tmp_path}/votes.db"
+    assert main(["votes", "export", "--db", db, "--data-dir", str(tmp_path), "--format", "jsonl",
+                 "--out", str(tmp_path / "v.jsonl"), "--per-session-cap", "1"]) == 0  # fmt: skip
+    assert len((tmp_path / "v.jsonl").read_text().splitlines()) == 6
+    assert main(["votes", "stats", "--db", db, "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert stats["votes_effective"] == 6 and [r["model"] for r in stats["leaderboard"]] == ["m1@v0", "m2@v1"]
+    assert main(["votes", "export", "--db", db, "--data-dir", str(tmp_path), "--format", "parquet", "--out", "x"]) == 2
+    assert main(["votes", "stats", "--db", f"sqlite:///{tmp_path}/nope.db"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "unknown export format" in err[0] and "no such vote database" in err[1]
