@@ -373,14 +373,21 @@ class VoteStore:
                 self._salt = env.encode()
             else:
                 path = self._need_data_dir() / SECRET_FILE
-                try:
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    with os.fdopen(fd, "w") as f:
-                        f.write(secrets.token_hex(32))
-                        f.flush()
-                        os.fsync(f.fileno())
-                except FileExistsError:
-                    pass
+                if not path.exists():
+                    # write the whole secret to a private temp file, then link it into place: the link
+                    # is atomic and fails if another writer won, so no reader ever sees a partial file
+                    tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    try:
+                        with os.fdopen(fd, "w") as f:
+                            f.write(secrets.token_hex(32))
+                            f.flush()
+                            os.fsync(f.fileno())
+                        os.link(tmp, path)
+                    except FileExistsError:
+                        pass
+                    finally:
+                        tmp.unlink(missing_ok=True)
                 self._salt = path.read_text().strip().encode()
                 if not self._salt:
                     raise UserError(f"the store secret file is empty: {path}")

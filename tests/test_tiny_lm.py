@@ -13,7 +13,7 @@ def test_null_condition_ignores_the_caption(random_policy):
         b = lm_loss(random_policy, ["something else entirely", "x"], codes, drop)
         c = lm_loss(random_policy, ["something else entirely", "x"], codes, ~drop)
     torch.testing.assert_close(a, b)
-    assert not torch.allclose(a, c)
+    assert (a - c).abs() > 0  # with a caption, the text does reach the decoder
 
 
 def test_loss_falls_when_fitting_a_batch(random_musicgen_dir):

@@ -18,7 +18,6 @@ through one code path; only the config and the files beside it differ:
   (Slaney, 0-8 kHz), FFT 1024, hop 512, 4 s inputs (126 frames), `truncation="rand_trunc"` (no
   fusion: the model has `enable_fusion=False`), `padding="repeatpad"`. Saved as a `ClapProcessor`
   (feature extractor + tokenizer, as LAION's), so `AutoProcessor.from_pretrained(dir)` works too.
-  (64 mel bins at FFT 2048 / hop 1024, for finer pitch, learned clearly slower at equal cost.)
 - audio tower: spec_size 64 over 32 mel bins (freq_ratio 2: the 128-frame spectrogram is folded into
   a 64x64 image), patches 4x4, window 4, three stages of width 32/64/128 (the last stage's 4x4 grid
   equals the window, as transformers requires).
@@ -35,6 +34,25 @@ transposes `logits_per_audio`, so both of its terms rank audio per text (transfo
 Features are computed by `rewards.clap.ClapLogMel`, the very function the reward uses at inference.
 
 Run: `nice -n 10 python -m musicrl.tiny.clap` (-> musicrl/assets/tiny/clap, checkpoints in runs/).
+The shipped model: the defaults, 2880 steps, ~21 CPU-minutes on one thread (37 min wall on shared
+cores). `evaluate_clap` on 256 held-out clips, groups of 32:
+
+| captions          | R@1  | its ceiling | top clip fits | own > mismatched |
+|-------------------|------|-------------|---------------|------------------|
+| train-split words | 0.59 | 0.65        | 0.86          | 0.98             |
+| held-out words    | 0.09 | 0.64        | 0.19          | 0.75             |
+
+One word per attribute, zero-shot: tempo 0.97, register 1.00, instrument 0.97, drums 1.00, mode 0.51
+(chance 0.5). Known limits:
+- mode is not heard: a mel front-end this coarse (~90 Hz per bin below 1 kHz) cannot tell a minor
+  from a major third (LAION's 64-bin CLAPs are known to be weak on key and mode as well). Use
+  `musicrl.attributes` to measure mode.
+- held-out words are mostly unknowable: a model trained from scratch has never seen "brisk",
+  "glockenspiel" or "wistful"; only pieces it knows carry ("pianoforte", "complete drum kit",
+  "low-lying"). The ceiling is what a perfect model gets choosing at random among fitting clips.
+- tried and not adopted, one run combining 64 mel bins (hop 256, 8x8 patches: the same token grid)
+  with caption noise (word dropout 0.1, up to 2 random junk words): mode still 0.48; held-out
+  R@1 0.12 but own > mismatched 0.64 (held-out words) and 0.97 (train words), drums 0.89.
 """
 
 from __future__ import annotations
@@ -85,9 +103,9 @@ def tiny_tokenizer(n_captions: int = 4000, seed: int = 0) -> RobertaTokenizer:
 
 
 def tiny_feature_extractor() -> ClapFeatureExtractor:
-    """16 kHz, 64 Slaney mel bins 0-8 kHz, FFT 1024 / hop 256, 4 s -> [1, 251, 64] per clip."""
+    """16 kHz, 32 Slaney mel bins 0-8 kHz, FFT 1024 / hop 512, 4 s -> [1, 126, 32] per clip."""
     return ClapFeatureExtractor(
-        feature_size=64, sampling_rate=SAMPLE_RATE, hop_length=256, max_length_s=CLIP_S,
+        feature_size=32, sampling_rate=SAMPLE_RATE, hop_length=512, max_length_s=CLIP_S,
         fft_window_size=1024, frequency_min=0, frequency_max=SAMPLE_RATE // 2,
         truncation="rand_trunc", padding="repeatpad",
     )
@@ -101,7 +119,7 @@ def tiny_clap_config(vocab_size: int) -> ClapConfig:
         eos_token_id=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )
     audio = dict(
-        num_mel_bins=64, spec_size=128, window_size=4, patch_size=8, patch_stride=[8, 8],
+        num_mel_bins=32, spec_size=64, window_size=4, patch_size=4, patch_stride=[4, 4],
         patch_embeds_hidden_size=32, depths=[1, 2, 2], num_attention_heads=[2, 4, 8],
         hidden_size=128,  # = patch_embeds_hidden_size * 2 ** (stages - 1), what the projection reads
         enable_fusion=False, num_hidden_layers=3, hidden_dropout_prob=0.0,
@@ -115,7 +133,7 @@ class ClapTrainConfig:
 
     pool_clips: int = 4096
     """Train clips (seeds 0..pool_clips-1, 4 s each), rendered once; every epoch re-captions them."""
-    epochs: int = 40
+    epochs: int = 45
     """Passes over the pool; steps = epochs * (pool_clips // batch_size)."""
     batch_size: int = 64
     """Clips per step, each with one caption: the contrastive negatives."""
@@ -129,10 +147,6 @@ class ClapTrainConfig:
     """AdamW decoupled weight decay, on matrices only (not biases, norms, temperatures)."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
-    word_dropout: float = 0.1
-    """Each word of a training caption is dropped with this probability (see `noisy_caption`)."""
-    junk_words: int = 2
-    """Up to this many junk tokens (random letters, punctuation) inserted into a training caption."""
     gain_db: float = 9.0
     """Random level change in +-gain_db per clip (added to the log-mel): robustness to loudness."""
     max_logit_scale: float = 100.0
@@ -198,33 +212,6 @@ def match_matrix(captions: list[str], attrs: list) -> torch.Tensor:
     return fit_matrix(captions, attrs) | torch.eye(len(captions), dtype=torch.bool)
 
 
-_PUNCTUATION = tuple(",;:()-!?/&.")
-
-
-def noisy_caption(caption: str, rng: np.random.Generator, word_dropout: float, junk_words: int) -> str:
-    """Drop each word with probability `word_dropout`, then insert 0..`junk_words` junk tokens
-    (random letter strings or punctuation) at random places.
-
-    Robustness to what people type: words the model never saw (held-out synonyms, filler such as
-    "imagine" or "i want") and unusual punctuation. Junk never names an attribute (re-drawn if
-    `parse_prompt` finds one), and the caller's match matrix parses the noisy caption, so a
-    dropped attribute word is no longer counted as named.
-    """
-    from musicrl import synth
-
-    words = [w for w in caption.split() if rng.random() >= word_dropout] or caption.split()[:1]
-    for _ in range(int(rng.integers(junk_words + 1))):
-        while True:
-            if rng.random() < 0.3:
-                junk = _PUNCTUATION[int(rng.integers(len(_PUNCTUATION)))]
-            else:
-                junk = "".join(chr(97 + int(c)) for c in rng.integers(26, size=int(rng.integers(3, 10))))
-            if not synth.parse_prompt(junk):
-                break
-        words.insert(int(rng.integers(len(words) + 1)), junk)
-    return " ".join(words)
-
-
 def _batch(step: int, cfg: ClapTrainConfig, attrs: list):
     """Clip indices, fresh train captions and gains for `step`: a pure function of (seed, step)."""
     from musicrl import synth
@@ -232,10 +219,8 @@ def _batch(step: int, cfg: ClapTrainConfig, attrs: list):
     epoch, pos = divmod(step, cfg.steps_per_epoch)
     perm = np.random.default_rng([cfg.seed, epoch, 0]).permutation(cfg.pool_clips)
     idx = perm[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
-    captions = []
-    for i in idx:
-        rng = np.random.default_rng([cfg.seed, epoch, 1, int(i)])
-        captions.append(noisy_caption(synth.caption(attrs[i], rng, "train"), rng, cfg.word_dropout, cfg.junk_words))
+    captions = [synth.caption(attrs[i], np.random.default_rng([cfg.seed, epoch, 1, int(i)]), "train")
+                for i in idx]
     gain = np.random.default_rng([cfg.seed, step, 2]).uniform(-cfg.gain_db, cfg.gain_db, len(idx))
     return torch.as_tensor(idx), captions, torch.as_tensor(gain, dtype=torch.float32)
 
