@@ -48,7 +48,7 @@ from torch import nn
 from musicrl import delay as dp
 from musicrl.errors import UserError
 from musicrl.policy import MusicGenPolicy, Rollout
-from musicrl.sampling import _MASK32, SamplingConfig, _hash32, process_logits
+from musicrl.sampling import _MASK32, SamplingConfig, _hash32
 
 _GOLDEN = 0x9E3779B9  # the step salt of `musicrl.sampling.gumbel_noise`
 

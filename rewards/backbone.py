@@ -164,3 +164,22 @@ def backbone_of(model_dir: str | Path, model_type: str) -> str:
         return resolve_stored(config["backbone"], model_dir)
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"no {model_type} model in {model_dir} (unreadable config.json)") from None
+
+
+def load_head_model(cls, model_dir: Path, model_type: str, kind: str, device, clap=None):
+    """Build `cls(clap, backbone, hidden_size, num_layers, dropout)` from a head directory and load its
+    weights; the backbone is loaded unless given, and must match the fingerprint the head was trained on."""
+    config, state = load_head_files(model_dir, model_type)
+    try:
+        backbone = resolve_stored(config["backbone"], model_dir)
+        if clap is None:
+            clap = load_backbone(backbone, device)
+        check_fingerprint(clap, config.get("backbone_fingerprint"), kind, model_dir)
+        model = cls(clap, backbone, config["hidden_size"], config["num_layers"], config["dropout"])
+    except KeyError as e:
+        raise UserError(f"{model_dir}/config.json lacks {e.args[0]!r}") from None
+    if model.embed_dim != config.get("embed_dim"):
+        raise UserError(f"{model_dir}: head expects {config.get('embed_dim')}-d embeddings, "
+                        f"the backbone gives {model.embed_dim}")
+    model.head.load_state_dict({k: v.to(clap.device) for k, v in state.items()})
+    return model.eval().requires_grad_(False)

@@ -64,20 +64,7 @@ class PreferenceModel(torch.nn.Module):
         model_dir = Path(model_dir).expanduser()
         if not model_dir.is_dir():
             raise UserError(f"no preference model directory {model_dir}")
-        config, state = bb.load_head_files(model_dir, MODEL_TYPE)
-        try:
-            backbone = bb.resolve_stored(config["backbone"], model_dir)
-            if clap is None:
-                clap = bb.load_backbone(backbone, device)
-            bb.check_fingerprint(clap, config.get("backbone_fingerprint"), "preference", model_dir)
-            model = cls(clap, backbone, config["hidden_size"], config["num_layers"], config["dropout"])
-        except KeyError as e:
-            raise UserError(f"{model_dir}/config.json lacks {e.args[0]!r}") from None
-        if model.embed_dim != config.get("embed_dim"):
-            raise UserError(f"{model_dir}: head expects {config.get('embed_dim')}-d embeddings, "
-                            f"the backbone gives {model.embed_dim}")
-        model.head.load_state_dict({k: v.to(clap.device) for k, v in state.items()})
-        return model.eval().requires_grad_(False)
+        return bb.load_head_model(cls, model_dir, MODEL_TYPE, "preference", device, clap)
 
 
 class PreferenceReward:

@@ -67,20 +67,7 @@ class QualityModel(torch.nn.Module):
         model_dir = Path(hub.resolve(name_or_dir, "quality"))
         if not model_dir.is_dir():
             raise UserError(f"no quality model directory {name_or_dir}")
-        config, state = bb.load_head_files(model_dir, MODEL_TYPE)
-        try:
-            backbone = bb.resolve_stored(config["backbone"], model_dir)
-            if clap is None:
-                clap = bb.load_backbone(backbone, device)
-            bb.check_fingerprint(clap, config.get("backbone_fingerprint"), "quality", model_dir)
-            model = cls(clap, backbone, config["hidden_size"], config["num_layers"], config["dropout"])
-        except KeyError as e:
-            raise UserError(f"{model_dir}/config.json lacks {e.args[0]!r}") from None
-        if model.embed_dim != config.get("embed_dim"):
-            raise UserError(f"{model_dir}: head expects {config.get('embed_dim')}-d embeddings, "
-                            f"the backbone gives {model.embed_dim}")
-        model.head.load_state_dict({k: v.to(clap.device) for k, v in state.items()})
-        return model.eval().requires_grad_(False)
+        return bb.load_head_model(cls, model_dir, MODEL_TYPE, "quality", device, clap)
 
 
 class QualityReward:
