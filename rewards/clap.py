@@ -86,11 +86,12 @@ class ClapReward:
 
     window_s: window length for long clips (default and maximum: the model's input length, 10 s for
     LAION's checkpoints as in the paper, 4 s for tiny). cache_size: text embeddings kept (LRU).
-    The model is put in eval mode and frozen; everything runs on its device under inference_mode.
+    max_windows: windows embedded per forward pass (memory bound; results do not depend on it).
+    The model is put in eval mode and frozen; everything runs on its device, without gradients.
     """
 
     def __init__(self, model, tokenizer, feature_extractor, *, window_s: float | None = None,
-                 cache_size: int = 4096):
+                 cache_size: int = 4096, max_windows: int = 64):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.sample_rate = int(feature_extractor.sampling_rate)
@@ -105,6 +106,7 @@ class ClapReward:
         # RoBERTa positions start at pad_token_id + 1
         self.max_text_tokens = text_cfg.max_position_embeddings - (text_cfg.pad_token_id or 0) - 1
         self.cache_size = cache_size
+        self.max_windows = max(1, int(max_windows))
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     @classmethod
@@ -129,7 +131,7 @@ class ClapReward:
         """D of `embed_audio` / `embed_text` (the joint space: 512 for LAION's, 128 for tiny)."""
         return int(self.model.config.projection_dim)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers train heads on these embeddings
     def embed_audio(self, audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """audio [B, 1, S] (or [B, S]) at `sample_rate` -> unit-norm embeddings [B, D]."""
         if audio.dim() == 3:
@@ -145,13 +147,17 @@ class ClapReward:
         starts = window_starts(S, self.window)
         windows = torch.stack([audio[:, s : s + self.window] for s in starts], 1)  # [B, W, L]
         windows = repeat_pad(windows.flatten(0, 1), self.input_samples)  # [B*W, M]
-        feats = self.log_mel(windows)  # [B*W, C, T, F]
-        is_longer = torch.zeros(B * len(starts), 1, dtype=torch.bool, device=self.device)
-        emb = self.model.get_audio_features(input_features=feats, is_longer=is_longer)
-        emb = _pooled(emb).view(B, len(starts), -1)  # [B, W, D]
+        emb = torch.cat([self._embed_windows(w) for w in windows.split(self.max_windows)])
+        emb = emb.view(B, len(starts), -1)  # [B, W, D]
         return F.normalize(F.normalize(emb, dim=-1).mean(1), dim=-1)  # [B, D]
 
-    @torch.inference_mode()
+    def _embed_windows(self, windows: torch.Tensor) -> torch.Tensor:
+        """[N, M] samples at the CLAP rate -> [N, D] projections (not normalised)."""
+        feats = self.log_mel(windows)  # [N, C, T, F]
+        is_longer = torch.zeros(windows.shape[0], 1, dtype=torch.bool, device=self.device)  # no fusion
+        return _pooled(self.model.get_audio_features(input_features=feats, is_longer=is_longer))
+
+    @torch.no_grad()
     def embed_text(self, prompts: list[str]) -> torch.Tensor:
         """prompts -> unit-norm embeddings [B, D]; each prompt encoded alone, cached (LRU)."""
         out = []

@@ -21,6 +21,15 @@ SR = 16_000
 SHIPPED = (TINY_DIR / "clap" / "config.json").exists()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small matmuls on a shared 2-core box: a second thread spins at barriers (40x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def random_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("random_clap")
@@ -108,6 +117,11 @@ def test_long_clip_is_the_mean_of_its_windows(reward):
     parts = [reward.embed_audio(audio[..., s : s + w], SR) for s in (0, w, audio.shape[-1] - w)]
     expected = torch.nn.functional.normalize(torch.cat(parts).mean(0, keepdim=True), dim=-1)
     torch.testing.assert_close(reward.embed_audio(audio, SR), expected, atol=1e-5, rtol=0)
+    reward.max_windows = 2  # embedded in two passes: same result
+    try:
+        torch.testing.assert_close(reward.embed_audio(audio, SR), expected, atol=1e-5, rtol=0)
+    finally:
+        reward.max_windows = 64
     # a whole-clip embedding is not the same thing: the windows matter
     assert not torch.allclose(reward.embed_audio(audio[..., :w], SR), expected, atol=1e-3)
 
@@ -120,6 +134,33 @@ def test_window_s_is_configurable_and_bounded(random_dir):
     torch.testing.assert_close(two.embed_audio(audio, SR), expected, atol=1e-5, rtol=0)
     with pytest.raises(UserError):
         ClapReward.from_pretrained(random_dir, window_s=30.0)  # longer than the model's 4 s input
+
+
+def test_fusion_models_score_purely(tmp_path):
+    # the LAION "fused" kind (clap-htsat-fused): 4 mel copies, is_longer never set by us
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    config = tiny_clap_config(len(tokenizer))
+    config.audio_config.enable_fusion = True
+    ClapModel(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    fe = tiny_feature_extractor().to_dict() | {"truncation": "fusion"}
+    ClapFeatureExtractor(**{k: v for k, v in fe.items() if k != "feature_extractor_type"}).save_pretrained(tmp_path)
+    fused = ClapReward.from_pretrained(tmp_path)
+    audio, exs = clips([0, 1], duration_s=5.0)
+    prompts = [e.caption for e in exs]
+    batched = fused(audio, SR, prompts)
+    singles = torch.cat([fused(audio[i : i + 1], SR, prompts[i : i + 1]) for i in range(2)])
+    torch.testing.assert_close(batched, singles, atol=1e-5, rtol=0)
+
+
+def test_embeddings_can_feed_a_trained_head(reward):
+    audio, exs = clips([3])
+    emb = reward.embed_audio(audio, SR)  # [1, D]
+    assert emb.shape == (1, reward.embed_dim) and not emb.requires_grad
+    head = torch.nn.Linear(reward.embed_dim, 1)
+    head(emb).sum().backward()  # not an inference-mode tensor: usable as training input
+    assert head.weight.grad is not None
 
 
 def test_bad_input_is_a_user_error(reward):

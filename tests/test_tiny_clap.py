@@ -13,9 +13,17 @@ from musicrl import synth
 from musicrl.errors import UserError
 from musicrl.tiny import clap as tiny_clap
 from musicrl.tiny.clap import (
-    ClapTrainConfig, contrastive_loss, match_matrix, tiny_clap_config, tiny_feature_extractor,
-    tiny_tokenizer, train_clap,
+    ClapTrainConfig, contrastive_loss, match_matrix, tiny_clap_config, tiny_tokenizer, train_clap,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small matmuls on a shared 2-core box: a second thread spins at barriers (40x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_contrastive_loss_is_symmetric_infonce_without_duplicates():
