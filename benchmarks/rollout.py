@@ -40,16 +40,16 @@ PROMPTS = [
 
 def load_policy(name: str, device: str, dtype: torch.dtype):
     """'tiny' / a directory (trained weights), 'tiny-random', or 'small-random' (built in memory)."""
-    from transformers import ByT5Tokenizer, EncodecModel, GenerationConfig, MusicgenForConditionalGeneration
+    from transformers import ByT5Tokenizer, GenerationConfig, MusicgenForConditionalGeneration
 
     from musicrl.policy import MusicGenPolicy
 
     torch.manual_seed(0)
     if name == "tiny-random":
-        from musicrl.tiny.codec import tiny_codec_config
+        from musicrl.tiny.codec import SpectralCodecConfig, SpectralCodecModel
         from musicrl.tiny.musicgen import build
 
-        model, tokenizer = build(EncodecModel(tiny_codec_config()), hidden_size=256, num_layers=4, heads=8)
+        model, tokenizer = build(SpectralCodecModel(SpectralCodecConfig()), hidden_size=256, num_layers=4, heads=8)
     elif name == "small-random":
         from musicrl.realsize import musicgen_small_config
 

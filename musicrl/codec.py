@@ -1,10 +1,10 @@
 """The neural audio codec every part of musicrl talks to: audio <-> discrete codes.
 
-`Codec` wraps a transformers `EncodecModel` (frozen, eval mode, no grad) and calls its own
-`encode`/`decode`, exactly as `MusicgenForConditionalGeneration` does: one frame (no chunking),
-`audio_scales=None`, and the bandwidth that yields all K codebooks the LM predicts. So the tiny
-codec we train (`musicrl.tiny.codec`) and the real `facebook/encodec_32khz` inside
-`facebook/musicgen-*` go through the same code.
+`Codec` wraps a model with transformers' `EncodecModel` API (frozen, eval mode, no grad) and calls
+its own `encode`/`decode`, exactly as `MusicgenForConditionalGeneration` does: one frame (no
+chunking), `audio_scales=None`, and the bandwidth that yields all K codebooks the LM predicts. So the
+real `facebook/encodec_32khz` inside `facebook/musicgen-*` and the tiny world's spectral codec
+(`musicrl.tiny.codec`, registered with transformers' Auto classes) go through the same code.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import EncodecModel
+from transformers import AutoModel, EncodecModel
 
 from musicrl import hub
 from musicrl.errors import UserError
+from musicrl.tiny import codec as _tiny_codec  # noqa: F401  registers the tiny codec's model type
 
 
 class Codec:
@@ -36,7 +37,7 @@ class Codec:
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path, device: str | torch.device = "cpu") -> Codec:
         """'tiny' -> musicrl/assets/tiny/codec; otherwise a local directory or a hub id."""
-        model = hub.load(EncodecModel.from_pretrained, name_or_dir, "codec")
+        model = hub.load(AutoModel.from_pretrained, name_or_dir, "codec")
         return cls.from_encodec(model.to(device))
 
     @classmethod

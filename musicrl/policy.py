@@ -22,6 +22,7 @@ from torch import nn
 
 from musicrl import delay as dp
 from musicrl import hub
+from musicrl.codec import Codec  # also registers the tiny codec's model type with transformers
 from musicrl.errors import UserError
 from musicrl.sampling import SamplingConfig, process_logits, sample_tokens
 
@@ -72,9 +73,7 @@ class MusicGenPolicy(nn.Module):
         return next(self.model.decoder.parameters()).device
 
     @property
-    def codec(self):
-        from musicrl.codec import Codec
-
+    def codec(self) -> Codec:
         if self._codec is None:
             self._codec = Codec.from_encodec(self.model.audio_encoder)
         return self._codec

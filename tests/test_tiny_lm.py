@@ -2,6 +2,7 @@
 
 import torch
 
+from musicrl import synth
 from musicrl.tiny.lm import LMTrainConfig, lm_loss, train_lm
 
 
@@ -40,13 +41,34 @@ def test_train_lm_resumes_to_the_same_weights(tmp_path, random_musicgen_dir):
 
     codec_dir = tmp_path / "codec"
     MusicgenForConditionalGeneration.from_pretrained(random_musicgen_dir).audio_encoder.save_pretrained(codec_dir)
-    cfg = dict(num_clips=8, clip_s=0.5, crop_frames=10, batch_size=4, hidden_size=32, num_layers=1, heads=2, warmup=1)
-    full = train_lm(codec_dir, tmp_path / "a", LMTrainConfig(steps=4, checkpoint_every=4, **cfg), progress=False, work_dir=tmp_path / "wa")
-    # "killed" after step 2 (its checkpoint written), then the same command again
-    half = train_lm(codec_dir, tmp_path / "c", LMTrainConfig(steps=4, checkpoint_every=2, **cfg), progress=False,
-                    work_dir=tmp_path / "wc", stop_after=2)  # fmt: skip
+    cfg = dict(num_clips=8, clip_s=0.5, crop_frames=10, batch_size=4, hidden_size=32, num_layers=1, heads=2, warmup=1,
+               text_pretrain_steps=2, prefix_frames=5, prefix_steps=2)
+    full = train_lm(codec_dir, tmp_path / "a", LMTrainConfig(steps=4, checkpoint_every=5, **cfg), progress=False, work_dir=tmp_path / "wa")
+    # "killed" after step 5, in the clip-start phase (its checkpoint written), then the same command again
+    half = train_lm(codec_dir, tmp_path / "c", LMTrainConfig(steps=4, checkpoint_every=5, **cfg), progress=False,
+                    work_dir=tmp_path / "wc", stop_after=5)  # fmt: skip
     assert half is None
-    resumed = train_lm(codec_dir, tmp_path / "c", LMTrainConfig(steps=4, checkpoint_every=2, **cfg), progress=False, work_dir=tmp_path / "wc")
+    resumed = train_lm(codec_dir, tmp_path / "c", LMTrainConfig(steps=4, checkpoint_every=5, **cfg), progress=False, work_dir=tmp_path / "wc")
     a = MusicgenForConditionalGeneration.from_pretrained(full).state_dict()
     c = MusicgenForConditionalGeneration.from_pretrained(resumed).state_dict()
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_the_code_cache_follows_the_codec(tmp_path, random_musicgen_dir):
+    """Codes cached for one codec are never reused for another (the LM would learn the wrong tokens)."""
+    from transformers import MusicgenForConditionalGeneration
+
+    from musicrl.codec import Codec
+    from musicrl.tiny.codec import SpectralCodecConfig, SpectralCodecModel
+    from musicrl.tiny.lm import encode_corpus
+
+    cfg = LMTrainConfig(num_clips=4, clip_s=0.5, batch_size=2)
+    encodec = Codec.from_encodec(MusicgenForConditionalGeneration.from_pretrained(random_musicgen_dir).audio_encoder)
+    spectral = Codec.from_encodec(SpectralCodecModel(SpectralCodecConfig()))
+    cache = tmp_path / "codes.pt"
+    a = encode_corpus(encodec, cfg, cache, progress=False)
+    assert torch.equal(encode_corpus(encodec, cfg, cache, progress=False)["codes"], a["codes"])  # cache hit
+    b = encode_corpus(spectral, cfg, cache, progress=False)
+    assert b["key"]["codec"] != a["key"]["codec"]
+    audio = torch.stack([torch.from_numpy(synth.example(i, duration_s=0.5).audio) for i in range(4)])[:, None]
+    assert torch.equal(b["codes"].long(), spectral.encode(audio))  # re-encoded with the new codec

@@ -1,12 +1,12 @@
 """`musicrl bootstrap tiny`: rebuild the whole tiny world from nothing, stage by stage.
 
-  codec    the tiny EnCodec, trained on the synthetic corpus        (musicrl.tiny.codec)
+  codec    the spectral codec, codebooks fitted by k-means on the corpus (musicrl.tiny.codec)
   lm       the tiny MusicGen LM, on (caption, codes) of that codec   (musicrl.tiny.lm)
   clap     the tiny CLAP, contrastive on (caption, audio)            (musicrl.tiny.clap)
   quality  the MOS head on frozen tiny-CLAP embeddings, on graded degradations (rewards.train_quality)
 
 A stage whose output directory holds a finished model (config.json) is skipped; an interrupted stage
-resumes from its own checkpoint under OUT/work/<stage>. The shipped `musicrl/assets/tiny` is this
+resumes from its own checkpoint under OUT/work/<stage> (the codec takes about a minute and just reruns). The shipped `musicrl/assets/tiny` is this
 command's output.
 """
 
@@ -41,9 +41,9 @@ def bootstrap(out: str | Path, stages: tuple[str, ...] = STAGES, progress: bool 
         t = time.time()
         print(f"[bootstrap] {stage} -> {dirs[stage]}")
         if stage == "codec":
-            from musicrl.tiny.codec import CodecTrainConfig, train_codec
+            from musicrl.tiny.codec import CodecFitConfig, train_codec
 
-            train_codec(dirs["codec"], CodecTrainConfig(), progress=progress, work_dir=work / "codec")
+            train_codec(dirs["codec"], CodecFitConfig(), progress=progress)
         elif stage == "lm":
             if not (dirs["codec"] / "config.json").exists():
                 raise UserError(f"the lm stage needs the codec first ({dirs['codec']})")

@@ -1,15 +1,16 @@
 """The tiny MusicGen: transformers' own classes with a small config, for the offline `tiny` world.
 
 Text encoder: a 2-layer T5 encoder over bytes (`ByT5Tokenizer` needs no vocabulary file, so nothing
-is downloaded). Codec: the tiny EnCodec of `musicrl.tiny.codec`. Decoder: a 4-layer MusicGen LM
-over its K=4 codebooks. Saved with `save_pretrained`, it loads exactly like facebook/musicgen-*.
+is downloaded). Codec: the spectral codec of `musicrl.tiny.codec` (EnCodec's API; any EnCodec-API
+model works). Decoder: a 4-layer MusicGen LM over its K=4 codebooks. Saved with `save_pretrained`,
+it loads exactly like facebook/musicgen-* once `musicrl.codec` is imported (which registers the
+tiny codec's model type with transformers).
 """
 
 from __future__ import annotations
 
 from transformers import (
     ByT5Tokenizer,
-    EncodecModel,
     GenerationConfig,
     MusicgenConfig,
     MusicgenDecoderConfig,
@@ -27,8 +28,8 @@ def text_encoder_config(vocab_size: int = 384) -> T5Config:
     )  # fmt: skip
 
 
-def build(codec: EncodecModel, *, hidden_size: int = 256, num_layers: int = 4, heads: int = 8):
-    """A randomly initialised tiny MusicGen around `codec`, and its byte-level tokenizer."""
+def build(codec, *, hidden_size: int = 256, num_layers: int = 4, heads: int = 8):
+    """A randomly initialised tiny MusicGen around `codec` (an EnCodec-API model), and its tokenizer."""
     tokenizer = ByT5Tokenizer()
     frame_rate = codec.config.sampling_rate / codec.config.hop_length
     K = codec.quantizer.get_num_quantizers_for_bandwidth(max(codec.config.target_bandwidths))
