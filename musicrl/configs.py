@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import yaml
 
 from musicrl.errors import UserError
@@ -26,7 +28,22 @@ def load_yaml(spec: str) -> dict:
         raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of config keys")
-    return data
+    return _numbers(data)
+
+
+# YAML 1.1 (PyYAML) reads 3e-4 as a string (it wants 3.0e-4); people write 3e-4
+_EXP_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _numbers(obj):
+    """Strings like '3e-4' anywhere in a loaded config -> float."""
+    if isinstance(obj, dict):
+        return {k: _numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_numbers(v) for v in obj]
+    if isinstance(obj, str) and _EXP_FLOAT.match(obj.strip()):
+        return float(obj)
+    return obj
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
@@ -46,5 +63,5 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise UserError(f"override {key}: {p} is not a mapping")
-        node[parts[-1]] = value
+        node[parts[-1]] = _numbers(value)
     return out
