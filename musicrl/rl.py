@@ -104,6 +104,12 @@ class RLConfig:
         def bad(msg):
             raise UserError(msg)
 
+        for f in fields(self):  # YAML and key=value overrides can hand over any type
+            value = getattr(self, f.name)
+            if f.type in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                bad(f"{f.name} must be a number, got {value!r}")
+            if f.type == "int" and not isinstance(value, int):
+                bad(f"{f.name} must be a whole number, got {value!r}")
         if not self.reward:
             bad("reward is required (e.g. reward: {components: {clap: {}, quality: {}}})")
         if self.kl_coef < 0:

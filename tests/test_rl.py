@@ -105,6 +105,8 @@ def test_lora_reference_is_the_adapter_free_model(tmp_path, random_musicgen_dir)
         ("reward.components.user.model=/no/such/rm", "/no/such/rm"),
         ("top_k=250", "exact KL needs the full distribution"),
         ("steps=0", "steps must be >= 1"),
+        ("lr=fast", "lr must be a number, got 'fast'"),
+        ("steps=2.5", "steps must be a whole number"),
     ],
 )
 def test_bad_configs_get_one_line_errors(tmp_path, override, message):
