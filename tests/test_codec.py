@@ -108,6 +108,20 @@ def _tone(midi: float, amp: float, seconds: float = 1.0) -> torch.Tensor:
     return (amp * torch.sin(2 * math.pi * 440 * 2 ** ((midi - 69) / 12) * t)).float()[None, None]  # [1, 1, S]
 
 
+def test_decoded_clips_never_exceed_the_corpus_peak():
+    from musicrl import synth
+
+    codec = Codec.from_pretrained("tiny")
+    x = torch.as_tensor(np.stack([e.audio for e in synth.examples(4, 0, 2.0, "heldout")]))[:, None]  # peak 0.9
+    raw = codec.model.synthesize(codec.model.magnitudes(codec.model.quantizer.decode(codec.encode(x).transpose(0, 1))))
+    raw_peak = raw.abs().amax(dim=(1, 2))  # [4]
+    assert raw_peak.max() > 1.0  # unrelated oscillator phases: the raw resynthesis would clip
+    peak = codec.decode(codec.encode(x)).abs().amax(dim=(1, 2))
+    assert torch.allclose(peak, raw_peak.clamp(max=0.9), atol=1e-4)  # scaled down to 0.9, never up
+    quiet = codec.decode(codec.encode(0.05 * x))
+    assert quiet.abs().amax() < 0.5  # a quiet clip is not scaled up
+
+
 @pytest.mark.parametrize("midi", [40, 57, 69, 88, 110])
 def test_analysis_puts_a_tone_in_its_semitone_bin_at_its_amplitude(midi):
     model = SpectralCodecModel(SpectralCodecConfig())

@@ -61,6 +61,7 @@ class SpectralCodecConfig(PreTrainedConfig):
         num_quantizers: int = 4,
         codebook_size: int = 256,
         phase_seed: int = 0,  # seeds each oscillator's fixed phase
+        max_peak: float = 0.9,  # decode scales a clip down to this peak (the corpus's own level), never up
         **kwargs,
     ):
         self.sampling_rate = sampling_rate
@@ -70,6 +71,7 @@ class SpectralCodecConfig(PreTrainedConfig):
         self.q, self.max_window, self.floor = q, max_window, floor
         self.num_quantizers, self.codebook_size = num_quantizers, codebook_size
         self.phase_seed = phase_seed
+        self.max_peak = max_peak
         # EnCodec's fields that MusicGen and musicrl.codec read: one bandwidth giving all K codebooks
         self.chunk_length_s = None
         self.normalize = False
@@ -216,6 +218,10 @@ class SpectralCodecModel(PreTrainedModel):
             raise ValueError(f"expected audio_codes [1, B, K, T], got {tuple(audio_codes.shape)}")
         mag = self.magnitudes(self.quantizer.decode(audio_codes[0].transpose(0, 1)))  # [B, F, T]
         audio = self.synthesize(mag)
+        # oscillators with unrelated phases peak higher than the synth's phase-locked partials (up to
+        # ~3x): scale each clip down to the corpus's peak level rather than let a WAV writer clip it
+        peak = audio.abs().amax(dim=(1, 2), keepdim=True)
+        audio = audio * (self.config.max_peak / peak.clamp_min(self.config.max_peak))
         if padding_mask is not None and padding_mask.shape[-1] < audio.shape[-1]:
             audio = audio[..., : padding_mask.shape[-1]]
         if return_dict is False:
