@@ -57,10 +57,8 @@ _GOLDEN = 0x9E3779B9  # the step salt of `musicrl.sampling.gumbel_noise`
 @dataclass
 class _Layer:
     ln1: tuple[torch.Tensor, torch.Tensor, float]  # self-attention pre-LN (weight, bias, eps)
-    q: torch.Tensor  # [D, D] (out, in), as nn.Linear
-    k: torch.Tensor
-    v: torch.Tensor
-    o: torch.Tensor
+    qkv: torch.Tensor  # [3D, D] (out, in): q, k, v projections stacked, one matmul per step
+    o: torch.Tensor  # [D, D]
     ln2: tuple[torch.Tensor, torch.Tensor, float]  # cross-attention pre-LN
     cq: torch.Tensor
     ck: torch.Tensor
@@ -84,7 +82,7 @@ class _Net:
     def tensors(self) -> list[torch.Tensor]:
         out = [self.emb, self.pos, self.heads, *self.ln_f[:2]]
         for lw in self.layers:
-            out += [*lw.ln1[:2], lw.q, lw.k, lw.v, lw.o, *lw.ln2[:2], lw.cq, lw.ck, lw.cv, lw.co, *lw.ln3[:2], lw.fc1, lw.fc2]
+            out += [*lw.ln1[:2], lw.qkv, lw.o, *lw.ln2[:2], lw.cq, lw.ck, lw.cv, lw.co, *lw.ln3[:2], lw.fc1, lw.fc2]
         return out
 
 
@@ -138,7 +136,7 @@ def resolve_net(policy: MusicGenPolicy, dtype: torch.dtype | None = None) -> _Ne
         sa, ca = layer.self_attn, layer.encoder_attn
         layers.append(
             _Layer(
-                ln1=_ln(layer.self_attn_layer_norm), q=lin(sa.q_proj), k=lin(sa.k_proj), v=lin(sa.v_proj), o=lin(sa.out_proj),
+                ln1=_ln(layer.self_attn_layer_norm), qkv=torch.cat([lin(sa.q_proj), lin(sa.k_proj), lin(sa.v_proj)]), o=lin(sa.out_proj),
                 ln2=_ln(layer.encoder_attn_layer_norm), cq=lin(ca.q_proj), ck=lin(ca.k_proj), cv=lin(ca.v_proj), co=lin(ca.out_proj),
                 ln3=_ln(layer.final_layer_norm), fc1=lin(layer.fc1), fc2=lin(layer.fc2),
             )  # fmt: skip
@@ -305,7 +303,7 @@ class FastSampler:
         dev, L = states.device, L or states.shape[1]
         N = 2 * B if guided else B
         D, H = net.emb.shape[1], net.heads_n
-        kv_dtype = net.layers[0].k.dtype
+        kv_dtype = net.layers[0].qkv.dtype
         steps = T + K - 1
         n_layers = len(net.layers)
         k = torch.arange(K, device=dev)
@@ -363,12 +361,10 @@ class FastSampler:
         h = h.float()  # [N, D]: one query row per sequence, kept 2-D (cheapest matmul path)
         self_mask = (st.arange[:length] <= st.pos)[None, None, None, :] if masked else None
         for i, lw in enumerate(net.layers):
-            wdt = lw.q.dtype
+            wdt = lw.qkv.dtype
             # self-attention with the static cache
             x = F.layer_norm(h, (D,), *lw.ln1).to(wdt)
-            q = F.linear(x, lw.q).view(N, H, 1, hd)
-            k = F.linear(x, lw.k).view(N, H, 1, hd)
-            v = F.linear(x, lw.v).view(N, H, 1, hd)
+            q, k, v = F.linear(x, lw.qkv).view(N, 3, H, 1, hd).unbind(1)  # each [N, H, 1, hd]
             kc, vc = st.kv[i, 0], st.kv[i, 1]  # [N, H, T_max, hd]
             if j is not None:
                 kc[:, :, j], vc[:, :, j] = k[:, :, 0], v[:, :, 0]
@@ -435,7 +431,7 @@ class FastSampler:
         pol = self.policy
         capture = states.device.type == "cuda"
         L = math.ceil(states.shape[1] / 16) * 16  # padded text length, so prompts of similar length share graphs
-        key = (len(seeds), L, T, cfg, net.layers[0].q.dtype)
+        key = (len(seeds), L, T, cfg, net.layers[0].qkv.dtype)
         cached = self._graphs if self._graphs is not None and self._graphs["key"] == key else None
         if cached is not None and not self._refresh(cached["net"], net):
             cached = None
