@@ -270,15 +270,7 @@ class FastSampler:
     ) -> Rollout:
         """Same contract as `MusicGenPolicy.sample`: rows [p0]*n + [p1]*n + ..., row i seeded `seed + i`."""
         pol = self.policy
-        if not prompts:
-            raise UserError("no prompts given")
-        if num_samples < 1:
-            raise UserError(f"num_samples must be >= 1, got {num_samples}")
-        T = num_frames if num_frames is not None else pol.frames_for(duration_s if duration_s is not None else 5.0)
-        if T > pol.max_frames:
-            raise UserError(f"{T} frames is beyond this model's maximum of {pol.max_frames}")
-        rows = [p for p in prompts for _ in range(num_samples)]
-        seeds = torch.arange(len(rows), dtype=torch.long) + seed
+        rows, seeds, T = pol.rollout_rows(prompts, num_samples, duration_s, num_frames, seed)
         dev = pol.device
         use_graph = self.compile or ((dev.type == "cuda") if self.graph is None else self.graph)
         dtype = self.dtype

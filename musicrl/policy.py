@@ -97,6 +97,20 @@ class MusicGenPolicy(nn.Module):
             raise UserError(f"duration {duration_s:g} s is beyond this model's maximum of {self.max_duration_s:.1f} s")
         return max(1, round(duration_s * self.frame_rate))
 
+    def rollout_rows(self, prompts: list[str], num_samples: int, duration_s: float | None,
+                     num_frames: int | None, seed: int) -> tuple[list[str], torch.Tensor, int]:
+        """Checks a sampling request and lays it out: (rows [p0]*n + [p1]*n + ..., seeds [B] with
+        row i seeded `seed + i`, frames T). Shared by `sample` and the fast engine (same contract)."""
+        if not prompts:
+            raise UserError("no prompts given")
+        if num_samples < 1:
+            raise UserError(f"num_samples must be >= 1, got {num_samples}")
+        T = num_frames if num_frames is not None else self.frames_for(duration_s if duration_s is not None else 5.0)
+        if T > self.max_frames:
+            raise UserError(f"{T} frames is beyond this model's maximum of {self.max_frames}")
+        rows = [p for p in prompts for _ in range(num_samples)]
+        return rows, torch.arange(len(rows), dtype=torch.long) + seed, T
+
     # ---- conditioning ----------------------------------------------------------------------
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """prompts [B] -> (states [B, L, D_dec], mask [B, L]); padded states are zero."""
@@ -146,17 +160,9 @@ class MusicGenPolicy(nn.Module):
 
         Row i uses seed `seed + i`; its tokens depend on that seed alone.
         """
-        if not prompts:
-            raise UserError("no prompts given")
-        if num_samples < 1:
-            raise UserError(f"num_samples must be >= 1, got {num_samples}")
-        T = num_frames if num_frames is not None else self.frames_for(duration_s if duration_s is not None else 5.0)
-        if T > self.max_frames:
-            raise UserError(f"{T} frames is beyond this model's maximum of {self.max_frames}")
-        rows = [p for p in prompts for _ in range(num_samples)]
+        rows, seeds, T = self.rollout_rows(prompts, num_samples, duration_s, num_frames, seed)
         B, K, V = len(rows), self.num_codebooks, self.vocab_size
         dev = self.device
-        seeds = torch.arange(B, dtype=torch.long) + seed
         states, mask = self._conditioning(rows, sampling.guided)
         valid = dp.valid_mask(K, T, device=dev)  # [K, T+K-1]
         steps = T + K - 1
