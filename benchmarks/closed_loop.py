@@ -35,23 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from benchmarks.load_test import AppProcess, Tally, free_port, random_musicgen, voter  # noqa: E402
+from benchmarks.load_test import AppProcess, Tally, free_port, voter  # noqa: E402
 
 SECRET = "closed-loop"
-
-
-def random_clap(path: Path) -> Path:
-    """A randomly initialised tiny CLAP (the tiny world's architecture), for a plumbing run."""
-    import torch
-    from transformers import ClapModel, ClapProcessor
-
-    from musicrl.tiny.clap import tiny_clap_config, tiny_feature_extractor, tiny_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = tiny_tokenizer()
-    ClapModel(tiny_clap_config(len(tokenizer))).save_pretrained(path)
-    ClapProcessor(feature_extractor=tiny_feature_extractor(), tokenizer=tokenizer).save_pretrained(path)
-    return path
 
 
 def env() -> dict:
@@ -149,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     base, backbone = args.base, args.backbone
     if args.random:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        base, backbone = str(random_musicgen(out / "random-musicgen")), str(random_clap(out / "random-clap"))
+        from musicrl.tiny.clap import save_random_clap
+        from musicrl.tiny.musicgen import save_random
+
+        base, backbone = str(save_random(out / "random-musicgen")), str(save_random_clap(out / "random-clap"))
     run_dir, data = out / "musicrl-u", out / "app"
     run_dir.mkdir()
     data.mkdir()

@@ -53,34 +53,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def random_musicgen(path: Path) -> Path:
-    """A randomly initialised tiny MusicGen (random tiny EnCodec), as tests/conftest.py builds it."""
-    import torch
-    from transformers import EncodecConfig, EncodecModel
-
-    from musicrl.tiny.musicgen import build
-
-    torch.manual_seed(0)
-    codec = EncodecModel(
-        EncodecConfig(
-            sampling_rate=16000, target_bandwidths=[1.6], upsampling_ratios=[8, 5, 4, 2], num_filters=4,
-            hidden_size=16, codebook_size=256, num_lstm_layers=1, normalize=False,
-        )  # fmt: skip
-    )
-    for layer in codec.quantizer.layers:
-        layer.codebook.embed.normal_()
-    model, tokenizer = build(codec, hidden_size=64, num_layers=2, heads=4)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def default_model(scratch: Path) -> str:
     from musicrl.hub import TINY_DIR
 
     if (TINY_DIR / "musicgen" / "config.json").exists():
         return "tiny"
-    return str(random_musicgen(scratch / "random-musicgen"))
+    from musicrl.tiny.musicgen import save_random
+
+    return str(save_random(scratch / "random-musicgen"))
 
 
 class AppProcess:

@@ -14,7 +14,7 @@ from transformers import ClapFeatureExtractor, ClapModel
 from musicrl import synth
 from musicrl.errors import UserError
 from musicrl.hub import TINY_DIR
-from musicrl.tiny.clap import tiny_clap_config, tiny_feature_extractor, tiny_tokenizer
+from musicrl.tiny.clap import save_random_clap, tiny_clap_config, tiny_feature_extractor, tiny_tokenizer
 from rewards.clap import ClapLogMel, ClapReward, repeat_pad, window_starts
 
 SR = 16_000
@@ -32,13 +32,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def random_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("random_clap")
-    torch.manual_seed(0)
-    tokenizer = tiny_tokenizer()
-    ClapModel(tiny_clap_config(len(tokenizer))).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    tiny_feature_extractor().save_pretrained(path)
-    return path
+    return save_random_clap(tmp_path_factory.mktemp("random_clap"))
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import ClapModel
 
 from musicrl import synth
 from musicrl.cli import main
 from musicrl.errors import UserError
 from musicrl.simulate import Rater, simulate_votes
-from musicrl.tiny.clap import tiny_clap_config, tiny_feature_extractor, tiny_tokenizer
+from musicrl.tiny.clap import save_random_clap
 from rewards.preference import PreferenceModel, PreferenceReward
 from rewards.train_preference import (
     PreferenceTrainConfig,
@@ -28,12 +27,7 @@ from rewards.train_preference import (
 
 
 def _random_clap(path, seed):
-    torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer(n_captions=200)  # a small vocabulary is enough for a random model
-    ClapModel(tiny_clap_config(len(tokenizer))).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    tiny_feature_extractor().save_pretrained(path)
-    return path
+    return save_random_clap(path, seed, n_captions=200)  # a small vocabulary is enough for a random model
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import ClapModel
 
 from musicrl import synth
 from musicrl.audio import write_wav
@@ -15,7 +14,7 @@ from musicrl.cli import main
 from musicrl.degrade import degrade
 from musicrl.errors import UserError
 from musicrl.hub import TINY_DIR
-from musicrl.tiny.clap import tiny_clap_config, tiny_feature_extractor, tiny_tokenizer
+from musicrl.tiny.clap import save_random_clap
 from rewards.quality import QualityReward
 from rewards.train_quality import (
     QualityTrainConfig,
@@ -29,13 +28,8 @@ from rewards.train_quality import (
 
 @pytest.fixture(scope="module")
 def clap_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clap")
-    torch.manual_seed(0)
-    tokenizer = tiny_tokenizer(n_captions=200)  # a small vocabulary is enough for a random model
-    ClapModel(tiny_clap_config(len(tokenizer))).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    tiny_feature_extractor().save_pretrained(path)
-    return path
+    # a small vocabulary is enough for a random model
+    return save_random_clap(tmp_path_factory.mktemp("clap"), n_captions=200)
 
 
 @pytest.fixture(scope="module")

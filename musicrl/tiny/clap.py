@@ -111,6 +111,17 @@ def tiny_feature_extractor() -> ClapFeatureExtractor:
     )
 
 
+def save_random_clap(path, seed: int = 0, n_captions: int = 4000):
+    """A randomly initialised tiny CLAP with its tokenizer and feature extractor, saved like a trained
+    one (for tests and plumbing runs; a small `n_captions` builds the tokenizer faster)."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer(n_captions=n_captions)
+    ClapModel(tiny_clap_config(len(tokenizer))).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    tiny_feature_extractor().save_pretrained(path)
+    return path
+
+
 def tiny_clap_config(vocab_size: int) -> ClapConfig:
     """~1.1 M parameters: a 3-layer 128-d RoBERTa, a 3-stage Swin audio tower, a 128-d joint space."""
     text = dict(

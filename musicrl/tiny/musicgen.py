@@ -9,6 +9,8 @@ tiny codec's model type with transformers).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from transformers import (
     ByT5Tokenizer,
     GenerationConfig,
@@ -52,3 +54,24 @@ def build(codec, *, hidden_size: int = 256, num_layers: int = 4, heads: int = 8)
         pad_token_id=V, bos_token_id=V, decoder_start_token_id=V,
     )  # fmt: skip
     return model, tokenizer
+
+
+def save_random(path: str | Path) -> Path:
+    """A randomly initialised MusicGen of test size (a random 4 x 256 EnCodec, 2 x 64 decoder), saved
+    like a real checkpoint: the fixture of the tests and the plumbing runs of the benchmarks."""
+    import torch
+    from transformers import EncodecConfig, EncodecModel
+
+    torch.manual_seed(0)
+    codec = EncodecModel(
+        EncodecConfig(
+            sampling_rate=16000, target_bandwidths=[1.6], upsampling_ratios=[8, 5, 4, 2], num_filters=4,
+            hidden_size=16, codebook_size=256, num_lstm_layers=1, normalize=False,
+        )  # fmt: skip
+    )
+    for layer in codec.quantizer.layers:  # random (not all-zero) codebooks so codes are informative
+        layer.codebook.embed.normal_()
+    model, tokenizer = build(codec, hidden_size=64, num_layers=2, heads=4)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return Path(path)
