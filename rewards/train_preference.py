@@ -107,10 +107,12 @@ def load_votes(source: str | Path, data_dir: str | Path | None = None) -> list[V
     return rows
 
 
-def _votes_from_jsonl(path: Path) -> list[VoteRow]:
+def jsonl_records(path: Path, what: str, required: tuple[str, ...], known: tuple[str, ...], expected: str):
+    """(line number, object) per non-blank line of a JSONL file of `what`s (votes, ratings), each
+    checked: valid JSON, an object, every `required` column, none outside `known`. Errors are one
+    line naming the file and the line."""
     if not path.is_file():
-        raise UserError(f"no such votes file: {path}")
-    rows = []
+        raise UserError(f"no such {what}s file: {path}")
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -119,14 +121,19 @@ def _votes_from_jsonl(path: Path) -> list[VoteRow]:
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
         if not isinstance(d, dict):
-            raise UserError(f"{path}:{n}: a vote is a JSON object, got {type(d).__name__}")
-        missing = [c for c in REQUIRED if c not in d]
+            raise UserError(f"{path}:{n}: a {what} is a JSON object, got {type(d).__name__}")
+        missing = [c for c in required if c not in d]
         if missing:
-            raise UserError(f"{path}:{n}: missing column(s) {', '.join(missing)}; a vote needs {', '.join(REQUIRED)}")
-        unknown = sorted(set(d) - set(KNOWN))
+            raise UserError(f"{path}:{n}: missing column(s) {', '.join(missing)}; a {what} needs {', '.join(required)}")
+        unknown = sorted(set(d) - set(known))
         if unknown:
-            raise UserError(f"{path}:{n}: unknown column(s) {', '.join(unknown)}; "
-                            f"expected {', '.join(REQUIRED)} (+ export columns)")
+            raise UserError(f"{path}:{n}: unknown column(s) {', '.join(unknown)}; expected {expected}")
+        yield n, d
+
+
+def _votes_from_jsonl(path: Path) -> list[VoteRow]:
+    rows = []
+    for n, d in jsonl_records(path, "vote", REQUIRED, KNOWN, f"{', '.join(REQUIRED)} (+ export columns)"):
         if d["choice"] not in CHOICES:
             raise UserError(f"{path}:{n}: bad choice {str(d['choice'])[:40]!r}; expected one of {', '.join(CHOICES)}")
         for c in ("prompt", "clip_a", "clip_b"):

@@ -103,24 +103,10 @@ def load_ratings(source: str | Path, data_dir: str | Path | None = None) -> list
 
 
 def _ratings_from_jsonl(path: Path) -> list[tuple[Path, float]]:
-    if not path.is_file():
-        raise UserError(f"no such ratings file: {path}")
+    from rewards.train_preference import jsonl_records
+
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(d, dict):
-            raise UserError(f"{path}:{n}: a rating is a JSON object, got {type(d).__name__}")
-        missing = [c for c in RATING_COLUMNS if c not in d]
-        if missing:
-            raise UserError(f"{path}:{n}: missing column(s) {', '.join(missing)}; a rating needs audio, rating")
-        unknown = sorted(set(d) - set(KNOWN_RATING_COLUMNS))
-        if unknown:
-            raise UserError(f"{path}:{n}: unknown column(s) {', '.join(unknown)}; expected audio, rating")
+    for n, d in jsonl_records(path, "rating", RATING_COLUMNS, KNOWN_RATING_COLUMNS, ", ".join(RATING_COLUMNS)):
         r = d["rating"]
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 1 <= r <= 5:
             raise UserError(f"{path}:{n}: rating must be a number from 1 to 5, got {str(r)[:40]!r}")

@@ -87,6 +87,12 @@ class SpectralCodecConfig(PreTrainedConfig):
         return self.midi_high - self.midi_low + 1
 
 
+def nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Index [N] of the nearest of centres [k, D] to each row of x [N, D] (squared distance without
+    the |x|^2 term, which is the same for every centre)."""
+    return (centres.pow(2).sum(1)[None] - 2 * x @ centres.T).argmin(1)
+
+
 class SpectralRVQ(nn.Module):
     """Residual VQ of normalised log-magnitude frames; codebooks [K, N, F] are fitted by k-means."""
 
@@ -109,8 +115,7 @@ class SpectralRVQ(nn.Module):
         residual = (x.transpose(1, 2).reshape(-1, Fb) - self.mean).float()  # [B*T, F]
         codes = []
         for cb in self.codebooks:  # [N, F]
-            # squared distance without the |r|^2 term, which is the same for every code
-            idx = (cb.pow(2).sum(1)[None] - 2 * residual @ cb.T).argmin(1)  # [B*T]
+            idx = nearest(residual, cb)  # [B*T]
             residual = residual - cb[idx]
             codes.append(idx.view(B, T))
         return torch.stack(codes)
@@ -276,13 +281,13 @@ def kmeans(x: torch.Tensor, k: int, iters: int, g: torch.Generator) -> torch.Ten
     if len(x) < k:
         raise UserError(f"codec fit: {len(x)} frames cannot fill a codebook of {k}; use more clips")
     centres = x[torch.randint(len(x), (1,), generator=g)]
-    nearest = _sq_dist(x, centres)[:, 0]  # [N]
+    d2 = _sq_dist(x, centres)[:, 0]  # [N] squared distance to the nearest seed so far
     for _ in range(k - 1):
-        pick = torch.multinomial(nearest + 1e-12, 1, generator=g)
+        pick = torch.multinomial(d2 + 1e-12, 1, generator=g)
         centres = torch.cat([centres, x[pick]])
-        nearest = torch.minimum(nearest, _sq_dist(x, x[pick])[:, 0])
+        d2 = torch.minimum(d2, _sq_dist(x, x[pick])[:, 0])
     for _ in range(iters):
-        idx = (centres.pow(2).sum(1)[None] - 2 * x @ centres.T).argmin(1)  # [N]
+        idx = nearest(x, centres)  # [N]
         sums = torch.zeros_like(centres).index_add_(0, idx, x)
         counts = torch.bincount(idx, minlength=k).float()[:, None]
         fresh = x[torch.randint(len(x), (k,), generator=g)]
@@ -317,7 +322,7 @@ def fit(model: SpectralCodecModel, cfg: CodecFitConfig = CodecFitConfig(), progr
     for _ in tqdm(range(model.config.num_quantizers), desc="codec: k-means per stage", disable=not progress,
                   dynamic_ncols=True):
         centres = kmeans(residual, model.config.codebook_size, cfg.kmeans_iters, g)
-        idx = (centres.pow(2).sum(1)[None] - 2 * residual @ centres.T).argmin(1)
+        idx = nearest(residual, centres)
         residual = residual - centres[idx]
         books.append(centres)
         errors.append((residual.pow(2).sum() / total).item())
