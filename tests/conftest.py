@@ -19,3 +19,13 @@ def random_policy(random_musicgen_dir):
     from musicrl.policy import MusicGenPolicy
 
     return MusicGenPolicy.from_pretrained(str(random_musicgen_dir))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small matmuls on a shared 2-core box: a second thread spins at barriers (40x slower).
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

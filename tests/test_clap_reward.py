@@ -21,13 +21,7 @@ SR = 16_000
 SHIPPED = (TINY_DIR / "clap" / "config.json").exists()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matmuls on a shared 2-core box: a second thread spins at barriers (40x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ from musicrl.tiny.clap import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matmuls on a shared 2-core box: a second thread spins at barriers (40x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_contrastive_loss_is_symmetric_infonce_without_duplicates():
