@@ -24,19 +24,24 @@ import math
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict
 
 from app.arena import Arena, Busy
 from musicrl.errors import UserError
 from musicrl.votes import model_key
 
 
-class GenerateBody(BaseModel):
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
+
+class GenerateBody(_Body):
     prompt: str
     duration_s: float | None = None
 
 
-class VoteBody(BaseModel):
+class VoteBody(_Body):
     pair: str
     choice: str
     session: str | None = None
@@ -45,13 +50,20 @@ class VoteBody(BaseModel):
     supersedes: int | None = None
 
 
-class ExportBody(BaseModel):
+class ExportBody(_Body):
     format: str = "jsonl"
     per_session_cap: int | None = None
 
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A malformed body gets the API's own error shape: 400 and one line naming the field."""
+    e = exc.errors()[0]
+    field = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+    return _error(400, f"bad request: {field}: {e.get('msg', 'invalid')}")
 
 
 def leaderboard_json(arena: Arena) -> dict:

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import gradio as gr
 import pandas as pd
 
-from app.api import api_router
+from app.api import api_router, validation_error
 from app.arena import DEFAULT_EXAMPLES, Arena, ArenaConfig, Busy, GeneratorLike, Listening, Pair
 from musicrl.errors import UserError
 from musicrl.votes import SECRET_FILE, VoteStore, model_key
@@ -305,6 +305,7 @@ def build_app(
 def create_server(blocks: gr.Blocks):
     """A FastAPI app: the JSON API under /api and the Gradio UI at /, serving files only from the clips dir."""
     from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
 
     from gradio.utils import get_upload_folder, is_in_or_equal
 
@@ -312,6 +313,7 @@ def create_server(blocks: gr.Blocks):
     store = arena.store
     app = FastAPI(title="musicrl arena", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(api_router(arena))
+    app.add_exception_handler(RequestValidationError, validation_error)
     clips = store.clips_dir
     clips.mkdir(parents=True, exist_ok=True)
     blocked = [str(store.data_dir / SECRET_FILE)]

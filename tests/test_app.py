@@ -95,6 +95,8 @@ def test_bad_requests_get_clear_messages(served):
         ("/api/vote", {"pair": g["pair"], "choice": "left"}, 400, "unknown choice"),
         ("/api/vote", {"pair": g["pair"][:-2] + "00", "choice": "a"}, 400, "invalid pair token"),
         ("/api/vote", {"pair": "garbage", "choice": "a"}, 400, "invalid pair token"),
+        ("/api/generate", {"prompt": "piano", "duration": 2}, 400, "duration: Extra inputs are not permitted"),
+        ("/api/generate", {"duration_s": 2}, 400, "prompt: Field required"),
     ]
     for path, body, status, msg in cases:
         r = client.post(path, json=body)
