@@ -454,16 +454,26 @@ _INST_FILLERS = {"{inst}:": "some music", "on {inst}": "a synth", "for {inst}": 
                  "featuring {inst}": "one instrument"}  # instrument-free words where grammar needs a noun
 
 
-def caption(attrs: Attributes, rng: np.random.Generator, split: str = "train") -> str:
-    """A caption naming 2..5 of tempo, mode, register, instrument, drums in `split`'s words."""
+def caption(attrs: Attributes, rng: np.random.Generator, split: str = "train", words: str | None = None) -> str:
+    """A caption naming 2..5 of tempo, mode, register, instrument, drums in `split`'s templates.
+
+    `words` picks the vocabulary: `split`'s own (the default), or "all", the words of both splits:
+    the tiny world's stand-in for a language model's knowledge (`musicrl.tiny.text`); templates
+    stay `split`'s, so held-out sentence shapes stay unseen.
+    """
     _check("split", split, SPLITS)
+    words = split if words is None else words
+    _check("words", words, SPLITS + ("all",))
     k = int(rng.integers(2, len(_ATTRS_IN_CAPTIONS) + 1))
     named = set(rng.choice(_ATTRS_IN_CAPTIONS, size=k, replace=False).tolist())
     template = TEMPLATES[split][int(rng.integers(len(TEMPLATES[split])))]
     values = attrs.to_dict()
 
+    def vocab(by_split: dict) -> tuple:
+        return by_split["train"] + by_split["heldout"] if words == "all" else by_split[words]
+
     def pick(table: dict, attr: str) -> str:
-        options = table[attr][values[attr]][split]
+        options = vocab(table[attr][values[attr]])
         return options[int(rng.integers(len(options)))]
 
     slots = {s: _EMPTY for s in ("tempo_adj", "mode_adj", "register_adj", "inst", "tempo_ph", "mode_ph",
@@ -482,7 +492,8 @@ def caption(attrs: Attributes, rng: np.random.Generator, split: str = "train") -
         slots["inst"] = next((w for ctx, w in _INST_FILLERS.items() if ctx in template), _EMPTY)
     if "drums" in named:
         slots["drums_ph"] = pick(SYNONYMS, "drums")
-    slots["noun"] = _NOUNS[split][int(rng.integers(len(_NOUNS[split])))]
+    nouns = vocab(_NOUNS)
+    slots["noun"] = nouns[int(rng.integers(len(nouns)))]
     return _tidy(template.format(**slots))
 
 

@@ -130,6 +130,23 @@ def test_heldout_templates_and_synonyms_never_appear_in_train():
     assert any(w in " ".join(t for _, t in _captions("heldout", 200)) for w in ("brisk", "mournful", "pianoforte"))
 
 
+def test_text_prior_captions_use_every_word_in_train_templates_only():
+    rng = np.random.default_rng(0)
+    attrs = [synth.sample_attributes(rng) for _ in range(400)]
+    texts = [synth.caption(a, rng, "train", words="all") for a in attrs]
+    for a, text in zip(attrs, texts):  # still true captions of their clip
+        assert all(getattr(a, k) == v for k, v in synth.parse_prompt(text).items()), text
+    joined = " | ".join(texts)
+    assert "brisk" in joined or "lively" in joined or "speedy" in joined  # held-out words appear
+    assert "fast" in joined or "quick" in joined  # and so do train words
+    # held-out sentence shapes never: their fixed words ("imagine", "i want a", "--") are absent
+    assert not re.search(r"\bimagine\b|\bi want a\b| -- ", joined)
+    r1, r2 = np.random.default_rng(5), np.random.default_rng(5)  # words=None is the split's own vocabulary
+    assert synth.caption(attrs[0], r1, "heldout") == synth.caption(attrs[0], r2, "heldout", words="heldout")
+    with pytest.raises(UserError):
+        synth.caption(attrs[0], rng, "train", words="everything")
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [

@@ -59,7 +59,7 @@ def test_match_matrix_follows_the_named_attributes():
 
 def test_saved_directory_loads_with_the_auto_classes(tmp_path):
     cfg = ClapTrainConfig(pool_clips=8, epochs=1, batch_size=4, eval_every=100, eval_clips=32,
-                          checkpoint_every=1)
+                          checkpoint_every=1, text_pretrain_steps=2)
     out = train_clap(tmp_path / "clap", cfg, progress=False)
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json", "model.safetensors", "preprocessor_config.json", "processor_config.json",
@@ -74,7 +74,7 @@ def test_saved_directory_loads_with_the_auto_classes(tmp_path):
 @pytest.mark.slow
 def test_resumed_training_equals_uninterrupted(tmp_path, monkeypatch):
     cfg = ClapTrainConfig(pool_clips=8, epochs=2, batch_size=4, eval_every=100, eval_clips=32,
-                          checkpoint_every=2, warmup_steps=1)
+                          checkpoint_every=2, warmup_steps=1, text_pretrain_steps=3)
     whole = train_clap(tmp_path / "whole", cfg, progress=False)
     real_step = tiny_clap._train_step
 
@@ -95,7 +95,21 @@ def test_resumed_training_equals_uninterrupted(tmp_path, monkeypatch):
         train_clap(tmp_path / "other", replace(cfg, lr=1e-4), progress=False, work_dir=tmp_path / "work")
 
 
+def test_frozen_text_tower_keeps_its_pretrained_weights_and_the_rest_learns(tmp_path):
+    cfg = ClapTrainConfig(pool_clips=8, epochs=2, batch_size=4, eval_every=100, eval_clips=32,
+                          checkpoint_every=100, warmup_steps=1, text_pretrain_steps=0, lr=1e-2)
+    torch.manual_seed(cfg.seed)  # train_clap's init: the same seed, the same tokenizer length
+    init = ClapModel(tiny_clap_config(len(tiny_tokenizer()))).state_dict()
+    trained = ClapModel.from_pretrained(train_clap(tmp_path / "clap", cfg, progress=False)).state_dict()
+    text = [k for k in init if k.startswith("text_model.")]
+    assert text and all(torch.equal(init[k], trained[k]) for k in text)
+    moved = [k for k in init if k.startswith(("text_projection.", "audio_model.")) and not torch.equal(init[k], trained[k])]
+    assert any(k.startswith("text_projection.") for k in moved) and any(k.startswith("audio_model.") for k in moved)
+
+
 def test_config_is_validated():
+    with pytest.raises(UserError):
+        ClapTrainConfig(text_words="heldout")
     with pytest.raises(UserError):
         ClapTrainConfig(batch_size=1)
     with pytest.raises(UserError):

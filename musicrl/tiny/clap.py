@@ -78,8 +78,10 @@ CHECKPOINT = "clap_train_state.pt"
 LOG = "clap_train_log.jsonl"
 
 
-def tiny_tokenizer(n_captions: int = 4000, seed: int = 0) -> RobertaTokenizer:
-    """Byte-level BPE learned from `n_captions` train-split captions (deterministic; held-out words unseen).
+def tiny_tokenizer(n_captions: int = 4000, seed: int = 0, words: str = "all") -> RobertaTokenizer:
+    """Byte-level BPE learned from `n_captions` captions in train-split templates with `words`'
+    vocabulary (deterministic). "all", the default, is the text prior's corpus (`musicrl.tiny.text`):
+    like RoBERTa's, the tokenizer is learned from text, before and apart from any audio.
 
     Special tokens in RoBERTa's order (`<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, `<mask>`=4), which
     are ClapTextConfig's default bos/pad/eos ids. 518 ids: the corpus runs out of merges first.
@@ -89,7 +91,7 @@ def tiny_tokenizer(n_captions: int = 4000, seed: int = 0) -> RobertaTokenizer:
     from musicrl import synth
 
     rng = np.random.default_rng([seed, 1234])
-    captions = [synth.caption(synth.sample_attributes(rng), rng, "train") for _ in range(n_captions)]
+    captions = [synth.caption(synth.sample_attributes(rng), rng, "train", words) for _ in range(n_captions)]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     trainer = trainers.BpeTrainer(
@@ -168,6 +170,16 @@ class ClapTrainConfig:
     """Clips of those checks (R@1 among 32, so at least 32)."""
     checkpoint_every: int = 200
     """Steps between resumable checkpoints."""
+    text_pretrain_steps: int = 800
+    """Steps of text-only pretraining of the text tower before any audio (`musicrl.tiny.text`):
+    it learns to name the attributes a caption names, the tiny world's stand-in for RoBERTa's
+    pretraining. 0 skips it."""
+    text_words: str = "all"
+    """Vocabulary of that pretraining and of the tokenizer: "all" (both splits' words, in
+    train-split templates) or "train" (held-out words stay unknown to the model)."""
+    freeze_text: bool = True
+    """Keep the pretrained text tower frozen in contrastive training (only its projection learns),
+    so words never paired with audio keep the meaning text gave them."""
     seed: int = 0
     """Model init, shuffling, captions and augmentation all derive from it."""
     num_threads: int = 1
@@ -179,6 +191,10 @@ class ClapTrainConfig:
                 raise UserError(f"ClapTrainConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.eval_clips < 32:
             raise UserError(f"ClapTrainConfig.eval_clips must be >= 32, got {self.eval_clips}")
+        if self.text_words not in ("train", "all"):
+            raise UserError(f"ClapTrainConfig.text_words must be 'train' or 'all', got {self.text_words!r}")
+        if self.text_pretrain_steps < 0:
+            raise UserError(f"ClapTrainConfig.text_pretrain_steps must be >= 0, got {self.text_pretrain_steps}")
         if self.batch_size < 2 or self.pool_clips < self.batch_size:
             raise UserError(f"need 2 <= batch_size <= pool_clips, got {self.batch_size}, {self.pool_clips}")
 
@@ -283,6 +299,11 @@ def _train_step(model, opt, tokenizer, mels, attrs, step: int, cfg: ClapTrainCon
     return {"loss": loss.item(), "scale": model.logit_scale_t.exp().item(), "pos": positives}
 
 
+def _pooled_text(text_model, tok) -> torch.Tensor:
+    """[B, H] what CLAP's text projection reads: RoBERTa's pooled first token."""
+    return text_model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output
+
+
 def _save_checkpoint(path: Path, model, opt, step: int, cfg: ClapTrainConfig):
     tmp = path.with_suffix(".tmp")
     torch.save({"step": step, "cfg": asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict()}, tmp)
@@ -305,11 +326,22 @@ def train_clap(out_dir: str | Path, cfg: ClapTrainConfig = ClapTrainConfig(), pr
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_dir / CHECKPOINT
     torch.set_num_threads(cfg.num_threads)
-    tokenizer, fe = tiny_tokenizer(), tiny_feature_extractor()
+    tokenizer, fe = tiny_tokenizer(words=cfg.text_words), tiny_feature_extractor()
     torch.manual_seed(cfg.seed)
     model = ClapModel(tiny_clap_config(len(tokenizer))).train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    if cfg.text_pretrain_steps and not ckpt.exists():  # (a checkpoint holds the pretrained tower)
+        from musicrl.tiny.text import pretrain_text_encoder
+
+        acc = pretrain_text_encoder(model.text_model, tokenizer, cfg.text_pretrain_steps, seed=cfg.seed,
+                                    progress=progress, features=_pooled_text, words=cfg.text_words)
+        with open(ckpt_dir / LOG, "a") as log:
+            log.write(json.dumps({"text_pretrain_slot_accuracy": acc}) + "\n")
+        model.train()
+    if cfg.freeze_text:
+        model.text_model.requires_grad_(False)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.dim() >= 2]
+    no_decay = [p for n, p in trainable if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     start = 0
@@ -456,7 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="musicrl/assets/tiny/clap", help="where the model is saved")
     parser.add_argument("--work-dir", default="runs/tiny/clap", help="resumable checkpoints go here")
     for f in fields(ClapTrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        if isinstance(f.default, bool):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
+                                default=f.default)
+        else:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     parser.add_argument("--eval", type=int, default=256, help="held-out clips to evaluate on (0: skip)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)

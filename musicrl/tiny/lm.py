@@ -159,7 +159,8 @@ def train_lm(codec_dir: str | Path, out_dir: str | Path, cfg: LMTrainConfig = LM
 
         acc = pretrain_text_encoder(model.text_encoder, tokenizer, cfg.text_pretrain_steps, seed=cfg.seed,
                                     progress=progress)
-        print(f"text encoder: attributes named by fresh captions recovered in {acc:.1%} of slots")
+        print(f"text encoder: attribute slots of fresh captions recovered: {acc['train_words']:.1%} "
+              f"(train words), {acc['heldout']:.1%} (held-out words and templates)")
     if cfg.freeze_text:
         model.text_encoder.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
