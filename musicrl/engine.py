@@ -11,8 +11,10 @@ is the cost. This engine runs the same network with its own loop:
 - a preallocated static KV cache [layers, 2, N, heads, T_max, head_dim];
 - cross-attention K/V computed once from the text states; unconditional rows (zero states)
   skip cross-attention, whose output there is exactly zero (no biases: K = V = 0);
-- one step function: embedding sum + sinusoidal position, pre-LN layers with
-  `scaled_dot_product_attention`, all K heads as one matmul, then the sampling distribution
+- one step function: embedding sum + sinusoidal position, pre-LN layers (single-query attention
+  as two bmm's over views of the cache made once per call, residual adds fused into addmm, weights
+  as transposed views: on a CPU at batch 8 a step is ~270 small ops, so dispatch counts), all K
+  heads as one matmul, then the sampling distribution
   (`filtered_log_probs`: `musicrl.sampling.process_logits` bit for bit, with a cheaper top-k
   threshold) and the counter-based Gumbel noise of `musicrl.sampling` (`gumbel_chunk`: the same
   values, drawn for several steps at once, or with the step as a tensor on the graph path);
@@ -38,7 +40,7 @@ mode, which the RL trainer never does when sampling).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -56,8 +58,11 @@ _GOLDEN = 0x9E3779B9  # the step salt of `musicrl.sampling.gumbel_noise`
 # ---- the network's weights, resolved per call ---------------------------------------------------
 @dataclass
 class _Layer:
+    """Matmul weights as [in, out] (transposed views of the [out, in] parameters: x @ w, no copy).
+    The query projections are copies scaled by 1/sqrt(head_dim), as MusicGen scales its queries."""
+
     ln1: tuple[torch.Tensor, torch.Tensor, float]  # self-attention pre-LN (weight, bias, eps)
-    qkv: torch.Tensor  # [3D, D] (out, in): q, k, v projections stacked, one matmul per step
+    qkv: torch.Tensor  # [D, 3D]: q (scaled), k, v projections side by side, one matmul per step
     o: torch.Tensor  # [D, D]
     ln2: tuple[torch.Tensor, torch.Tensor, float]  # cross-attention pre-LN
     cq: torch.Tensor
@@ -65,8 +70,8 @@ class _Layer:
     cv: torch.Tensor
     co: torch.Tensor
     ln3: tuple[torch.Tensor, torch.Tensor, float]  # FFN pre-LN
-    fc1: torch.Tensor  # [F, D]
-    fc2: torch.Tensor  # [D, F]
+    fc1: torch.Tensor  # [D, F]
+    fc2: torch.Tensor  # [F, D]
 
 
 @dataclass
@@ -75,7 +80,7 @@ class _Net:
     pos: torch.Tensor  # [P, D] sinusoidal positions
     layers: list[_Layer]
     ln_f: tuple[torch.Tensor, torch.Tensor, float]
-    heads: torch.Tensor  # [K * V, D]: the K lm heads stacked
+    heads: torch.Tensor  # [D, K * V]: the K lm heads side by side
     act: Callable[[torch.Tensor], torch.Tensor]
     heads_n: int  # attention heads
 
@@ -130,19 +135,20 @@ def resolve_net(policy: MusicGenPolicy, dtype: torch.dtype | None = None) -> _Ne
     lm = _unwrap(policy.model.decoder)
     core = lm.model.decoder
     cast = (lambda w: w) if dtype is None else (lambda w: w.to(dtype))
-    lin = lambda m: cast(_linear_weight(m))  # noqa: E731
+    lin = lambda m: cast(_linear_weight(m)).t()  # noqa: E731  [in, out] views
     layers = []
     for layer in core.layers:
         sa, ca = layer.self_attn, layer.encoder_attn
         layers.append(
             _Layer(
-                ln1=_ln(layer.self_attn_layer_norm), qkv=torch.cat([lin(sa.q_proj), lin(sa.k_proj), lin(sa.v_proj)]), o=lin(sa.out_proj),
-                ln2=_ln(layer.encoder_attn_layer_norm), cq=lin(ca.q_proj), ck=lin(ca.k_proj), cv=lin(ca.v_proj), co=lin(ca.out_proj),
+                ln1=_ln(layer.self_attn_layer_norm), qkv=torch.cat([lin(sa.q_proj) * sa.scaling, lin(sa.k_proj), lin(sa.v_proj)], 1),
+                o=lin(sa.out_proj), ln2=_ln(layer.encoder_attn_layer_norm), cq=lin(ca.q_proj) * ca.scaling,
+                ck=lin(ca.k_proj), cv=lin(ca.v_proj), co=lin(ca.out_proj),
                 ln3=_ln(layer.final_layer_norm), fc1=lin(layer.fc1), fc2=lin(layer.fc2),
             )  # fmt: skip
         )
     emb = torch.cat([e.weight for e in core.embed_tokens]).float()  # [K*(V+1), D]: K small tables, a cheap copy
-    heads = cast(torch.cat([_linear_weight(h) for h in lm.lm_heads]))  # [K*V, D]
+    heads = cast(torch.cat([_linear_weight(h) for h in lm.lm_heads])).t()  # [D, K*V]
     return _Net(
         emb=emb, pos=core.embed_positions.weights.float(), layers=layers, ln_f=_ln(core.layer_norm), heads=heads,
         act=core.layers[0].activation_fn, heads_n=core.layers[0].self_attn.num_heads,
@@ -204,28 +210,25 @@ def gumbel_chunk(seed_hash: torch.Tensor, noise_hash: torch.Tensor, steps: torch
     return u.log_().neg_().log_().neg_().float()
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """One query per sequence: q [N, H, 1, hd], k/v [N, H, L, hd] (L-slices of a cache) -> [N, H * hd].
+def _attend(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One query per sequence: q [S, 1, hd] (scaled), k_t [S, hd, L], v [S, L, hd] (cache views) -> [S, 1, hd].
 
-    Unmasked (the eager path), two bmm's over the N * H sequences: for a single query CPU SDPA costs
-    ~10% more (it is memory-bound on the cache either way); a view of the cache, never a copy.
+    bias: additive mask (0 / -inf) broadcastable to the scores [S, 1, L], or None. Two bmm's: for a
+    single query this is what SDPA does, minus its dispatch (on CPU it cost ~10% more).
     """
-    N, H, _, hd = q.shape
-    if mask is not None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).reshape(N, H * hd)
-    L = k.shape[2]
-    k, v = k.reshape(N * H, L, hd), v.reshape(N * H, L, hd)  # views: (N, H) merge in a contiguous cache
-    s = torch.bmm(q.reshape(N * H, 1, hd), k.transpose(1, 2)).mul_(hd**-0.5)  # [N*H, 1, L]
-    return torch.bmm(s.softmax(-1), v).view(N, H * hd)
+    s = torch.bmm(q, k_t)  # [S, 1, L] (q comes scaled by 1/sqrt(hd))
+    if bias is not None:
+        s += bias
+    return torch.bmm(s.softmax(-1), v)
 
 
 def _add_linear_(h: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
-    """h += x @ w.T in place (the residual stream h [n, D] is fp32; x may be bf16): one addmm when the
-    dtypes agree."""
+    """h += x @ w in place (w [in, out]; the residual stream h [n, D] is fp32, x may be bf16): one
+    addmm when the dtypes agree."""
     if x.dtype == h.dtype:
-        h.addmm_(x, w.t())
+        h.addmm_(x, w)
     else:
-        h += F.linear(x, w)
+        h += torch.mm(x, w)
 
 
 # ---- per-call decoding state -----------------------------------------------------------------
@@ -235,7 +238,7 @@ class _State:
     guided: bool
     kv: torch.Tensor  # [layers, 2, N, H, T_max, hd] self-attention keys and values
     xkv: torch.Tensor  # [layers, 2, B, H, L, hd] cross-attention keys and values of the conditional rows
-    cross_mask: torch.Tensor | None  # [B, 1, 1, L] bool (True = attend); eager path: None when nothing is padded
+    cross_bias: torch.Tensor | None  # [B*H, 1, L] 0 / -inf at padded text; eager path: None when nothing is padded
     offsets: torch.Tensor  # [K] k * (V+1): token -> row of the stacked embedding
     seed_hash: torch.Tensor  # [B] _hash32(seed)
     noise_hash: torch.Tensor  # [K, V] _hash32(k * V + v + 1)
@@ -245,6 +248,22 @@ class _State:
     pos: torch.Tensor  # [1] long: this step's position
     tokens: torch.Tensor  # [B, K, steps] sampled (delayed) tokens
     logps: torch.Tensor  # [B, K, steps] their log-probs
+    views: list = field(default_factory=list)  # per layer, views of the caches (`_cache_views`)
+
+    def __post_init__(self):
+        self.views = _cache_views(self.kv, self.xkv)
+
+
+def _cache_views(kv: torch.Tensor, xkv: torch.Tensor) -> list[tuple]:
+    """Per layer: (k and v [2, N, H, T, hd], k flat [N*H, T, hd], v flat, cross k_t [B*H, hd, L],
+    cross v [B*H, L, hd]), all views, made once per call rather than sliced anew every step."""
+    _, _, N, H, T, hd = kv.shape
+    B, L = xkv.shape[2], xkv.shape[4]
+    return [
+        (kv[i], kv[i, 0].view(N * H, T, hd), kv[i, 1].view(N * H, T, hd),
+         xkv[i, 0].view(B * H, L, hd).transpose(1, 2), xkv[i, 1].view(B * H, L, hd))
+        for i in range(kv.shape[0])
+    ]  # fmt: skip
 
 
 class FastSampler:
@@ -331,7 +350,7 @@ class FastSampler:
             B=B, guided=guided,
             kv=alloc(n_layers, 2, N, H, steps, hd, dtype=kv_dtype, device=dev),
             xkv=torch.zeros(n_layers, 2, B, H, L, hd, dtype=kv_dtype, device=dev),
-            cross_mask=None,
+            cross_bias=None,
             offsets=k * (V + 1),
             seed_hash=_hash32(seeds.to(dev)),
             noise_hash=_hash32(k[:, None] * V + torch.arange(V, device=dev)[None, :] + 1),
@@ -349,14 +368,16 @@ class FastSampler:
         H = net.heads_n
         x = states.to(net.layers[0].ck.dtype)
         for i, lw in enumerate(net.layers):
-            st.xkv[i, 0, :, :, :L] = F.linear(x, lw.ck).view(B, L, H, D // H).transpose(1, 2)
-            st.xkv[i, 1, :, :, :L] = F.linear(x, lw.cv).view(B, L, H, D // H).transpose(1, 2)
-        full = torch.zeros(B, 1, 1, st.xkv.shape[4], dtype=torch.bool, device=mask.device)
-        full[:, 0, 0, :L] = mask.bool()
-        if st.cross_mask is not None:  # the graph path: a captured buffer, written in place
-            st.cross_mask.copy_(full)
-        elif not bool(full.all()):  # the eager path: no mask at all when nothing is padded (faster SDPA)
-            st.cross_mask = full
+            st.xkv[i, 0, :, :, :L] = (x @ lw.ck).view(B, L, H, D // H).transpose(1, 2)
+            st.xkv[i, 1, :, :, :L] = (x @ lw.cv).view(B, L, H, D // H).transpose(1, 2)
+        keep = torch.zeros(B, st.xkv.shape[4], dtype=torch.bool, device=mask.device)
+        keep[:, :L] = mask.bool()
+        bias = torch.zeros(keep.shape, device=mask.device).masked_fill_(~keep, float("-inf"))  # [B, L_cache]
+        bias = bias[:, None, None, :].expand(B, H, 1, -1).reshape(B * H, 1, -1)  # [B*H, 1, L_cache]
+        if st.cross_bias is not None:  # the graph path: a captured buffer, written in place
+            st.cross_bias.copy_(bias)
+        elif not bool(keep.all()):  # the eager path: no bias at all when nothing is padded
+            st.cross_bias = bias
 
     # ---- the step ------------------------------------------------------------------------
     def _step(self, net: _Net, st: _State, cfg: SamplingConfig, length: int, masked: bool, noise=None, j=None) -> None:
@@ -375,30 +396,31 @@ class FastSampler:
         if st.guided:
             h = torch.cat([h, h])
         h = h.float()  # [N, D]: one query row per sequence, kept 2-D (cheapest matmul path)
-        self_mask = (st.arange[:length] <= st.pos)[None, None, None, :] if masked else None
-        for i, lw in enumerate(net.layers):
-            wdt = lw.qkv.dtype
+        self_bias = None
+        if masked:  # positions after st.pos are not there yet: 0 / -inf over the bucket [length]
+            self_bias = torch.zeros(length, device=h.device).masked_fill_(st.arange[:length] > st.pos, float("-inf"))
+        wdt = net.layers[0].qkv.dtype
+        for lw, (kvc, kf, vf, xk_t, xv) in zip(net.layers, st.views):
             # self-attention with the static cache
             x = F.layer_norm(h, (D,), *lw.ln1).to(wdt)
-            q, k, v = F.linear(x, lw.qkv).view(N, 3, H, 1, hd).unbind(1)  # each [N, H, 1, hd]
-            kc, vc = st.kv[i, 0], st.kv[i, 1]  # [N, H, T_max, hd]
-            if j is not None:
-                kc[:, :, j], vc[:, :, j] = k[:, :, 0], v[:, :, 0]
+            qkv = torch.mm(x, lw.qkv).view(N, 3, H, hd)
+            if j is not None:  # k and v in one copy: [N, 2, H, hd] -> the cache's [2, N, H, hd] at j
+                kvc.select(3, j).copy_(qkv.narrow(1, 1, 2).transpose(0, 1))
             else:
-                kc.index_copy_(2, st.pos, k)
-                vc.index_copy_(2, st.pos, v)
-            a = _attend(q, kc[:, :, :length], vc[:, :, :length], self_mask)  # [N, D]
-            _add_linear_(h, a, lw.o)
+                kvc.index_copy_(3, st.pos, qkv.narrow(1, 1, 2).transpose(0, 1)[:, :, :, None])
+            q = qkv.select(1, 0).reshape(N * H, 1, hd)
+            a = _attend(q, kf.narrow(1, 0, length).transpose(1, 2), vf.narrow(1, 0, length), self_bias)
+            _add_linear_(h, a.view(N, D), lw.o)
             # cross-attention: conditional rows only (unconditional rows attend to zero K/V: output 0)
-            x = F.layer_norm(h[:B], (D,), *lw.ln2).to(wdt)
-            q = F.linear(x, lw.cq).view(B, H, 1, hd)
-            a = _attend(q, st.xkv[i, 0], st.xkv[i, 1], st.cross_mask)
-            _add_linear_(h[:B], a, lw.co)  # in place: h is this step's own tensor
+            hc = h[:B]
+            x = F.layer_norm(hc, (D,), *lw.ln2).to(wdt)
+            a = _attend(torch.mm(x, lw.cq).view(B * H, 1, hd), xk_t, xv, st.cross_bias)
+            _add_linear_(hc, a.view(B, D), lw.co)  # in place: h is this step's own tensor
             # feed-forward
             x = F.layer_norm(h, (D,), *lw.ln3).to(wdt)
-            _add_linear_(h, net.act(F.linear(x, lw.fc1)), lw.fc2)
+            _add_linear_(h, net.act(torch.mm(x, lw.fc1)), lw.fc2)
         h = F.layer_norm(h, (D,), *net.ln_f).to(net.heads.dtype)  # [N, D]
-        logits = F.linear(h, net.heads).view(N, st.offsets.shape[0], -1)  # [N, K, V]
+        logits = torch.mm(h, net.heads).view(N, st.offsets.shape[0], -1)  # [N, K, V]
         cond, uncond = (logits[:B], logits[B:]) if st.guided else (logits, None)
         logp = filtered_log_probs(cond, uncond, cfg)  # [B, K, V] float32
         new = (logp + (self._gumbel(st) if noise is None else noise)).argmax(-1)  # [B, K]
@@ -457,8 +479,8 @@ class FastSampler:
         else:
             st, static = cached["state"], cached["net"]
             st.seed_hash.copy_(_hash32(seeds.to(st.seed_hash.device)))
-        if st.cross_mask is None:  # the captured step reads a mask buffer, always
-            st.cross_mask = torch.ones(st.B, 1, 1, L, dtype=torch.bool, device=st.kv.device)
+        if st.cross_bias is None:  # the captured step reads a bias buffer, always
+            st.cross_bias = torch.zeros(st.B * net.heads_n, 1, L, device=st.kv.device)
         st.xkv.zero_()
         self._prefill_cross(static, st, states, mask)
         steps = st.tokens.shape[2]
