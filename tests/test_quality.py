@@ -33,16 +33,17 @@ def clap_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, clap_dir):
+def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("quality")
     cfg = QualityTrainConfig(num_clips=40, eval_clips=55, duration_s=2.0, epochs=60)
-    return out, train_tiny_quality(out, cfg, backbone=str(clap_dir), progress=False)
+    return out, train_tiny_quality(out, cfg, backbone="tiny", progress=False)
 
 
 def test_synthetic_training_ranks_degradation_levels(trained):
     out, m = trained
-    # a random (untrained) CLAP and 40 clips: weak but clearly positive; the shipped model is checked below
-    assert m["spearman_vs_level"] > 0.15
+    # the shipped CLAP as backbone but 40 clips, not 600: weaker than the shipped head (0.84, checked
+    # below) but clearly ranking (measured 0.52; random backbones give 0.14-0.60, too spread to test on)
+    assert m["spearman_vs_level"] > 0.35
     assert m["train_clips"] == 40 * 6
     assert set(m["spearman_by_kind"]) == {"noise", "clipping", "dropouts", "lowpass", "bitcrush"}
     assert (out / "quality_vs_level.png").stat().st_size > 1000

@@ -1,5 +1,6 @@
 """Pretraining the tiny MusicGen LM: loss semantics, learning, and exact resume."""
 
+import pytest
 import torch
 
 from musicrl import synth
@@ -72,3 +73,9 @@ def test_the_code_cache_follows_the_codec(tmp_path, random_musicgen_dir):
     assert b["key"]["codec"] != a["key"]["codec"]
     audio = torch.stack([torch.from_numpy(synth.example(i, duration_s=0.5).audio) for i in range(4)])[:, None]
     assert torch.equal(b["codes"].long(), spectral.encode(audio))  # re-encoded with the new codec
+
+
+def test_config_rejects_an_unknown_text_vocabulary():
+    assert LMTrainConfig().text_words == "train"
+    with pytest.raises(ValueError, match="text_words"):
+        LMTrainConfig(text_words="heldout")
