@@ -215,12 +215,16 @@ def _as_panel(raters) -> Panel:
 
 
 def simulate_votes(n: int, raters, seed: int, out_dir: str | Path, *, duration_s: float = 4.0,
-                   clips_per_prompt: int = 4, keep_prob: float = 0.6, progress: bool = False) -> Path:
+                   clips_per_prompt: int = 4, keep_prob: float = 0.6, progress: bool = False,
+                   generate=None) -> Path:
     """Render synth clips and `n` simulated votes on them; returns `out_dir/votes.jsonl`.
 
     For each prompt (the train-split caption of random attributes) `clips_per_prompt` clips are
     rendered, each keeping every attribute the prompt names with probability `keep_prob` (else it is
-    drawn afresh), so clips differ both in how well they follow the prompt and in taste. Every pair
+    drawn afresh), so clips differ both in how well they follow the prompt and in taste. With
+    `generate(prompt, n, seed) -> list[Clip]` (a model's samples; `Clip.attrs` None) the clips are
+    the model's instead, and raters hear them through `musicrl.attributes`, as MusicRL's raters
+    judged the model's own outputs. Every pair
     of a prompt's clips is voted on (a/b order random) until there are `n` votes. Rows: prompt,
     clip_a, clip_b (WAV paths relative to out_dir), choice, rater (voter index) and p_a (the panel's
     P(a) given no tie: what a perfect taste model predicts; null when every rater would tie).
@@ -246,15 +250,18 @@ def simulate_votes(n: int, raters, seed: int, out_dir: str | Path, *, duration_s
         base = synth.sample_attributes(rng)
         prompt = synth.caption(base, rng, "train")
         named = synth.parse_prompt(prompt)
-        clips, paths = [], []
-        for j in range(clips_per_prompt):
-            keep = {k: v for k, v in named.items() if rng.random() < keep_prob}
-            attrs = synth.sample_attributes(rng, **keep)
-            audio = synth.render(attrs, duration_s, synth.SAMPLE_RATE, seed=int(rng.integers(2**31)))
-            rel = f"clips/p{g:05d}_{j}.wav"
-            write_wav(out / rel, audio, synth.SAMPLE_RATE)
-            clips.append(Clip(audio, synth.SAMPLE_RATE, attrs))
-            paths.append(rel)
+        if generate is not None:
+            clips = generate(prompt, clips_per_prompt, int(rng.integers(2**31)))
+        else:
+            clips = []
+            for _ in range(clips_per_prompt):
+                keep = {k: v for k, v in named.items() if rng.random() < keep_prob}
+                attrs = synth.sample_attributes(rng, **keep)
+                audio = synth.render(attrs, duration_s, synth.SAMPLE_RATE, seed=int(rng.integers(2**31)))
+                clips.append(Clip(audio, synth.SAMPLE_RATE, attrs))
+        paths = [f"clips/p{g:05d}_{j}.wav" for j in range(clips_per_prompt)]
+        for rel, c in zip(paths, clips):
+            write_wav(out / rel, c.audio, c.sample_rate)
         heard = [perceive(c) for c in clips]
         pairs = list(itertools.combinations(range(clips_per_prompt), 2))
         for k in rng.permutation(len(pairs)):
@@ -273,7 +280,8 @@ def simulate_votes(n: int, raters, seed: int, out_dir: str | Path, *, duration_s
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     counts = {c: sum(r["choice"] == c for r in rows) for c in ("a", "b", "tie")}
     summary = {"votes": len(rows), "prompts": len({r["prompt"] for r in rows}), "seed": seed,
-               "duration_s": duration_s, "clips_per_prompt": clips_per_prompt, "keep_prob": keep_prob,
+               "duration_s": duration_s, "clips_per_prompt": clips_per_prompt,
+               "keep_prob": keep_prob if generate is None else None, "clips_from": "synth" if generate is None else "model",
                "choices": counts, "noise_ceiling": num / den if den else None,
                "raters": [{"name": r.name, "noise": r.noise, "tie_margin": r.tie_margin, "taste": r.taste}
                           for r in panel.raters]}

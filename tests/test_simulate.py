@@ -96,3 +96,38 @@ def test_simulate_votes_cli(tmp_path, capsys):
     assert main(["simulate-votes", "--num", "3", "--out", str(tmp_path), "--duration", "0.5", "--raters", "2"]) == 0
     assert len((tmp_path / "votes.jsonl").read_text().splitlines()) == 3
     assert main(["simulate-votes", "--num", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_votes_on_a_models_samples_are_judged_from_the_audio(tmp_path, random_musicgen_dir):
+    import soundfile as sf
+
+    from musicrl.cli import main
+
+    out = tmp_path / "votes"
+    assert main(["simulate-votes", "--num", "4", "--out", str(out), "--duration", "0.5", "--raters", "2",
+                 "--clips-per-prompt", "2", "--model", str(random_musicgen_dir)]) == 0
+    rows = [json.loads(line) for line in (out / "votes.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and len({r["prompt"] for r in rows}) == 4  # one pair per prompt of 2 clips
+    audio, sr = sf.read(out / rows[0]["clip_a"])
+    assert sr == 16_000 and len(audio) == 8_000  # the model's 0.5 s, decoded by its codec
+    summary = json.loads((out / "simulation.json").read_text())
+    assert summary["clips_from"] == "model" and summary["keep_prob"] is None
+
+
+def test_generated_clips_are_written_as_given_and_voted_on(tmp_path):
+    import soundfile as sf
+
+    calls = []
+
+    def generate(prompt, n, seed):  # stands in for a model: tones of known pitch, no attributes
+        calls.append((prompt, n))
+        t = np.arange(8000) / 16_000
+        return [Clip((0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32), 16_000) for f in (220.0, 1760.0)][:n]
+
+    path = simulate_votes(3, Panel.default(2, noise=0.5, seed=0), 1, tmp_path, duration_s=0.5,
+                          clips_per_prompt=2, generate=generate)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [n for _, n in calls] == [2, 2, 2] and [r["prompt"] for r in rows] == [p for p, _ in calls]
+    written = {r[k]: sf.read(tmp_path / r[k])[0] for r in rows for k in ("clip_a", "clip_b")}
+    pitch = {k: np.abs(np.fft.rfft(a)).argmax() * 2 for k, a in written.items()}  # Hz (0.5 s: 2 Hz bins)
+    assert {round(p) for p in pitch.values()} == {220, 1760}

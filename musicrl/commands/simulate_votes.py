@@ -18,6 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=4.0, help="seconds per clip (default 4)")
     p.add_argument("--clips-per-prompt", type=int, default=4,
                    help="clips rendered per prompt; all their pairs are voted on (default 4)")
+    p.add_argument("--model", default=None,
+                   help="vote on this model's samples (tiny, a directory, a hub id) instead of synth renders; "
+                        "raters then hear tempo, register and mode through musicrl.attributes")
+    p.add_argument("--guidance", type=float, default=3.0, help="with --model: guidance scale (default 3)")
+    p.add_argument("--device", default="cpu", help="with --model: cpu, cuda, ... (default cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,9 +35,31 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.duration <= 30:
         raise UserError(f"--duration must be in (0, 30] seconds, got {args.duration}")
     panel = Panel.default(args.raters, args.noise, args.seed)
+    generate = model_clips(args.model, args.duration, args.guidance, args.device) if args.model else None
     path = simulate_votes(args.num, panel, args.seed, args.out, duration_s=args.duration,
-                          clips_per_prompt=args.clips_per_prompt, progress=True)
+                          clips_per_prompt=args.clips_per_prompt, progress=True, generate=generate)
     summary = json.loads((path.parent / "simulation.json").read_text())
     print(json.dumps({k: summary[k] for k in ("votes", "prompts", "choices", "noise_ceiling")}, indent=2))
     print(path)
     return 0
+
+
+def model_clips(model: str, duration_s: float, guidance: float, device: str):
+    """(prompt, n, seed) -> n decoded samples of `model` as `Clip`s (attributes unknown)."""
+    import torch
+
+    from musicrl.engine import FastSampler
+    from musicrl.policy import MusicGenPolicy
+    from musicrl.sampling import SamplingConfig
+    from musicrl.simulate import Clip
+
+    policy = MusicGenPolicy.from_pretrained(model, device=device)
+    sampler, cfg = FastSampler(policy), SamplingConfig(guidance_scale=guidance)
+
+    @torch.no_grad()
+    def generate(prompt: str, n: int, seed: int) -> list[Clip]:
+        codes = sampler.sample([prompt], n, duration_s, sampling=cfg, seed=seed).codes
+        audio = policy.decode(codes)[:, 0].float().cpu().numpy()  # [n, S]
+        return [Clip(a, policy.sample_rate) for a in audio]
+
+    return generate
