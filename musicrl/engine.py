@@ -391,7 +391,7 @@ class FastSampler:
         B, N = st.B, st.kv.shape[2]
         D, H = net.emb.shape[1], net.heads_n
         hd = D // H
-        # embedding: sum over codebooks + position; [B, D], then [N, 1, D] (uncond rows see the same tokens)
+        # embedding: sum over codebooks + position; [B, D], then [N, D] (uncond rows see the same tokens)
         h = F.embedding(st.cur + st.offsets, net.emb).sum(1) + net.pos.index_select(0, st.pos)
         if st.guided:
             h = torch.cat([h, h])
