@@ -5,9 +5,8 @@ Presets are data, never executed: `yaml.safe_load` only. Validation is the confi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 import yaml
 

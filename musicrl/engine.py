@@ -248,7 +248,7 @@ class _State:
     pos: torch.Tensor  # [1] long: this step's position
     tokens: torch.Tensor  # [B, K, steps] sampled (delayed) tokens
     logps: torch.Tensor  # [B, K, steps] their log-probs
-    views: list = field(default_factory=list)  # per layer, views of the caches (`_cache_views`)
+    views: list = field(init=False, repr=False)  # per layer, views of the caches (`_cache_views`)
 
     def __post_init__(self):
         self.views = _cache_views(self.kv, self.xkv)

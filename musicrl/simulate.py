@@ -281,7 +281,8 @@ def simulate_votes(n: int, raters, seed: int, out_dir: str | Path, *, duration_s
     counts = {c: sum(r["choice"] == c for r in rows) for c in ("a", "b", "tie")}
     summary = {"votes": len(rows), "prompts": len({r["prompt"] for r in rows}), "seed": seed,
                "duration_s": duration_s, "clips_per_prompt": clips_per_prompt,
-               "keep_prob": keep_prob if generate is None else None, "clips_from": "synth" if generate is None else "model",
+               "clips_from": "synth" if generate is None else "model",
+               "keep_prob": keep_prob if generate is None else None,
                "choices": counts, "noise_ceiling": num / den if den else None,
                "raters": [{"name": r.name, "noise": r.noise, "tie_margin": r.tie_margin, "taste": r.taste}
                           for r in panel.raters]}

@@ -494,11 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="musicrl/assets/tiny/clap", help="where the model is saved")
     parser.add_argument("--work-dir", default="runs/tiny/clap", help="resumable checkpoints go here")
     for f in fields(ClapTrainConfig):
-        if isinstance(f.default, bool):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
-                                default=f.default)
-        else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        kind = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else {"type": type(f.default)}
+        parser.add_argument(f"--{f.name.replace('_', '-')}", default=f.default, **kind)
     parser.add_argument("--eval", type=int, default=256, help="held-out clips to evaluate on (0: skip)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)

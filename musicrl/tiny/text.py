@@ -1,4 +1,4 @@
-"""Pretraining the tiny MusicGen's text encoder: the tiny world's stand-in for a pretrained T5.
+"""Pretraining the tiny world's text encoders (the MusicGen's T5, the CLAP's RoBERTa) before audio.
 
 MusicGen conditions on a frozen, pretrained T5: the words already mean something before the LM is
 trained. Our byte-level T5 starts from nothing, and learning word meanings through the LM alone is
