@@ -43,7 +43,7 @@ def test_train_lm_resumes_to_the_same_weights(tmp_path, random_musicgen_dir):
     codec_dir = tmp_path / "codec"
     MusicgenForConditionalGeneration.from_pretrained(random_musicgen_dir).audio_encoder.save_pretrained(codec_dir)
     cfg = dict(num_clips=8, clip_s=0.5, crop_frames=10, batch_size=4, hidden_size=32, num_layers=1, heads=2, warmup=1,
-               text_pretrain_steps=2, prefix_frames=5, prefix_steps=2)
+               text_pretrain_steps=2, prefix_frames=5, prefix_steps=2, val_clips=3)
     full = train_lm(codec_dir, tmp_path / "a", LMTrainConfig(steps=4, checkpoint_every=5, **cfg), progress=False, work_dir=tmp_path / "wa")
     # "killed" after step 5, in the clip-start phase (its checkpoint written), then the same command again
     half = train_lm(codec_dir, tmp_path / "c", LMTrainConfig(steps=4, checkpoint_every=5, **cfg), progress=False,
@@ -53,6 +53,14 @@ def test_train_lm_resumes_to_the_same_weights(tmp_path, random_musicgen_dir):
     a = MusicgenForConditionalGeneration.from_pretrained(full).state_dict()
     c = MusicgenForConditionalGeneration.from_pretrained(resumed).state_dict()
     assert all(torch.equal(a[k], c[k]) for k in a)
+    # the learning curve: one row per checkpoint (steps 5 and 6), the same in the resumed run
+    log = (tmp_path / "wa" / "log.csv").read_text().splitlines()
+    assert log[0] == "step,phase,lr,train_loss,held_out_loss"
+    assert [r.split(",")[:2] for r in log[1:]] == [["5", "starts"], ["6", "starts"]]
+    assert all(0 < float(r.split(",")[4]) < 10 for r in log[1:])
+    assert (tmp_path / "wc" / "log.csv").read_text().splitlines() == log
+    assert (full / "training_log.csv").read_text().splitlines() == log
+    assert (full / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_the_code_cache_follows_the_codec(tmp_path, random_musicgen_dir):

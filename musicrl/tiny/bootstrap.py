@@ -7,8 +7,9 @@
 
 A stage whose output directory holds a finished model (config.json) is skipped; an interrupted stage
 resumes from its own checkpoint under OUT/work/<stage> (the codec takes about two minutes and just
-reruns). The shipped `musicrl/assets/tiny` is this command's output: 46 min end to end on the 2-core
-CPU with `--threads 2` (codec 2.1, LM 29.6, CLAP 13.5, quality 0.7).
+reruns). The shipped `musicrl/assets/tiny` is this command's output: about 67 min on the 2-core CPU
+with `--threads 2` (codec 2.1, LM 51, CLAP 13.5, quality 0.7; the README's model card says where
+each figure was measured).
 """
 
 from __future__ import annotations
