@@ -16,8 +16,9 @@ reliability plot, and, for simulated votes (a `p_a` column), the raters' noise c
 Measured (2,000 votes of `musicrl simulate-votes`, 5 raters, noise 0.35, 10 prompt splits over two
 simulated sets, seeds 0-4 of `PreferenceTrainConfig.seed`): with the shipped tiny CLAP (text prior),
 held-out accuracy 0.65-0.75, on average **5.2 points** under the noise ceiling (0.75-0.78; median
-4.9; gaps 2.9-9.7 by split); ECE 0.03-0.06. With the previous tiny CLAP (no text prior) the same
-protocol gave 6.7 points. The same head on perfect attribute features got 0.71-0.72, so with 2,000
+4.9; gaps 2.9-9.7 by split); ECE 0.03-0.06. The shipped CLAP, which also heard codec round trips,
+gives 5.6 (0.68-0.74; ECE 0.04-0.08), the same within the spread of splits. With the tiny CLAP
+before the text prior the same protocol gave 6.7 points. The same head on perfect attribute features got 0.71-0.72, so with 2,000
 votes the head is now about as good as its input allows; what is left is the votes' own noise.
 On votes about the base model's *own samples* (`simulate-votes --model tiny`, raters hearing tempo,
 register and mode through `musicrl.attributes`) it is much weaker: 0.60 against a ceiling of 0.77 with

@@ -10,7 +10,7 @@ clip rendered clean (rating 5) and degraded by every kind of `musicrl.degrade` i
 level (rating 5 - 4 * level, down to 1). Evaluation uses held-out-seed clips at levels 0, 0.1, ..., 1
 (kinds in turn): the Spearman correlation between the score and -level, overall and per kind, with a
 scatter plot. Training is MSE on the cached embeddings of a frozen backbone: seconds.
-Measured with the shipped tiny CLAP (defaults, 330 held-out clips): Spearman 0.886 overall, 0.85-0.93
+Measured with the shipped tiny CLAP (defaults, 330 held-out clips): Spearman 0.852 overall, 0.79-0.91
 per kind; rendering and embedding the 3,600 training clips dominate (~1 CPU-minute).
 """
 

@@ -14,9 +14,11 @@ def test_unknown_stage_and_missing_prerequisites_are_user_errors(tmp_path):
         bootstrap(tmp_path, stages=("codec", "vocoder"), progress=False)
     with pytest.raises(UserError, match="needs the codec first"):
         bootstrap(tmp_path, stages=("lm",), progress=False)
+    with pytest.raises(UserError, match="clap stage needs the codec first"):
+        bootstrap(tmp_path, stages=("clap",), progress=False)
     with pytest.raises(UserError, match="needs the clap first"):
         bootstrap(tmp_path, stages=("quality",), progress=False)
-    assert not (tmp_path / "musicgen").exists()  # nothing half-built
+    assert not (tmp_path / "musicgen").exists() and not (tmp_path / "clap").exists()  # nothing half-built
 
 
 def test_finished_stages_are_skipped(tmp_path, capsys):

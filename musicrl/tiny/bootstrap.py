@@ -2,7 +2,7 @@
 
   codec    the spectral codec, codebooks fitted by k-means on the corpus (musicrl.tiny.codec)
   lm       the tiny MusicGen LM, on (caption, codes) of that codec   (musicrl.tiny.lm)
-  clap     the tiny CLAP, contrastive on (caption, audio)            (musicrl.tiny.clap)
+  clap     the tiny CLAP, contrastive on (caption, audio), clean and through that codec (musicrl.tiny.clap)
   quality  the MOS head on frozen tiny-CLAP embeddings, on graded degradations (rewards.train_quality)
 
 A stage whose output directory holds a finished model (config.json) is skipped; an interrupted stage
@@ -53,9 +53,12 @@ def bootstrap(out: str | Path, stages: tuple[str, ...] = STAGES, progress: bool 
 
             train_lm(dirs["codec"], dirs["lm"], LMTrainConfig(), progress=progress, work_dir=work / "lm")
         elif stage == "clap":
+            if not (dirs["codec"] / "config.json").exists():
+                raise UserError(f"the clap stage needs the codec first ({dirs['codec']})")
             from musicrl.tiny.clap import ClapTrainConfig, train_clap
 
-            train_clap(dirs["clap"], ClapTrainConfig(), progress=progress, work_dir=work / "clap")
+            cfg = ClapTrainConfig(codec=str(dirs["codec"]))
+            train_clap(dirs["clap"], cfg, progress=progress, work_dir=work / "clap")
         elif stage == "quality":
             if not (dirs["clap"] / "config.json").exists():
                 raise UserError(f"the quality stage needs the clap first ({dirs['clap']})")
