@@ -570,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     out = train_clap(args.out, cfg, progress=not args.no_progress, work_dir=args.work_dir)
     report = {"train_seconds": round(time.time() - t0, 1), "config": asdict(cfg)}
     if args.eval:
-        report["eval"] = evaluate_clap(out, n=args.eval)
+        report["eval"] = evaluate_clap(out, n=args.eval, codec=cfg.codec or None)
     text = json.dumps(report, indent=2)
     print(text)
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
