@@ -11,7 +11,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", help="comma-separated models; win rates are of each later model over the first")
     p.add_argument("--prompts", default="synth-heldout", help="a text file (one prompt per line) or synth-heldout (default)")
     p.add_argument("--num-prompts", type=int, default=32, help="prompts used from the list (default 32)")
-    p.add_argument("--num-samples", type=int, default=2, help="clips per prompt and model (default 2)")
+    p.add_argument("--num-samples", type=int, default=2,
+                   help="clips per prompt and model (default 2: quick, but a prompt's win compares two means of "
+                        "this many clips; use 8 to judge small gains)")
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--top-k", type=int, default=250)
