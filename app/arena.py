@@ -30,6 +30,15 @@ DEFAULT_EXAMPLES = (
     "fast jazzy bass line with brushed drums",
     "bright marimba arpeggios, high register",
 )
+# The tiny world's LM knows only the words of its training captions (`musicrl.synth`, train split):
+# examples in any other words would show a user a model that ignores its prompt.
+TINY_EXAMPLES = (
+    "a calm piano melody in a happy major key, no drums",
+    "fast chiptune lead, high register, full drums",
+    "gloomy and slow drawbar organ track, low pitched",
+    "mid-tempo pluck synth song in a minor key, with kick and hi-hat",
+    "relaxed dark bell song, in a high range, without drums",
+)
 
 
 class GeneratorLike(Protocol):

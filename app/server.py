@@ -80,7 +80,7 @@ def build_app(
         min_listen_s=min_listen_s,
         max_prompt_chars=max_prompt_chars,
         max_duration_s=max_duration_s,
-        default_duration_s=min(cap, 5.0) if default_duration_s is None else default_duration_s,
+        default_duration_s=min(cap, 5.0 if default_duration_s is None else default_duration_s),
         queue_size=queue_size,
         admin_secret=admin_secret or None,
         examples=tuple(examples),

@@ -40,6 +40,7 @@ mode, which the RL trainer never does when sampling).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -315,7 +316,7 @@ class FastSampler:
         pol = self.policy
         rows, seeds, T = pol.rollout_rows(prompts, num_samples, duration_s, num_frames, seed)
         dev = pol.device
-        use_graph = self.compile or ((dev.type == "cuda") if self.graph is None else self.graph)
+        use_graph = self._use_graph(dev)
         dtype = self.dtype
         if dtype is None and torch.is_autocast_enabled(dev.type):
             dtype = torch.get_autocast_dtype(dev.type)
@@ -324,12 +325,25 @@ class FastSampler:
         with torch.autocast(dev.type, enabled=False):  # dtypes are explicit below
             net = resolve_net(pol, dtype)
             if use_graph:
-                st = self._run_static(net, states, mask, seeds, T, sampling, progress)
-            else:
+                try:
+                    st = self._run_static(net, states, mask, seeds, T, sampling, progress)
+                except RuntimeError as e:
+                    if self.graph is not None or self.compile:  # asked for explicitly: say so
+                        raise
+                    # the automatic choice on CUDA: a capture that fails on this build or device must
+                    # not end a training run; the eager path draws the same tokens, only slower
+                    warnings.warn(f"CUDA-graph decoding failed ({str(e).strip().splitlines()[0][:200]}); "
+                                  "decoding eagerly from now on (FastSampler(graph=False) skips the attempt)")
+                    self.graph, self._graphs, use_graph = False, None, False
+            if not use_graph:
                 st = self._new_state(net, states, mask, seeds, T, sampling.guided)
                 self._prefill_cross(net, st, states, mask)
                 self._run_eager(net, st, sampling, progress)
         return Rollout(dp.undelay(st.tokens), dp.undelay(st.logps), rows, seeds, sampling)  # undelay copies
+
+    def _use_graph(self, dev: torch.device) -> bool:
+        """The static (CUDA-graph) path: when compiling, when asked, or by default on CUDA."""
+        return self.compile or ((dev.type == "cuda") if self.graph is None else self.graph)
 
     # ---- setup ---------------------------------------------------------------------------
     def _new_state(self, net: _Net, states, mask, seeds, T: int, guided: bool, L: int | None = None, static=False) -> _State:

@@ -166,16 +166,18 @@ def backbone_of(model_dir: str | Path, model_type: str) -> str:
         raise UserError(f"no {model_type} model in {model_dir} (unreadable config.json)") from None
 
 
-def load_head_model(cls, model_dir: Path, model_type: str, kind: str, device, clap=None):
-    """Build `cls(clap, backbone, hidden_size, num_layers, dropout)` from a head directory and load its
-    weights; the backbone is loaded unless given, and must match the fingerprint the head was trained on."""
+def load_head_model(cls, model_dir: Path, model_type: str, kind: str, device, clap=None, options: tuple = ()):
+    """Build `cls(clap, backbone, hidden_size, num_layers, dropout, **options found in the config)` from a
+    head directory and load its weights; the backbone is loaded unless given, and must match the
+    fingerprint the head was trained on. An option missing from an older config keeps cls's default."""
     config, state = load_head_files(model_dir, model_type)
     try:
         backbone = resolve_stored(config["backbone"], model_dir)
         if clap is None:
             clap = load_backbone(backbone, device)
         check_fingerprint(clap, config.get("backbone_fingerprint"), kind, model_dir)
-        model = cls(clap, backbone, config["hidden_size"], config["num_layers"], config["dropout"])
+        model = cls(clap, backbone, config["hidden_size"], config["num_layers"], config["dropout"],
+                    **{k: config[k] for k in options if k in config})
     except KeyError as e:
         raise UserError(f"{model_dir}/config.json lacks {e.args[0]!r}") from None
     if model.embed_dim != config.get("embed_dim"):

@@ -13,13 +13,14 @@ prompts it never saw), chosen at random with the seed. Reported on it: accuracy 
 (ties and both_bad excluded), the loss, the expected calibration error over 10 bins of P(a) with a
 reliability plot, and, for simulated votes (a `p_a` column), the raters' noise ceiling on the same votes.
 
-Measured (2,000 votes of `musicrl simulate-votes`, 5 raters, noise 0.35, 10 prompt splits over two
-simulated sets, seeds 0-4 of `PreferenceTrainConfig.seed`): with the shipped tiny CLAP (text prior),
-held-out accuracy 0.65-0.75, on average **5.2 points** under the noise ceiling (0.75-0.78; median
-4.9; gaps 2.9-9.7 by split); ECE 0.03-0.06. The shipped CLAP, which also heard codec round trips,
-gives 5.6 (0.68-0.74; ECE 0.04-0.08), the same within the spread of splits. With the tiny CLAP
-before the text prior the same protocol gave 6.7 points. The same head on perfect attribute features got 0.71-0.72, so with 2,000
-votes the head is now about as good as its input allows; what is left is the votes' own noise.
+Measured (`benchmarks/preference_rm.py`: 2,000 votes of `musicrl simulate-votes`, 5 raters, noise
+0.35, 8 vote sets x 5 prompt splits = 40 held-out sets of ~330 decisive votes, the shipped tiny CLAP):
+held-out accuracy 0.710 against a noise ceiling of 0.749, **3.8 points** under it on average (± 0.4
+s.e.; median 3.7; -0.4 to 7.9 by split); the head without its CLAP term gets 4.2 (0.4 to 9.0). One
+split alone says little: its ~330 votes give an accuracy with a standard error of 2.5 points, and
+vote sets differ as much again (sets 0 and 1 alone read 4.6-4.8 with the term, 5.5 without; sets
+2 and 3, 2.6 and 2.8). The same head on perfect attribute features got 0.71-0.72, so with 2,000
+votes the head is about as good as its input allows; what is left is the votes' own noise.
 On votes about the base model's *own samples* (`simulate-votes --model tiny`, raters hearing tempo,
 register and mode through `musicrl.attributes`) it is much weaker: 0.60 against a ceiling of 0.77 with
 the 2,500-step LM, 0.56 against 0.74 with the shipped 4,500-step one (a third of its votes are ties:
@@ -68,6 +69,8 @@ class PreferenceTrainConfig:
     num_layers: int = 1
     """Hidden layers of the head."""
     dropout: float = 0.3
+    clap_term: bool = True
+    """Add the CLAP score cos(a, t) with a learned weight to the head's output (`rewards.preference`)."""
     ties: str = "half"
     """'half': a tie is half a win for each clip (target 1/2); 'drop': ties are not trained on."""
     both_bad: str = "exclude"
@@ -292,7 +295,7 @@ def train_preference(votes: list[VoteRow], out_dir: str | Path, cfg: PreferenceT
     pairs = torch.tensor([[path_idx[str(r.clip_a)], path_idx[str(r.clip_b)], prompt_idx[r.prompt]] for r in used])
 
     torch.manual_seed(cfg.seed)
-    model = PreferenceModel(clap, backbone, cfg.hidden_size, cfg.num_layers, cfg.dropout)
+    model = PreferenceModel(clap, backbone, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.clap_term)
     opt = torch.optim.AdamW(model.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     tr_pairs, tr_y = pairs[~is_val], y[~is_val]
     gen = torch.Generator().manual_seed(cfg.seed)

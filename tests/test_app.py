@@ -220,3 +220,33 @@ def test_browser_generate_listen_vote_reveal_leaderboard(model_dir, tmp_path):
     (rating,) = store.ratings()
     assert rating["rating"] == 4 and rating["clip_id"] == left_clip.id and rating["vote_id"] == v.id
     print(f"browser timings: {timings}; screenshots in {tmp_path}")
+
+
+def test_the_prompt_box_suits_the_served_world(tmp_path):
+    """The tiny LM knows only its training words: its examples are in them, at its training length;
+    other models get the general examples; a file of examples overrides both; bad ones are one line."""
+    from app.arena import DEFAULT_EXAMPLES, TINY_EXAMPLES
+    from musicrl import synth
+    from musicrl.cli import build_parser
+    from musicrl.commands.app import examples_and_duration
+    from musicrl.errors import UserError
+
+    def parse(*extra):
+        return build_parser().parse_args(["app", *extra])
+
+    assert examples_and_duration(parse(), []) == (TINY_EXAMPLES, 4.0)  # `musicrl app`: tiny
+    assert examples_and_duration(parse(), ["facebook/musicgen-small"]) == (DEFAULT_EXAMPLES, 5.0)
+    heldout = [w for table in (synth.SYNONYMS, synth.PHRASES) for values in table.values()
+               for words in values.values() for w in words.get("heldout", ())]
+    for prompt in TINY_EXAMPLES:
+        assert len(synth.parse_prompt(prompt)) >= 2, prompt
+        assert not [w for w in heldout if w in prompt], prompt
+    (tmp_path / "ex.txt").write_text("first prompt\n\n  second prompt \n")
+    assert examples_and_duration(parse("--examples", str(tmp_path / "ex.txt"), "--duration", "3"), ["tiny"]) == (
+        ("first prompt", "second prompt"), 3.0)
+    (tmp_path / "empty.txt").write_text("\n")
+    for extra, message in [(("--examples", str(tmp_path / "nope.txt")), "no such examples file"),
+                           (("--examples", str(tmp_path / "empty.txt")), "has no prompts"),
+                           (("--duration", "12"), "--duration must be in")]:
+        with pytest.raises(UserError, match=message):
+            examples_and_duration(parse(*extra), [])

@@ -41,6 +41,29 @@ def test_graph_path_matches_eager_across_buckets_and_calls(random_policy):
         torch.testing.assert_close(out.log_probs, ref.log_probs, atol=1e-4, rtol=0)
 
 
+def test_a_failed_automatic_graph_capture_falls_back_to_eager_with_a_warning(random_policy, monkeypatch):
+    """On CUDA the graph path is the default; if its capture fails there, a run must go on eagerly
+    (same tokens), warned once. Asked for explicitly (graph=True), the error is raised."""
+    sampling = SamplingConfig(top_k=30, guidance_scale=3.0)
+    ref = random_policy.sample(PROMPTS, num_frames=6, sampling=sampling, seed=3)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing\n(details)")
+
+    auto = FastSampler(random_policy)  # graph=None: the automatic choice
+    monkeypatch.setattr(auto, "_use_graph", lambda dev: auto.graph is None)  # as on CUDA
+    monkeypatch.setattr(auto, "_run_static", broken)
+    with pytest.warns(UserWarning, match="CUDA-graph decoding failed .operation not permitted"):
+        out = auto.sample(PROMPTS, num_frames=6, sampling=sampling, seed=3)
+    assert torch.equal(out.codes, ref.codes) and auto.graph is False
+    assert torch.equal(auto.sample(PROMPTS, num_frames=6, sampling=sampling, seed=3).codes, ref.codes)
+
+    explicit = FastSampler(random_policy, graph=True)
+    monkeypatch.setattr(explicit, "_run_static", broken)
+    with pytest.raises(RuntimeError, match="stream is capturing"):
+        explicit.sample(PROMPTS, num_frames=6, sampling=sampling, seed=3)
+
+
 def test_batch_of_n_equals_n_singles(random_policy):
     sampling = SamplingConfig(top_k=50, guidance_scale=3.0)
     engine = FastSampler(random_policy)

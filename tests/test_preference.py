@@ -76,6 +76,54 @@ def test_save_reload_gives_identical_scores_and_batched_equals_one_by_one(plante
     assert config["model_type"] == "musicrl-preference" and not config["backbone"].startswith("/")
 
 
+def test_the_clap_term_is_the_clap_score_with_a_learned_weight(clap_dir):
+    """score = MLP([a, t, a * t]) + w * CLAP_SCALE * cos(a, t): with the MLP's output silenced and w = 1,
+    the preference score is CLAP_SCALE times the CLAP reward itself."""
+    from rewards.backbone import load_backbone
+    from rewards.clap import ClapReward
+    from rewards.preference import CLAP_SCALE
+
+    clap = load_backbone(clap_dir)
+    model = PreferenceModel(clap, str(clap_dir), clap_term=True).eval()
+    assert model.head.clap_weight.item() == 0.0  # starts as the MLP alone
+    with torch.no_grad():
+        model.head[-1].weight.zero_()
+        model.head[-1].bias.zero_()
+        model.head.clap_weight.fill_(1.0)
+    audio = torch.as_tensor(np.stack([synth.example(i, 2.0).audio for i in range(3)]))[:, None]
+    prompts = ["a high piano tune", "low organ", "fast drums"]
+    expected = CLAP_SCALE * ClapReward.from_pretrained(clap_dir)(audio, synth.SAMPLE_RATE, prompts)
+    torch.testing.assert_close(model(audio, synth.SAMPLE_RATE, prompts), expected, atol=1e-5, rtol=0)
+
+
+def test_the_clap_term_is_trained_saved_and_reloaded(planted):
+    from safetensors.torch import load_file
+
+    _, out, _ = planted
+    weight = load_file(str(out / "model.safetensors"))["clap_weight"]
+    assert weight.item() != 0.0  # trained (it starts at 0)
+    assert json.loads((out / "config.json").read_text())["clap_term"] is True
+    assert PreferenceModel.from_pretrained(out).head.clap_weight.item() == weight.item()
+
+
+def test_a_head_saved_before_the_clap_term_still_loads(planted, clap_dir, tmp_path):
+    """Directories written before the term existed have no `clap_term` in config.json and no weight
+    for it: they load as the plain MLP and score as they did."""
+    from rewards.backbone import load_backbone
+
+    clap = load_backbone(clap_dir)
+    old = PreferenceModel(clap, str(clap_dir), clap_term=False).eval()
+    old.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["clap_term"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = PreferenceModel.from_pretrained(tmp_path / "old", clap=clap)
+    assert not loaded.clap_term and not hasattr(loaded.head, "clap_weight")
+    audio = torch.as_tensor(np.stack([synth.example(i, 2.0).audio for i in range(2)]))[:, None]
+    prompts = ["a high piano tune", "low organ"]
+    assert torch.equal(loaded(audio, synth.SAMPLE_RATE, prompts), old(audio, synth.SAMPLE_RATE, prompts))
+
+
 def test_a_head_refuses_a_different_backbone(planted, tmp_path):
     from rewards.backbone import load_backbone
 
@@ -175,3 +223,13 @@ def test_cli_exit_code_2_on_bad_votes(tmp_path, capsys):
     assert main(["train-reward", "preference", "--votes", str(bad), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip()
     assert "bad choice" in err and len(err.splitlines()) == 1
+
+
+def test_cli_trains_with_or_without_the_clap_term(planted, clap_dir, tmp_path):
+    path = planted[0]
+    for flag, expected in (("--clap-term", True), ("--no-clap-term", False)):
+        out = tmp_path / flag
+        assert main(["train-reward", "preference", "--votes", str(path), "--out", str(out), "--backbone",
+                     str(clap_dir), "--epochs", "2", flag]) == 0
+        assert json.loads((out / "config.json").read_text())["clap_term"] is expected
+        assert PreferenceModel.from_pretrained(out).clap_term is expected

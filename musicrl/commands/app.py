@@ -38,6 +38,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-prompt-chars", type=int, default=300, help="longest prompt (default 300)")
     p.add_argument("--queue-size", type=int, default=16, help="generations that may wait at once (default 16)")
     p.add_argument("--min-votes", type=int, default=5, help="games a model needs to be rated on the leaderboard (default 5)")
+    p.add_argument("--examples", metavar="FILE",
+                   help="example prompts, one per line (default: prompts in the tiny world's words when it is served)")  # fmt: skip
+    p.add_argument("--duration", type=float, default=None,
+                   help="clip length the prompt box starts at, s (default 4 for the tiny world, its training length; else 5)")  # fmt: skip
+
+
+def examples_and_duration(args: argparse.Namespace, models: list[str]) -> tuple[tuple[str, ...], float]:
+    """The prompt box's examples and starting duration: given, or suited to the tiny world when it is served."""
+    from app.arena import DEFAULT_EXAMPLES, TINY_EXAMPLES
+
+    tiny = "tiny" in models or not models
+    if args.examples:
+        path = Path(args.examples).expanduser()
+        if not path.is_file():
+            raise UserError(f"no such examples file: {path}")
+        examples = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+        if not examples:
+            raise UserError(f"examples file {path} has no prompts")
+    else:
+        examples = TINY_EXAMPLES if tiny else DEFAULT_EXAMPLES
+    duration = args.duration if args.duration is not None else (4.0 if tiny else 5.0)
+    if not 0 < duration <= args.max_duration:
+        raise UserError(f"--duration must be in (0, --max-duration={args.max_duration:g}] s, got {duration:g}")
+    return examples, duration
 
 
 def model_set(models: list[str], models_dirs: list[str], device: str):
@@ -69,6 +93,7 @@ def prepare(args: argparse.Namespace):
         raise UserError(f"--reload-every must be >= 0 s (0 = off), got {args.reload_every}")
     if args.threads < 0:
         raise UserError(f"--threads must be >= 0, got {args.threads}")
+    examples, duration = examples_and_duration(args, models)
     data_dir = Path(args.data_dir).expanduser()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +127,8 @@ def prepare(args: argparse.Namespace):
         admin_secret=secret,
         reload=served.refresh,
         leaderboard_min_votes=args.min_votes,
+        examples=examples,
+        default_duration_s=duration,
     )
     poller = Poller(demo.musicrl_arena.reload_models, args.reload_every) if args.reload_every > 0 else None
     return demo, store, poller

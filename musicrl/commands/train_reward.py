@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--votes", required=True, help="JSONL of votes (prompt, clip_a, clip_b, choice) or a vote-store URL")
     r.add_argument("--ties", choices=("half", "drop"), help="ties as half a win each (default) or dropped")
     r.add_argument("--both-bad", choices=("exclude", "tie"), help="both_bad votes dropped (default) or as ties")
+    r.add_argument("--clap-term", action=argparse.BooleanOptionalAction, default=None,
+                   help="add the CLAP score with a learned weight to the head (default: on)")
     _common(r)
 
 
