@@ -50,8 +50,10 @@ class RLConfig:
     """KL reference; None = the starting model (with LoRA: the same weights, adapters disabled)."""
     prompts: str = "synth"
     """'synth' (captions of the synthetic corpus, train split) or a text file, one prompt per line."""
-    eval_prompts: str = "synth-heldout"
-    """'synth-heldout' (held-out caption templates) or a text file."""
+    eval_prompts: str = "synth-unseen"
+    """'synth-unseen' (captions of held-out clips in training words, none of them a training prompt:
+    what the tiny LM can follow), 'synth-heldout' (held-out words and templates: the tiny LM knows
+    none of those words) or a text file."""
     out_dir: str = "runs/rl"
     """Run directory: checkpoints, metrics.csv, TensorBoard events, audio samples."""
     steps: int = 100
@@ -159,13 +161,22 @@ def step_seed(seed: int, step: int) -> int:
 
 
 def load_prompts(spec: str, n_synth: int = 4096, seed: int = 0) -> list[str]:
-    """'synth' / 'synth-heldout' -> corpus captions; otherwise a text file, one prompt per line."""
-    if spec in ("synth", "synth-heldout"):
+    """Corpus captions or a text file, one prompt per line. 'synth': training captions; 'synth-heldout':
+    captions of held-out clips in held-out words and templates; 'synth-unseen': captions of held-out
+    clips in training words, leaving out any that is also one of the 4096 training prompts."""
+    if spec in ("synth", "synth-heldout", "synth-unseen"):
         from musicrl import synth
 
         split = "heldout" if spec == "synth-heldout" else "train"
-        rng = np.random.default_rng(seed + (synth.HELDOUT_SEED_OFFSET if split == "heldout" else 0))
-        return [synth.caption(synth.sample_attributes(rng), rng, split=split) for _ in range(n_synth)]
+        rng = np.random.default_rng(seed + (0 if spec == "synth" else synth.HELDOUT_SEED_OFFSET))
+        if spec != "synth-unseen":
+            return [synth.caption(synth.sample_attributes(rng), rng, split=split) for _ in range(n_synth)]
+        train, out = set(load_prompts("synth", seed=seed)), []
+        while len(out) < n_synth:
+            prompt = synth.caption(synth.sample_attributes(rng), rng, split="train")
+            if prompt not in train:
+                out.append(prompt)
+        return out
     path = Path(spec)
     if not path.is_file():
         raise UserError(f"prompt file not found: {spec}")

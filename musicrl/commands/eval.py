@@ -9,7 +9,9 @@ from musicrl.errors import UserError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", help="comma-separated models; win rates are of each later model over the first")
-    p.add_argument("--prompts", default="synth-heldout", help="a text file (one prompt per line) or synth-heldout (default)")
+    p.add_argument("--prompts", default="synth-unseen",
+                   help="a text file (one prompt per line), synth-unseen (default: held-out clips' captions in "
+                        "training words, none a training prompt) or synth-heldout (held-out words and templates)")
     p.add_argument("--num-prompts", type=int, default=32, help="prompts used from the list (default 32)")
     p.add_argument("--num-samples", type=int, default=2,
                    help="clips per prompt and model (default 2: quick, but a prompt's win compares two means of "
