@@ -107,12 +107,14 @@ def test_lora_reference_is_the_adapter_free_model(tmp_path, random_musicgen_dir)
         ("steps=0", "steps must be >= 1"),
         ("lr=fast", "lr must be a number, got 'fast'"),
         ("steps=2.5", "steps must be a whole number"),
+        ("--threads=-1", "--threads must be >= 0"),
     ],
 )
 def test_bad_configs_get_one_line_errors(tmp_path, override, message):
     config = tmp_path / "rl.yaml"  # a preference-only preset: nothing else to load before the error
     config.write_text("reward: {components: {user: {type: preference, model: runs/preference}}}\n")
-    r = subprocess.run([sys.executable, "-m", "musicrl.cli", "train", "--config", str(config), override],
+    args = ["--threads", "-1"] if override == "--threads=-1" else [override]
+    r = subprocess.run([sys.executable, "-m", "musicrl.cli", "train", "--config", str(config), *args],
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
