@@ -227,7 +227,7 @@ def build_app(
                 with gr.Row():
                     prompt = gr.Textbox(
                         label=f"Prompt (up to {max_prompt_chars} characters)",
-                        placeholder="e.g. a calm piano melody in C major",
+                        placeholder=f"e.g. {config.examples[0]}" if config.examples else "",
                         max_lines=3,
                         scale=4,
                         elem_id="prompt",

@@ -234,8 +234,13 @@ def test_the_prompt_box_suits_the_served_world(tmp_path):
     def parse(*extra):
         return build_parser().parse_args(["app", *extra])
 
-    assert examples_and_duration(parse(), []) == (TINY_EXAMPLES, 4.0)  # `musicrl app`: tiny
+    assert examples_and_duration(parse(), ["tiny"]) == (TINY_EXAMPLES, 4.0)  # `musicrl app`: tiny
     assert examples_and_duration(parse(), ["facebook/musicgen-small"]) == (DEFAULT_EXAMPLES, 5.0)
+    for start, expected in (("tiny", TINY_EXAMPLES), ("facebook/musicgen-small", DEFAULT_EXAMPLES)):
+        run = tmp_path / f"run-{start.replace('/', '-')}"  # a `musicrl train` out_dir, served by --models-dir
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"model": start}))
+        assert examples_and_duration(parse("--models-dir", str(run)), [])[0] == expected
     heldout = [w for table in (synth.SYNONYMS, synth.PHRASES) for values in table.values()
                for words in values.values() for w in words.get("heldout", ())]
     for prompt in TINY_EXAMPLES:

@@ -45,10 +45,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def examples_and_duration(args: argparse.Namespace, models: list[str]) -> tuple[tuple[str, ...], float]:
-    """The prompt box's examples and starting duration: given, or suited to the tiny world when it is served."""
+    """The prompt box's examples and starting duration: given, or suited to the tiny world when it is
+    served (as --model tiny, or as a --models-dir whose run started from tiny)."""
+    import json
+
     from app.arena import DEFAULT_EXAMPLES, TINY_EXAMPLES
 
-    tiny = "tiny" in models or not models
+    def run_model(run_dir: str):
+        try:
+            return json.loads((Path(run_dir) / "config.json").read_text()).get("model")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    tiny = "tiny" in models or any(run_model(d) == "tiny" for d in args.models_dir or [])
     if args.examples:
         path = Path(args.examples).expanduser()
         if not path.is_file():
