@@ -1,4 +1,4 @@
-"""Attribute estimators from audio alone: tempo (bpm and word), register, mode.
+"""Attribute estimators from audio alone: tempo (bpm and word), register, mode, drums.
 
 They check that the codec keeps a clip's musical attributes and that generated clips match their
 prompts. numpy only. Tuned for (and measured on) the tiny world's corpus, `musicrl.synth`; they are
@@ -201,10 +201,40 @@ def estimate_mode(audio, sr: int) -> str:
     return estimate_key(audio, sr)[1]
 
 
+# ----------------------------------------------------------------------------------------- drums
+
+# log10 of the percussive share of the energy (bins above their running median over time, HPSS-style)
+# in the kick's band (< 150 Hz) and the hats' (4-8 kHz), averaged: the corpus' drumless clips sit
+# near -4.0, its drummed ones near -2.1, before and after the tiny codec; -2.8 splits them (98% of
+# 300 clips either way). Which kit (kick and hats, or with a snare) is not told: the snare is a short
+# noise burst that the codec's semitone frame smears, and no band feature tried beat chance through it.
+DRUMS_PRESENT = "drums"  # what `estimate_drums` says of a clip with drums, kit unknown
+_DRUMS_ON = -2.8
+
+
+def percussive_level(audio, sr: int) -> float:
+    """Mean log10 percussive energy share of the kick (< 150 Hz) and hi-hat (4-8 kHz) bands."""
+    x = _as_mono(audio, sr)
+    n_fft, hop = 512, max(1, sr // 125)
+    mag = _stft_mag(x, n_fft, hop)
+    perc = np.clip(mag - _harmonic(mag, 17), 0, None) ** 2
+    f = np.fft.rfftfreq(n_fft, 1.0 / sr)
+    total = float((mag**2).sum()) + 1e-12
+    kick = perc[f < 150].sum() / total
+    hats = perc[(f >= 4000) & (f < min(8000, sr / 2))].sum() / total
+    return float((np.log10(kick + 1e-6) + np.log10(hats + 1e-6)) / 2)
+
+
+def estimate_drums(audio, sr: int) -> str:
+    """'none' or DRUMS_PRESENT ('drums'): whether a clip has drums (not which kit; see above)."""
+    return "none" if percussive_level(audio, sr) < _DRUMS_ON else DRUMS_PRESENT
+
+
 def estimate_all(audio, sr: int) -> dict:
-    """{'bpm': float, 'tempo': word, 'register': 'low'|'high', 'mode': 'major'|'minor', 'key': 0..11}."""
+    """{'bpm': float, 'tempo': word, 'register': 'low'|'high', 'mode': 'major'|'minor', 'key': 0..11,
+    'drums': 'none'|'drums'}."""
     bpm = estimate_tempo(audio, sr)
     mag, freqs = _tonal_spectrum(audio, sr)  # shared by register and mode
     key, mode = _key(_chroma(mag, freqs), _bass_chroma(mag, freqs))
     return {"bpm": bpm, "tempo": tempo_word(bpm), "register": _register_word(_register_hz(mag, freqs)),
-            "mode": mode, "key": key}
+            "mode": mode, "key": key, "drums": estimate_drums(audio, sr)}

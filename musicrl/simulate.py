@@ -7,9 +7,11 @@ whose taste is known. A `Rater` scores a clip by a hidden utility:
                     + taste["adherence"] * (fraction of the attributes the prompt names that the clip has)
 
 The clip's attributes are its synth ground truth when known (`Clip.attrs`: simulated votes on the
-corpus), else measured from audio with `musicrl.attributes` (tempo, register, mode; instrument and
-drums have no estimator, so their terms count 0 and the prompt's adherence is taken over the
-measurable attributes only). The prompt's attributes come from `synth.parse_prompt`.
+corpus), else measured from audio with `musicrl.attributes`: tempo, register, mode, and whether there
+are drums (heard as 'drums', kit unknown: worth the mean of the taste's 'kick-hat' and 'full', and it
+matches a prompt that asks for either kit). Instrument has no estimator, so its term counts 0 and
+the prompt's adherence is taken over the heard attributes only. The prompt's attributes come from
+`synth.parse_prompt`.
 
 A vote is a logistic (Bradley-Terry) choice with temperature `noise`: P(a) = sigmoid((u_a - u_b) /
 noise); |u_a - u_b| <= `tie_margin` is a tie. The noise ceiling of a set of pairs is the accuracy
@@ -34,7 +36,8 @@ TASTE_ATTRS = ("instrument", "tempo", "mode", "register", "drums")
 ADHERENCE = "adherence"
 _VALUES = {"instrument": synth.INSTRUMENTS, "tempo": tuple(synth.TEMPO_WORDS), "mode": synth.MODES,
            "register": synth.REGISTERS, "drums": synth.DRUMS}
-_MEASURABLE = ("tempo", "register", "mode")  # what musicrl.attributes estimates from audio
+_MEASURABLE = ("tempo", "register", "mode", "drums")  # what musicrl.attributes estimates from audio
+_SOME_DRUMS = "drums"  # musicrl.attributes.DRUMS_PRESENT: drums heard, kit unknown
 
 # The population's shared taste (`Panel.default` spreads individual raters around it): people want
 # what they asked for most of all, then lean to fuller drums, major keys and some timbres.
@@ -81,7 +84,19 @@ def perceive(clip) -> dict[str, str]:
 def adherence(prompt: str, heard: dict[str, str]) -> float:
     """Fraction of the attributes `prompt` names (and that were heard) that the clip has; 0 if none."""
     named = {k: v for k, v in synth.parse_prompt(prompt).items() if k in heard}
-    return sum(heard[k] == v for k, v in named.items()) / len(named) if named else 0.0
+    return sum(_matches(k, heard[k], v) for k, v in named.items()) / len(named) if named else 0.0
+
+
+def _matches(attr: str, heard: str, asked: str) -> bool:
+    return heard == asked or (attr == "drums" and heard == _SOME_DRUMS and asked != "none")
+
+
+def _weight(taste: dict, attr: str, heard: str) -> float:
+    """A taste's weight for a heard value; drums heard without their kit get the mean over the kits."""
+    w = taste[attr]
+    if attr == "drums" and heard == _SOME_DRUMS:
+        return (w.get("kick-hat", 0.0) + w.get("full", 0.0)) / 2
+    return w.get(heard, 0.0)
 
 
 def _check_taste(taste: dict) -> dict:
@@ -125,7 +140,7 @@ class Rater:
 
     def value(self, heard: dict[str, str], prompt: str) -> float:
         """Utility of a clip heard as `heard` (attribute -> value) for `prompt`."""
-        u = sum(w.get(heard[a], 0.0) for a, w in self.taste.items() if a != ADHERENCE and a in heard)
+        u = sum(_weight(self.taste, a, heard[a]) for a in self.taste if a != ADHERENCE and a in heard)
         return float(u + self.taste.get(ADHERENCE, 0.0) * adherence(prompt, heard))
 
     def utility(self, audio, sr: int, prompt: str, attrs: synth.Attributes | None = None) -> float:

@@ -33,10 +33,26 @@ def test_utility_is_the_taste_plus_prompt_adherence():
 def test_without_attributes_the_rater_measures_the_audio():
     ex = synth.example(3)
     heard = perceive(ex.audio)  # bare audio: estimators only
-    assert set(heard) == {"tempo", "register", "mode"}
+    assert set(heard) == {"tempo", "register", "mode", "drums"}
     assert heard["register"] == ex.attrs.register and heard["tempo"] == ex.attrs.tempo
+    assert heard["drums"] == ("none" if ex.attrs.drums == "none" else "drums")
     r = Rater({"register": {ex.attrs.register: 1.0}})
     assert r.utility(ex.audio, synth.SAMPLE_RATE, "") == 1.0
+
+
+def test_drums_heard_without_their_kit():
+    """From audio, raters hear whether there are drums, not which kit: such drums are worth the mean
+    of the taste's two kits and match a prompt asking for either kit, never one asking for none."""
+    from musicrl.simulate import adherence
+
+    r = Rater({"drums": {"kick-hat": 0.2, "full": 0.6, "none": -1.0}})
+    assert r.value({"drums": "drums"}, "") == pytest.approx(0.4)
+    assert r.value({"drums": "none"}, "") == -1.0 and r.value({"drums": "full"}, "") == 0.6
+    assert adherence("a song with full drums", {"drums": "drums"}) == 1.0
+    assert adherence("a song with kick and hi-hat", {"drums": "drums"}) == 1.0
+    assert adherence("a song without drums", {"drums": "drums"}) == 0.0
+    assert adherence("a song without drums", {"drums": "none"}) == 1.0
+    assert adherence("a song with full drums", {"drums": "kick-hat"}) == 0.0  # the truth still tells kits
 
 
 def test_votes_follow_the_logistic_choice_and_ties():
