@@ -11,10 +11,12 @@ the `rl/musicrl-u` preset (4 prompts x 4 samples of 4 s, guidance 3, kl_coef 0.0
     musicrl eval --models tiny,runs/oracle_u/checkpoints/step-000300 \
         --prompts benchmarks/results/rl_tiny/unseen_train_words.txt --rewards clap=tiny --raters 5 --num-samples 4
 
-Measured 2026-12-01 (2 CPU cores, ~3 s a step: the raters' attribute estimates cost ~1.3 s of it):
-lr 1e-4, 300 steps: raters' mean utility 1.375 -> 1.408, win 50% / tie 12% / loss 38% over 32 unseen
-prompts, KL 53.5 nats per clip; lr 5e-4: 47% at step 150 with KL 508 (the policy drifts). So even a
-perfect reward model does not reach the 65% bar in the CPU budget: the RM is not what holds U back.
+Measured 2026-12-01 (2 CPU cores, 2-3 s a step: the raters' attribute estimates cost ~1 s of it).
+With raters who heard only tempo, register and mode: lr 1e-4, 300 steps: their mean utility 1.375 ->
+1.408, win 50% / tie 12% / loss 38% over 32 unseen prompts, KL 53.5 nats per clip; lr 5e-4: 47% at
+step 150 with KL 508 (the policy drifts). So no reward model could have lifted U to its 65% bar.
+With raters who also hear drums (`musicrl.attributes.estimate_drums`, as now), lr 1e-4: 62% at step
+50, 66% (51-82) at step 150, mean utility 1.519 -> 1.667, KL 36 nats per clip.
 """
 
 from __future__ import annotations
