@@ -2,7 +2,7 @@
 
 A preference model can at best predict what its raters like. This run gives the RL trainer that
 perfect model: the reward of a clip is the mean utility of a panel of simulated raters
-(`musicrl.evaluate.raters_judge`, hearing tempo, register and mode through `musicrl.attributes`),
+(`musicrl.evaluate.raters_judge`, hearing tempo, register, mode and drums through `musicrl.attributes`),
 drawn from the same population as the judging panel of `musicrl eval --raters 5` but not the same
 people (panel seed 1; eval uses seed 0), as an RM trained on many people's votes would be. The rest is
 the `rl/musicrl-u` preset (4 prompts x 4 samples of 4 s, guidance 3, kl_coef 0.02).

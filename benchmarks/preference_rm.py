@@ -34,7 +34,6 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="write the per-split results and the summary as JSON here")
     args = p.parse_args(argv)
 
-    import torch
     from tqdm.auto import tqdm
 
     from musicrl.logs import quiet_transformers
@@ -43,7 +42,6 @@ def main(argv=None) -> int:
     from rewards.train_preference import PreferenceTrainConfig, load_votes, train_preference
 
     quiet_transformers()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="preference_rm_"))
     clap = bb.load_backbone(args.backbone, "cpu")
     rows = []

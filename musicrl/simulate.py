@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from musicrl import synth
+from musicrl.attributes import DRUMS_PRESENT
 from musicrl.errors import UserError
 
 TASTE_ATTRS = ("instrument", "tempo", "mode", "register", "drums")
@@ -37,7 +38,6 @@ ADHERENCE = "adherence"
 _VALUES = {"instrument": synth.INSTRUMENTS, "tempo": tuple(synth.TEMPO_WORDS), "mode": synth.MODES,
            "register": synth.REGISTERS, "drums": synth.DRUMS}
 _MEASURABLE = ("tempo", "register", "mode", "drums")  # what musicrl.attributes estimates from audio
-_SOME_DRUMS = "drums"  # musicrl.attributes.DRUMS_PRESENT: drums heard, kit unknown
 
 # The population's shared taste (`Panel.default` spreads individual raters around it): people want
 # what they asked for most of all, then lean to fuller drums, major keys and some timbres.
@@ -88,13 +88,13 @@ def adherence(prompt: str, heard: dict[str, str]) -> float:
 
 
 def _matches(attr: str, heard: str, asked: str) -> bool:
-    return heard == asked or (attr == "drums" and heard == _SOME_DRUMS and asked != "none")
+    return heard == asked or (attr == "drums" and heard == DRUMS_PRESENT and asked != "none")
 
 
 def _weight(taste: dict, attr: str, heard: str) -> float:
     """A taste's weight for a heard value; drums heard without their kit get the mean over the kits."""
     w = taste[attr]
-    if attr == "drums" and heard == _SOME_DRUMS:
+    if attr == "drums" and heard == DRUMS_PRESENT:
         return (w.get("kick-hat", 0.0) + w.get("full", 0.0)) / 2
     return w.get(heard, 0.0)
 

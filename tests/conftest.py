@@ -29,3 +29,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def heldout_words():
+    """Every held-out word and phrase of the synthetic captions (the tiny LM never learned them)."""
+    from musicrl import synth
+
+    return [w for table in (synth.SYNONYMS, synth.PHRASES) for values in table.values()
+            for words in values.values() for w in words.get("heldout", ())]
