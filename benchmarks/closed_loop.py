@@ -95,6 +95,21 @@ def served(app: AppProcess) -> list[dict]:
     return httpx.get(app.url + "/api/admin/models", headers={"X-Admin-Secret": SECRET}, timeout=30).json()["models"]
 
 
+def loop_app(base: str, out: Path, log_name: str, reload_every: float) -> AppProcess:
+    """The loop's app (not started): BASE and whatever OUT/musicrl-u holds, its store in OUT/app."""
+    app = AppProcess(base, out / "app", free_port(), out / "logs" / log_name,
+                     extra=("--models-dir", shown_path(out / "musicrl-u"), "--reload-every", str(reload_every)))  # fmt: skip
+    app.env = env()
+    return app
+
+
+def export_votes(out: Path, dest: Path, what: str) -> float:
+    """`musicrl votes export` of the loop's store (OUT/app) to `dest` as JSONL; returns its wall time."""
+    data = out / "app"
+    return musicrl(["votes", "export", "--db", f"sqlite:///{data / 'votes.db'}", "--data-dir", str(data),
+                    "--format", "jsonl", "--out", str(dest)], out / "logs" / f"{what}.log", what)  # fmt: skip
+
+
 def wait_for_final(app: AppProcess, timeout_s: float) -> float:
     """Wait until the app serves the run's `final` checkpoint; returns the seconds waited."""
     t0 = time.monotonic()
@@ -191,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     data.mkdir()
     report: dict = {"base": base, "backbone": backbone, "args": vars(args), "timings_s": {}}
 
-    app = AppProcess(base, data, free_port(), out / "logs" / "app.log",
-                     extra=("--models-dir", shown_path(run_dir), "--reload-every", str(args.reload_every)))  # fmt: skip
-    app.env = env()
+    app = loop_app(base, out, "app.log", args.reload_every)
     t = report["timings_s"]
     try:
         t["app_start"] = round(app.start(), 1)
@@ -202,9 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         report["round1"] = vote_phase(app, args.votes_before, args.voters, args.duration, 1, args.timeout)
         report["leaderboard_before"] = leaderboard(app)
         votes = out / "votes.jsonl"
-        db = f"sqlite:///{data / 'votes.db'}"
-        t["export"] = musicrl(["votes", "export", "--db", db, "--data-dir", str(data), "--format", "jsonl",
-                               "--out", str(votes)], out / "logs" / "export.log", "export")  # fmt: skip
+        t["export"] = export_votes(out, votes, "export")
         t["train_reward"] = musicrl(["train-reward", "preference", "--votes", str(votes), "--out", str(out / "preference"),
                                      "--backbone", backbone, "--threads", "1", *args.reward_set],
                                     out / "logs" / "train-reward.log", "preference model")  # fmt: skip
@@ -230,9 +241,7 @@ def more_votes(out: Path, n: int) -> int:
         raise SystemExit(f"[loop] {path} missing: --more-votes continues a finished loop")
     report = json.loads(path.read_text())
     a = report["args"]
-    app = AppProcess(report["base"], out / "app", free_port(), out / "logs" / "app-more.log",
-                     extra=("--models-dir", shown_path(out / "musicrl-u"), "--reload-every", str(a["reload_every"])))  # fmt: skip
-    app.env = env()
+    app = loop_app(report["base"], out, "app-more.log", a["reload_every"])
     extra = report.setdefault("more_votes", [])
     try:
         app.start()
@@ -249,10 +258,9 @@ def more_votes(out: Path, n: int) -> int:
 def finish(report: dict, out: Path) -> int:
     """The raters' expectation on every round-2 pair, the verdict, OUT/loop.json and the printout."""
     a, t = report["args"], report["timings_s"]
-    base, data, run_dir = report["base"], out / "app", out / "musicrl-u"
+    base, run_dir = report["base"], out / "musicrl-u"
     all_votes = out / "votes_all.jsonl"
-    musicrl(["votes", "export", "--db", f"sqlite:///{data / 'votes.db'}", "--data-dir", str(data), "--format",
-             "jsonl", "--out", str(all_votes)], out / "logs" / "export_all.log", "export (both rounds)")  # fmt: skip
+    export_votes(out, all_votes, "export_all")
     report["expected_round2"] = expected_round2(all_votes, base, a["voters"])
     lb = report["leaderboard_after"]
     rated = {r["model"]: r for r in lb["ratings"]}

@@ -9,7 +9,7 @@ from musicrl import synth
 from musicrl.audio import write_wav
 
 
-def _votes(tmp_path, n: int) -> tuple:
+def _votes(tmp_path, n: int):
     """n round-2 pairs whose retrained clip has what the prompt asks (and the taste likes: full drums,
     major) and whose base clip has none of it, the retrained side alternating between a and b; plus
     one base-vs-base vote, which is not round 2."""
@@ -33,11 +33,11 @@ def _votes(tmp_path, n: int) -> tuple:
     rows.append({**rows[0], "model_a": "tiny", "model_b": "tiny"})
     path = tmp_path / "votes_all.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path, rows
+    return path
 
 
 def test_expected_round2_sees_which_side_the_panel_prefers(tmp_path):
-    path, _ = _votes(tmp_path, 6)
+    path = _votes(tmp_path, 6)
     e = expected_round2(path, "tiny", voters=5)
     assert e["pairs"] == 6  # the base-vs-base vote is not a round-2 pair
     assert e["p_retrained_wins_decisive"] > 0.9  # whichever side the retrained clip is on
