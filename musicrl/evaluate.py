@@ -117,8 +117,12 @@ def plot_run(run_dir: str | Path, out_png: str | Path | None = None) -> Path:
     if not metrics:
         raise UserError(f"no metrics.csv with rows in {run_dir}")
     evals = _read_csv(run_dir / "eval.csv")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    steps = [r["step"] for r in metrics]
+    comps = sorted({k for r in metrics for k in r if k.startswith("reward/")})
+    # one panel per reward component: their scales differ (CLAP ~0.3, quality ~4), and on one axis
+    # a CLAP gain of 0.02 would be a flat line
+    fig, axes = plt.subplots(1, 1 + len(comps), figsize=(5.5 * (1 + len(comps)), 4), squeeze=False)
+    axes = axes[0]
+    steps = np.array([r["step"] for r in metrics])
     kl = np.cumsum([r["kl"] for r in metrics]) / np.arange(1, len(metrics) + 1)
     ax = axes[0]
     sc = ax.scatter([r["kl"] for r in metrics], [r["reward"] for r in metrics], c=steps, cmap="viridis", s=12)
@@ -126,20 +130,22 @@ def plot_run(run_dir: str | Path, out_png: str | Path | None = None) -> Path:
     ax.set_xlabel("KL(policy || reference) per token")
     ax.set_ylabel("training reward (normalised sum)")
     ax.set_title("reward vs KL, every step")
-    ax = axes[1]
-    comps = sorted({k for r in metrics for k in r if k.startswith("reward/")})
-    for c in comps:
-        ax.plot(steps, [r[c] for r in metrics], label=c.split("/", 1)[1])
-    if evals:
-        for c in sorted({k for r in evals for k in r if k.startswith("eval/") and k != "eval/kl_seq"}):
-            ax.plot([r["step"] for r in evals], [r[c] for r in evals], "o--", label=f"held-out {c.split('/', 1)[1]}")
-    ax2 = ax.twinx()
-    ax2.plot(steps, kl, color="gray", alpha=0.6, label="KL (running mean)")
-    ax2.set_ylabel("KL per token")
-    ax.set_xlabel("step")
-    ax.set_ylabel("raw reward")
-    ax.legend(fontsize=8, loc="upper left")
-    ax.set_title("reward components over training")
+    window = max(1, min(20, len(metrics) // 5))  # each step's batch is new prompts: noisy alone
+    for ax, c in zip(axes[1:], comps):
+        name, values = c.split("/", 1)[1], np.array([r[c] for r in metrics])
+        ax.plot(steps, values, color="C0", alpha=0.25, lw=0.8, label="training, each step")
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, color="C0", label=f"training, mean of {window} steps")
+        held = [r for r in evals if f"eval/{name}" in r]
+        if held:
+            ax.plot([r["step"] for r in held], [r[f"eval/{name}"] for r in held], "o--", color="C3", label="held-out prompts")
+        ax2 = ax.twinx()
+        ax2.plot(steps, kl, color="gray", alpha=0.6)
+        ax2.set_ylabel("KL per token (running mean, gray)")
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"{name} reward")
+        ax.legend(fontsize=8, loc="upper left")
+        ax.set_title(f"{name} over training")
     fig.tight_layout()
     out = Path(out_png) if out_png else run_dir / "reward_vs_kl.png"
     fig.savefig(out, dpi=110)

@@ -11,7 +11,7 @@ def test_overrides_parse_yaml_scalars_and_exponent_floats():
     assert out["steps"] == 10 and out["kl_coef"] == 0.5
     assert out["reward"]["components"]["clap"]["weight"] == 2.0
     assert out["out_dir"] == "runs/1e3x"  # not a number: stays a string
-    assert base["lr"] == 1e-4  # the preset itself is untouched
+    assert base["lr"] == 2e-4  # the preset itself is untouched
 
 
 def test_exponent_floats_in_a_yaml_file(tmp_path):

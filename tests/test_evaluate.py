@@ -40,8 +40,12 @@ def test_kl_to_itself_is_zero(random_policy):
     assert abs(mean) < 1e-5
 
 
-def test_plot_run_writes_a_png(tmp_path):
-    rows = ["step,reward,kl,reward/clap", "1,0.1,0.0,0.2", "2,0.3,0.01,0.25", "3,0.5,0.02,0.3"]
+def test_plot_run_draws_each_reward_component_on_its_own_panel(tmp_path):
+    rows = ["step,reward,kl,reward/clap,reward/quality"] + [f"{i},0.1,{i / 100},0.3,3.{i}" for i in range(1, 9)]
     (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "eval.csv").write_text("step,eval/clap,eval/quality,eval/kl_seq\n4,0.31,3.5,2.0\n8,0.33,3.6,4.0\n")
     out = ev.plot_run(tmp_path)
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    png = out.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    width = int.from_bytes(png[16:20], "big")  # IHDR: the scatter panel + one per component
+    assert width == round(5.5 * 3 * 110)
