@@ -1,10 +1,11 @@
 """How much CLAP reward stronger classifier-free guidance buys the base model, and at what KL.
 
 A yardstick for RL's gains: `musicrl-r` samples at guidance 3; a policy that had learned only to
-lean harder on its prompt would look like the base at a higher guidance scale. For each scale:
-mean CLAP over unseen captions x samples, the paired win rate over guidance 3 (a prompt's mean
-over its samples), the raters' measured attribute adherence, and the exact KL (nats per clip) of the
-guided distribution to the guidance-3 one on the same tokens.
+lean harder on its prompt would look like the base at a higher guidance scale. For each scale, by
+`musicrl.evaluate` (the code of `musicrl eval`): mean CLAP and the raters' measured attribute
+adherence over unseen captions x samples, the paired win rate over the first scale (a prompt's mean
+over its samples), and the exact KL (nats per clip) of the guided distribution to the first scale's
+on the same tokens.
 
     python benchmarks/guidance_clap.py [--scales 3,4,5,6] [--prompts 32] [--samples 8]
 """
@@ -13,15 +14,20 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
-from musicrl import simulate
+from musicrl import evaluate, simulate
 from musicrl.engine import FastSampler
 from musicrl.policy import MusicGenPolicy
-from musicrl.rl import exact_kl, load_prompts
+from musicrl.rl import load_prompts
 from musicrl.sampling import SamplingConfig
 from rewards.clap import ClapReward
+
+
+def adherence(audio: torch.Tensor, sample_rate: int, prompts: list[str]) -> torch.Tensor:
+    """Fraction of the named attributes a clip has, as the simulated raters hear them: [B]."""
+    heard = [simulate.perceive(simulate.Clip(a[0].numpy(), sample_rate)) for a in audio]
+    return torch.tensor([simulate.adherence(p, h) for p, h in zip(prompts, heard)])
 
 
 def main() -> None:
@@ -34,24 +40,21 @@ def main() -> None:
     args = ap.parse_args()
     scales = [float(g) for g in args.scales.split(",")]
     policy = MusicGenPolicy.from_pretrained(args.model)
-    sampler, clap = FastSampler(policy), ClapReward.from_pretrained("tiny")
+    sampler, judges = FastSampler(policy), {"clap": ClapReward.from_pretrained("tiny"), "adherence": adherence}
     prompts = load_prompts("synth-unseen", n_synth=args.prompts)[: args.prompts]
-    base_sampling, base = SamplingConfig(1.0, 0, 0.0, scales[0]), None
-    for g in scales:
-        sampling = SamplingConfig(1.0, 0, 0.0, g)
+    samplings = {f"guidance {g:g}": SamplingConfig(1.0, 0, 0.0, g) for g in scales}
+    samples = []
+    for name, sampling in samplings.items():
         roll = sampler.sample(prompts, args.samples, 4.0, sampling=sampling, seed=args.seed)
-        audio = policy.decode(roll.codes)  # [P*n, 1, S]
-        per_prompt = clap(audio, policy.sample_rate, roll.prompts).view(args.prompts, args.samples).mean(1)  # [P]
-        adherence = np.mean([simulate.adherence(p, simulate.perceive(audio[i, 0].numpy())) for i, p in enumerate(roll.prompts)])
-        line = f"guidance {g:g}: CLAP {per_prompt.mean():.4f}, adherence {adherence:.3f}"
-        if base is None:
-            base = per_prompt
-        else:
-            with torch.no_grad():  # KL on the first P clips: [P, K, T, V] twice
-                kl = exact_kl(policy.distributions(roll.prompts[: args.prompts], roll.codes[: args.prompts], sampling),
-                              policy.distributions(roll.prompts[: args.prompts], roll.codes[: args.prompts], base_sampling))
-            win = (per_prompt > base).float().mean().item()
-            line += f", wins {win:.0%} of prompts over guidance {scales[0]:g}, KL {kl.sum((1, 2)).mean():.1f} nats per clip"
+        samples.append(evaluate.Samples(name, roll.prompts, roll.codes, policy.decode(roll.codes).cpu(), policy.sample_rate))
+    report = evaluate.compare(samples, judges, args.samples)
+    base_name, base_sampling = next(iter(samplings.items()))
+    for s in samples:
+        line = f"{s.model}: " + ", ".join(f"{j} {report['rewards'][j][s.model]['mean']:.4f}" for j in judges)
+        if s.model != base_name:
+            win = report["win_rates"]["clap"][f"{s.model} over {base_name}"]["win"]
+            kl, _ = evaluate.kl_to_reference(policy, policy, s, samplings[s.model], reference_sampling=base_sampling)
+            line += f", CLAP wins {win:.0%} of prompts over {base_name}, KL {kl:.1f} nats per clip"
         print(line, flush=True)
 
 

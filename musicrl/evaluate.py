@@ -96,12 +96,17 @@ def compare(samples: list[Samples], judges: dict, n: int) -> dict:
 
 
 @torch.no_grad()
-def kl_to_reference(policy: MusicGenPolicy, reference: MusicGenPolicy, s: Samples, sampling: SamplingConfig, batch: int = 8) -> tuple[float, float]:
-    """Mean (and CI) over clips of the exact sequence KL(policy || reference), on the policy's own samples."""
+def kl_to_reference(policy: MusicGenPolicy, reference: MusicGenPolicy, s: Samples, sampling: SamplingConfig, batch: int = 8,
+                    reference_sampling: SamplingConfig | None = None) -> tuple[float, float]:
+    """Mean (and CI) over clips of the exact sequence KL(policy || reference), on the policy's own samples.
+
+    reference_sampling: the reference's sampling distribution when it differs from the policy's (e.g.
+    the same model at another guidance scale); None = `sampling`."""
+    ref_sampling = reference_sampling or sampling
     kls = []
     for i in range(0, len(s.prompts), batch):
         p, c = s.prompts[i : i + batch], s.codes[i : i + batch]
-        kls.append(exact_kl(policy.distributions(p, c, sampling), reference.distributions(p, c, sampling)).sum((1, 2)))
+        kls.append(exact_kl(policy.distributions(p, c, sampling), reference.distributions(p, c, ref_sampling)).sum((1, 2)))
     return mean_ci(torch.cat(kls).cpu().numpy())
 
 

@@ -40,6 +40,20 @@ def test_kl_to_itself_is_zero(random_policy):
     assert abs(mean) < 1e-5
 
 
+def test_kl_to_the_same_model_at_another_guidance(random_policy):
+    from musicrl.rl import exact_kl
+    from musicrl.sampling import SamplingConfig
+
+    # random weights: conditional and unconditional logits are close, so the scales must be far apart
+    s, ref = SamplingConfig(top_k=0, guidance_scale=20.0), SamplingConfig(top_k=0, guidance_scale=3.0)
+    samples = ev.generate(random_policy, ["a", "b"], 1, 0.1, s, seed=0)
+    mean, _ = ev.kl_to_reference(random_policy, random_policy, samples, s, reference_sampling=ref)
+    with torch.no_grad():
+        direct = exact_kl(random_policy.distributions(samples.prompts, samples.codes, s),
+                          random_policy.distributions(samples.prompts, samples.codes, ref)).sum((1, 2)).mean().item()
+    assert mean > 1e-3 and abs(mean - direct) < 1e-4 * max(1.0, direct)
+
+
 def test_plot_run_draws_each_reward_component_on_its_own_panel(tmp_path):
     rows = ["step,reward,kl,reward/clap,reward/quality"] + [f"{i},0.1,{i / 100},0.3,3.{i}" for i in range(1, 9)]
     (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
