@@ -85,6 +85,10 @@ class RLConfig:
     lora_rank: int = 0
     """0 = full fine-tuning of the decoder; > 0 = LoRA adapters (peft) on its attention and MLP."""
     lora_alpha: float = 16.0
+    train_modules: list[str] | None = None
+    """Decoder modules to train, by name or name suffix (peft's matching: 'encoder_attn' is every
+    layer's cross-attention). None = all of the decoder (with LoRA: adapters on every attention and
+    MLP projection). Cross-attention only keeps the changes where text conditioning acts."""
     mixed_precision: str = "no"
     """'no', 'bf16' or 'fp16' (autocast; CUDA only)."""
     gradient_checkpointing: bool = False
@@ -138,6 +142,11 @@ class RLConfig:
             bad("lr and duration_s must be > 0")
         if self.lora_rank < 0:
             bad(f"lora_rank must be >= 0, got {self.lora_rank}")
+        if self.train_modules is not None and (
+            not isinstance(self.train_modules, list) or not self.train_modules
+            or not all(isinstance(m, str) and m for m in self.train_modules)
+        ):  # fmt: skip
+            bad(f"train_modules must be a non-empty list of module names, got {self.train_modules!r}")
         from rewards.combine import parse_config
 
         parse_config(self.reward)  # validates now, one line on error
@@ -222,6 +231,10 @@ class RLTrainer:
             self._add_lora()
             self.reference = None  # adapters disabled = reference
         else:
+            if cfg.train_modules:  # freeze the rest of the decoder
+                chosen = {id(p) for m in self._chosen_modules() for p in m.parameters()}
+                for p in self.policy.model.decoder.parameters():
+                    p.requires_grad_(id(p) in chosen)
             self.reference = reference or (
                 MusicGenPolicy.from_pretrained(cfg.reference, device=self.device) if cfg.reference
                 else copy.deepcopy(self.policy)
@@ -244,10 +257,21 @@ class RLTrainer:
         self._tb = None
 
     # ---- setup -------------------------------------------------------------------------------
+    def _chosen_modules(self) -> list[nn.Module]:
+        """The decoder modules named by `train_modules` (exact name or '.'-suffix, as peft matches)."""
+        wanted = self.cfg.train_modules
+        found = [m for n, m in self.policy.model.decoder.named_modules() if any(n == w or n.endswith("." + w) for w in wanted)]
+        if not found:
+            raise UserError(f"train_modules {wanted} name no module of the decoder (e.g. 'encoder_attn', 'self_attn', 'fc1')")
+        return found
+
     def _add_lora(self):
         from peft import LoraConfig, get_peft_model
 
         targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+        if self.cfg.train_modules:  # peft adapts Linear layers: those inside the chosen modules
+            names = {id(m): n for n, m in self.policy.model.decoder.named_modules()}
+            targets = sorted({names[id(sub)] for m in self._chosen_modules() for sub in m.modules() if isinstance(sub, nn.Linear)})
         lcfg = LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha, target_modules=targets, lora_dropout=0.0)
         self.policy.model.decoder = get_peft_model(self.policy.model.decoder, lcfg)
 

@@ -97,6 +97,32 @@ def test_lora_reference_is_the_adapter_free_model(tmp_path, random_musicgen_dir)
     torch.testing.assert_close(merged.log_probs(r.prompts, r.codes, tr.cfg.sampling), r.log_probs, atol=1e-4, rtol=0)
 
 
+def test_train_modules_trains_only_the_named_modules(tmp_path, random_musicgen_dir):
+    tr = make(tmp_path, random_musicgen_dir, train_modules=["encoder_attn"])
+    before = decoder_params(tr)
+    tr.step(0)
+    after = decoder_params(tr)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".encoder_attn." in k for k in changed)
+    assert any(k.endswith("encoder_attn.q_proj.weight") for k in changed)
+
+
+def test_train_modules_with_lora_adapts_only_inside_them(tmp_path, random_musicgen_dir):
+    tr = make(tmp_path, random_musicgen_dir, lora_rank=4, train_modules=["encoder_attn"])
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in tr.policy.model.decoder.named_parameters() if ".lora_A" in n}
+    assert adapted and all(".encoder_attn." in n for n in adapted)
+    assert {n.rsplit(".", 1)[-1] for n in adapted} == {"q_proj", "k_proj", "v_proj", "out_proj"}
+    tr.step(0)
+    assert tr.step(1)["kl"] > 0
+
+
+def test_train_modules_naming_nothing_is_a_one_line_error(tmp_path, random_musicgen_dir):
+    with pytest.raises(UserError, match="name no module of the decoder"):
+        make(tmp_path, random_musicgen_dir, train_modules=["cross_attention"])
+    with pytest.raises(UserError, match="train_modules must be a non-empty list"):
+        make(tmp_path, random_musicgen_dir, train_modules="encoder_attn")
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
