@@ -88,7 +88,8 @@ class RLConfig:
     train_modules: list[str] | None = None
     """Decoder modules to train, by name or name suffix (peft's matching: 'encoder_attn' is every
     layer's cross-attention). None = all of the decoder (with LoRA: adapters on every attention and
-    MLP projection). Cross-attention only keeps the changes where text conditioning acts."""
+    MLP projection). On the tiny world, cross-attention only drifts ~19x less (KL) but raises CLAP
+    more slowly than the whole decoder (BENCHMARKS.md)."""
     mixed_precision: str = "no"
     """'no', 'bf16' or 'fp16' (autocast; CUDA only)."""
     gradient_checkpointing: bool = False
@@ -232,7 +233,7 @@ class RLTrainer:
             self.reference = None  # adapters disabled = reference
         else:
             if cfg.train_modules:  # freeze the rest of the decoder
-                chosen = {id(p) for m in self._chosen_modules() for p in m.parameters()}
+                chosen = {id(p) for m in self._chosen_modules().values() for p in m.parameters()}
                 for p in self.policy.model.decoder.parameters():
                     p.requires_grad_(id(p) in chosen)
             self.reference = reference or (
@@ -257,10 +258,10 @@ class RLTrainer:
         self._tb = None
 
     # ---- setup -------------------------------------------------------------------------------
-    def _chosen_modules(self) -> list[nn.Module]:
-        """The decoder modules named by `train_modules` (exact name or '.'-suffix, as peft matches)."""
+    def _chosen_modules(self) -> dict[str, nn.Module]:
+        """The decoder modules named by `train_modules` (exact name or '.'-suffix, as peft matches), by name."""
         wanted = self.cfg.train_modules
-        found = [m for n, m in self.policy.model.decoder.named_modules() if any(n == w or n.endswith("." + w) for w in wanted)]
+        found = {n: m for n, m in self.policy.model.decoder.named_modules() if any(n == w or n.endswith("." + w) for w in wanted)}
         if not found:
             raise UserError(f"train_modules {wanted} name no module of the decoder (e.g. 'encoder_attn', 'self_attn', 'fc1')")
         return found
@@ -270,8 +271,8 @@ class RLTrainer:
 
         targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
         if self.cfg.train_modules:  # peft adapts Linear layers: those inside the chosen modules
-            names = {id(m): n for n, m in self.policy.model.decoder.named_modules()}
-            targets = sorted({names[id(sub)] for m in self._chosen_modules() for sub in m.modules() if isinstance(sub, nn.Linear)})
+            chosen = self._chosen_modules()
+            targets = sorted({f"{n}.{sn}".rstrip(".") for n, m in chosen.items() for sn, sub in m.named_modules() if isinstance(sub, nn.Linear)})
         lcfg = LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha, target_modules=targets, lora_dropout=0.0)
         self.policy.model.decoder = get_peft_model(self.policy.model.decoder, lcfg)
 
