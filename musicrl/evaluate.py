@@ -158,6 +158,33 @@ def plot_run(run_dir: str | Path, out_png: str | Path | None = None) -> Path:
     return out
 
 
+def plot_report(report: dict, out_png: str | Path) -> Path:
+    """Each reward's mean (95% CI) against KL to the reference, one point per model of a
+    `musicrl eval` report: where checkpoints or runs sit on the reward-KL frontier."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["rewards"])
+    kl = {m: report.get("kl", {}).get(m, {"mean": 0.0, "ci95": 0.0}) for m in report["models"]}  # the reference: 0
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for i, m in enumerate(report["models"]):
+            r = report["rewards"][name][m]
+            ax.errorbar(kl[m]["mean"], r["mean"], xerr=kl[m]["ci95"], yerr=r["ci95"], fmt="o", color=f"C{i % 10}", capsize=3,
+                        label="/".join([p for p in Path(m).parts if p != "checkpoints"][-2:]))  # fmt: skip
+        ax.set_xlabel("KL to the reference, nats per clip")
+        ax.set_ylabel(f"{name} reward (mean, 95% CI)")
+        ax.set_title(f"{name} vs KL")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out_png)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def _read_csv(path: Path) -> list[dict]:
     if not path.exists():
         return []

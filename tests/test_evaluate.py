@@ -63,3 +63,16 @@ def test_plot_run_draws_each_reward_component_on_its_own_panel(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     width = int.from_bytes(png[16:20], "big")  # IHDR: the scatter panel + one per component
     assert width == round(5.5 * 3 * 110)
+
+
+def test_plot_report_puts_every_model_on_each_reward_panel(tmp_path):
+    models = ["tiny", "runs/r/checkpoints/step-000240", "runs/ema/checkpoints/step-000240"]
+    report = {
+        "models": models,
+        "rewards": {n: {m: {"mean": 0.3 + i / 100, "ci95": 0.01} for i, m in enumerate(models)} for n in ("clap", "quality")},
+        "kl": {models[1]: {"mean": 98.0, "ci95": 1.5}, models[2]: {"mean": 40.0, "ci95": 1.0}},
+    }
+    out = ev.plot_report(report, tmp_path / "report.png")
+    png = out.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert int.from_bytes(png[16:20], "big") == round(5.5 * 2 * 110)  # one panel per reward

@@ -63,22 +63,60 @@ def test_exact_kl_matches_brute_force():
 
 
 def test_rloo_advantages(tmp_path, random_musicgen_dir):
-    tr = make(tmp_path, random_musicgen_dir, normalize_advantages=False)
+    tr = make(tmp_path, random_musicgen_dir, normalize_advantages="none")
     adv = tr.advantages(torch.tensor([1.0, 3.0, 10.0, 10.0]), ["a", "a", "b", "b"])
     torch.testing.assert_close(adv, torch.tensor([-2.0, 2.0, 0.0, 0.0]))
 
 
-def test_resume_equals_uninterrupted(tmp_path, random_musicgen_dir):
-    full = make(tmp_path / "a", random_musicgen_dir)
+def test_per_prompt_normalisation_weighs_every_prompt_the_same(tmp_path, random_musicgen_dir):
+    reward = torch.tensor([1.0, 3.0, 10.0, 10.1])  # prompt a spreads 20x wider than prompt b
+    per_prompt = make(tmp_path, random_musicgen_dir, normalize_advantages="prompt").advantages(reward, ["a", "a", "b", "b"])
+    s = 2**-0.5  # RLOO gives (-2, 2) and (-0.1, 0.1): each divided by its own std
+    torch.testing.assert_close(per_prompt, torch.tensor([-s, s, -s, s]), rtol=1e-3, atol=0)
+    batch = make(tmp_path, random_musicgen_dir).advantages(reward, ["a", "a", "b", "b"])
+    assert batch[1] / batch[3] == pytest.approx(20.0, rel=1e-4)  # the batch std keeps the 20x
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 0.5])
+def test_resume_equals_uninterrupted(tmp_path, random_musicgen_dir, ema_decay):
+    full = make(tmp_path / "a", random_musicgen_dir, ema_decay=ema_decay)
     full.train(progress=False)
-    interrupted = make(tmp_path / "b", random_musicgen_dir)
+    interrupted = make(tmp_path / "b", random_musicgen_dir, ema_decay=ema_decay)
     interrupted.train(progress=False, stop_after=1)  # "killed" after step 1's checkpoint
-    resumed = make(tmp_path / "b", random_musicgen_dir)
+    resumed = make(tmp_path / "b", random_musicgen_dir, ema_decay=ema_decay)
     resumed.train(resume=True, progress=False)
-    a, b = decoder_params(full), decoder_params(resumed)
+    a, b = decoder_params(full), decoder_params(resumed)  # the live weights
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if ema_decay:  # and the averages
+        assert all(torch.equal(x, y) for x, y in zip(full.ema, resumed.ema))
     assert latest_checkpoint(tmp_path / "b" / "run").name == "step-000002"
     assert (tmp_path / "b" / "run" / "final" / "config.json").exists()
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_ema_checkpoint_holds_the_average_and_training_goes_on_from_the_live_weights(tmp_path, random_musicgen_dir, lora_rank):
+    tr = make(tmp_path, random_musicgen_dir, ema_decay=0.5, lora_rank=lora_rank)
+    trained = lambda: [p.detach().clone() for p in tr.trained]  # noqa: E731
+    w0 = trained()
+    tr.step(0)
+    w1 = trained()
+    tr.step(1)
+    w2 = trained()
+    ema = [0.25 * a + 0.25 * b + 0.5 * c for a, b, c in zip(w0, w1, w2)]  # 0.5 * (0.5 * w0 + 0.5 * w1) + 0.5 * w2
+    for e, x in zip(tr.ema, ema):
+        torch.testing.assert_close(e, x)
+    ckpt = tr.save_checkpoint(2)
+    assert all(torch.equal(p, w) for p, w in zip(trained(), w2))  # saving put the live weights back
+    from musicrl.policy import MusicGenPolicy
+
+    saved = MusicGenPolicy.from_pretrained(str(ckpt))
+    r = tr.policy.sample(["x"], 1, 0.2, sampling=tr.cfg.sampling, seed=1)
+    with tr.ema_weights():  # the checkpoint's model is the average, LoRA merged or not
+        want = tr.policy.log_probs(r.prompts, r.codes, tr.cfg.sampling)
+    live = tr.policy.log_probs(r.prompts, r.codes, tr.cfg.sampling)
+    got = saved.log_probs(r.prompts, r.codes, tr.cfg.sampling)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    assert (got - live).abs().max() > 1e-3  # and not the live weights
 
 
 def test_lora_reference_is_the_adapter_free_model(tmp_path, random_musicgen_dir):
@@ -131,6 +169,8 @@ def test_train_modules_naming_nothing_is_a_one_line_error(tmp_path, random_music
         ("reward.components.user.model=/no/such/rm", "/no/such/rm"),
         ("top_k=250", "exact KL needs the full distribution"),
         ("steps=0", "steps must be >= 1"),
+        ("ema_decay=1", "ema_decay must be in [0, 1)"),
+        ("normalize_advantages=yes", "normalize_advantages must be 'batch', 'prompt' or 'none'"),
         ("lr=fast", "lr must be a number, got 'fast'"),
         ("steps=2.5", "steps must be a whole number"),
         ("--threads=-1", "--threads must be >= 0"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from musicrl.errors import UserError
 
@@ -24,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raters", type=int, default=0, help="also judge with a default panel of N simulated raters")
     p.add_argument("--reference", help="model to measure KL against (default: the first of --models)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="write the report as JSON here")
+    p.add_argument("--out", help="write the report as JSON here, and a plot of each reward vs KL beside it (.png)")
     p.add_argument("--run", help="plot reward vs KL of a training run directory instead (writes RUN/reward_vs_kl.png)")
     p.add_argument("--device", default="auto")
 
@@ -92,4 +93,5 @@ def run(args: argparse.Namespace) -> int:
     print(ev.format_report(report))
     if args.out:
         ev.save_report(report, args.out)
+        print(f"report: {args.out}; plot: {ev.plot_report(report, Path(args.out).with_suffix('.png'))}")
     return 0
