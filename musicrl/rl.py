@@ -67,7 +67,9 @@ class RLConfig:
     top_p: float = 0.0
     guidance_scale: float = 1.0
     kl_coef: float = 0.05
-    """Weight of KL(pi || ref) (the paper's beta)."""
+    """Weight of KL(pi || ref) (the paper's beta). On the tiny R preset it sets how far the policy
+    drifts, not how much CLAP it gains: 0.005, 0.02 and 0.08 all reach a training CLAP of ~0.36, at
+    0.18, 0.10 and 0.045 nats per token by step 150 (README)."""
     kl_estimator: str = "exact"
     """'exact': full-codebook KL per step in the loss; 'sampled': sum of log pi - log ref in the reward."""
     baseline: str = "rloo"
