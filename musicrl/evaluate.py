@@ -85,14 +85,36 @@ def compare(samples: list[Samples], judges: dict, n: int) -> dict:
     base = samples[0].model
     for s in samples[1:]:
         for name in judges:
-            a, b = scores[(name, base)].mean(1), scores[(name, s.model)].mean(1)  # per prompt
-            wins, ties = int((b > a + 1e-9).sum()), int((abs(b - a) <= 1e-9).sum())
+            a, b = scores[(name, base)], scores[(name, s.model)]  # [P, n]
+            wins, ties = _wins(a.mean(1), b.mean(1))
             P = len(a)
             lo, hi = wilson(wins + 0.5 * ties, P)
             report["win_rates"].setdefault(name, {})[f"{s.model} over {base}"] = {
                 "win": wins / P, "tie": ties / P, "loss": (P - wins - ties) / P, "win_ci95": [lo, hi], "prompts": P,
+                "by_samples": win_rate_by_samples(a, b),
             }  # fmt: skip
     return report
+
+
+def _wins(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+    """Prompts where b's mean beats a's, and ties (equal to 1e-9)."""
+    return int((b > a + 1e-9).sum()), int((abs(b - a) <= 1e-9).sum())
+
+
+def win_rate_by_samples(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Win rate of b over a (ties half) when each prompt's means use only its first m clips, m = 1, 2,
+    4, ... n. a, b: [P, n] scores, clip j of both models drawn with the same seed.
+
+    A prompt's win compares two means of m noisy clips: when B's gain is small against the spread
+    of a prompt's clips, the win rate creeps from ~50% towards the share of prompts whose expected
+    score B really raises as m grows. The curve shows how far a figure at n is from that limit."""
+    n = a.shape[1]
+    ms = sorted({min(2**i, n) for i in range(int(math.log2(n)) + 1)} | {n})
+    out = {}
+    for m in ms:
+        wins, ties = _wins(a[:, :m].mean(1), b[:, :m].mean(1))
+        out[str(m)] = (wins + 0.5 * ties) / len(a)
+    return out
 
 
 @torch.no_grad()
@@ -168,15 +190,28 @@ def plot_report(report: dict, out_png: str | Path) -> Path:
 
     names = list(report["rewards"])
     kl = {m: report.get("kl", {}).get(m, {"mean": 0.0, "ci95": 0.0}) for m in report["models"]}  # the reference: 0
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    short = {m: "/".join([p for p in Path(m).parts if p != "checkpoints"][-2:]) for m in report["models"]}
+    curves = any(len(w.get("by_samples", {})) > 1 for pairs in report.get("win_rates", {}).values() for w in pairs.values())
+    rows = 2 if curves else 1
+    fig, axes = plt.subplots(rows, len(names), figsize=(5.5 * len(names), 4 * rows), squeeze=False)
     for ax, name in zip(axes[0], names):
         for i, m in enumerate(report["models"]):
             r = report["rewards"][name][m]
             ax.errorbar(kl[m]["mean"], r["mean"], xerr=kl[m]["ci95"], yerr=r["ci95"], fmt="o", color=f"C{i % 10}", capsize=3,
-                        label="/".join([p for p in Path(m).parts if p != "checkpoints"][-2:]))  # fmt: skip
+                        label=short[m])  # fmt: skip
         ax.set_xlabel("KL to the reference, nats per clip")
         ax.set_ylabel(f"{name} reward (mean, 95% CI)")
         ax.set_title(f"{name} vs KL")
+        ax.legend(fontsize=7)
+    for ax, name in zip(axes[1] if curves else [], names):
+        for i, m in enumerate(report["models"][1:], start=1):
+            w = report["win_rates"].get(name, {}).get(f"{m} over {report['models'][0]}", {}).get("by_samples", {})
+            ax.plot([int(k) for k in w], list(w.values()), "o-", color=f"C{i % 10}", label=short[m])
+        ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("clips per prompt and model in each prompt's mean")
+        ax.set_ylabel(f"win rate over {short[report['models'][0]]} ({name})")
+        ax.set_title(f"{name}: win rate vs clips per prompt")
         ax.legend(fontsize=7)
     fig.tight_layout()
     out = Path(out_png)
@@ -204,6 +239,9 @@ def format_report(report: dict) -> str:
                 f"{name:>12}  {pair}: win {w['win']:.0%} (95% CI {w['win_ci95'][0]:.0%}–{w['win_ci95'][1]:.0%}), "
                 f"tie {w['tie']:.0%}, loss {w['loss']:.0%} over {w['prompts']} prompts"
             )
+            if len(w.get("by_samples", {})) > 1:
+                curve = ", ".join(f"{m}: {v:.0%}" for m, v in w["by_samples"].items())
+                lines.append(f"{'':>12}  win (ties half) by clips per prompt in each mean: {curve}")
     for m, v in report.get("kl", {}).items():
         lines.append(f"{'KL':>12}  {m} vs reference: {v['mean']:.2f} ± {v['ci95']:.2f} nats per clip")
     return "\n".join(lines)

@@ -22,6 +22,19 @@ def test_compare_counts_wins_ties_and_losses():
     lo, hi = w["win_ci95"]
     assert lo < 0.625 < hi  # ties count half inside the interval's centre
     assert r["rewards"]["loud"]["A"]["mean"] == np.float32(0.1).item() or abs(r["rewards"]["loud"]["A"]["mean"] - 0.1) < 1e-6
+    assert w["by_samples"] == {"1": 0.625, "2": 0.625}  # n = 2: the full mean again, ties half
+
+
+def test_win_rate_by_samples_uses_each_prompts_first_clips():
+    a = np.zeros((4, 4))
+    b = np.array([
+        [-1.0, 1, 1, 1],  # loses on its first clip, ties on 2, wins on 4
+        [1.0, -3, 1, 1],  # wins on 1, loses on 2, ties on 4
+        [1.0, 1, 1, 1],  # always wins
+        [-1.0, -1, -1, 5],  # loses on 1 and 2, wins on 4
+    ])  # fmt: skip
+    assert ev.win_rate_by_samples(a, b) == {"1": 0.5, "2": 0.375, "4": 0.875}
+    assert list(ev.win_rate_by_samples(a[:, :3], b[:, :3])) == ["1", "2", "3"]  # n itself ends the curve
 
 
 def test_intervals():
@@ -76,3 +89,9 @@ def test_plot_report_puts_every_model_on_each_reward_panel(tmp_path):
     png = out.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     assert int.from_bytes(png[16:20], "big") == round(5.5 * 2 * 110)  # one panel per reward
+    assert int.from_bytes(png[20:24], "big") == round(4 * 110)  # no win-rate curves: one row
+
+    report["win_rates"] = {n: {f"{m} over tiny": {"by_samples": {"1": 0.5, "2": 0.55, "4": 0.6}} for m in models[1:]}
+                           for n in ("clap", "quality")}  # fmt: skip
+    out = ev.plot_report(report, tmp_path / "curves.png")
+    assert int.from_bytes(out.read_bytes()[20:24], "big") == round(4 * 2 * 110)  # a second row: win rate vs clips

@@ -16,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-prompts", type=int, default=32, help="prompts used from the list (default 32)")
     p.add_argument("--num-samples", type=int, default=2,
                    help="clips per prompt and model (default 2: quick, but a prompt's win compares two means of "
-                        "this many clips; use 8 to judge small gains)")
+                        "this many clips; use 8 or more to judge small gains). The report also gives the win rate "
+                        "with the first 1, 2, 4, ... of them, to show how far the figure is from its limit")
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--top-k", type=int, default=250)
