@@ -51,9 +51,20 @@ class Samples:
     sample_rate: int
 
 
-def generate(policy: MusicGenPolicy, prompts: list[str], n: int, duration_s: float, sampling: SamplingConfig, seed: int) -> Samples:
-    roll = policy.sample(prompts, n, duration_s, sampling=sampling, seed=seed)
-    return Samples(policy.name, roll.prompts, roll.codes, policy.decode(roll.codes).cpu(), policy.sample_rate)
+def generate(policy: MusicGenPolicy, prompts: list[str], n: int, duration_s: float, sampling: SamplingConfig, seed: int,
+             max_rows: int = 512) -> Samples:
+    """n clips of each prompt, rows [p0]*n + [p1]*n + ..., sampled and decoded in chunks of whole
+    prompts of at most `max_rows` rows (at least one prompt). Row i is seeded `seed + i` whatever the
+    chunking, so the clips are those of one big batch, without its memory (64 prompts x 64 clips in
+    one batch peaked at 15 GB on the tiny model)."""
+    per = max(1, max_rows // n)  # prompts per chunk
+    rows, codes, audio = [], [], []
+    for i in range(0, len(prompts), per):
+        roll = policy.sample(prompts[i : i + per], n, duration_s, sampling=sampling, seed=seed + i * n)
+        rows += roll.prompts
+        codes.append(roll.codes.cpu())
+        audio.append(policy.decode(roll.codes).cpu())
+    return Samples(policy.name, rows, torch.cat(codes), torch.cat(audio), policy.sample_rate)
 
 
 def raters_judge(panel):

@@ -53,6 +53,17 @@ def test_kl_to_itself_is_zero(random_policy):
     assert abs(mean) < 1e-5
 
 
+def test_generate_in_chunks_gives_the_clips_of_one_batch(random_policy):
+    from musicrl.sampling import SamplingConfig
+
+    s = SamplingConfig(top_k=0, guidance_scale=3.0)
+    one = ev.generate(random_policy, ["a", "b", "c"], 2, 0.1, s, seed=5)
+    chunked = ev.generate(random_policy, ["a", "b", "c"], 2, 0.1, s, seed=5, max_rows=3)  # one prompt a chunk
+    assert chunked.prompts == one.prompts == ["a", "a", "b", "b", "c", "c"]
+    assert torch.equal(chunked.codes, one.codes) and torch.allclose(chunked.audio, one.audio, atol=1e-5)
+    assert len(set(map(tuple, one.codes.flatten(1).tolist()))) == 6  # the rows differ: the check has teeth
+
+
 def test_kl_to_the_same_model_at_another_guidance(random_policy):
     from musicrl.rl import exact_kl
     from musicrl.sampling import SamplingConfig
