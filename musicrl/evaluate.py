@@ -52,19 +52,23 @@ class Samples:
 
 
 def generate(policy: MusicGenPolicy, prompts: list[str], n: int, duration_s: float, sampling: SamplingConfig, seed: int,
-             max_rows: int = 512) -> Samples:
+             max_rows: int = 512, progress: bool = False) -> Samples:
     """n clips of each prompt, rows [p0]*n + [p1]*n + ..., sampled and decoded in chunks of whole
     prompts of at most `max_rows` rows (at least one prompt). Row i is seeded `seed + i` whatever the
     chunking, so the clips are those of one big batch, without its memory (one batch of 64 prompts x
     64 clips a model took the box to ~15 GB in use with 3 tiny models; in chunks, 2 models of 16 x 64
-    peaked at 3.1 GB RSS)."""
+    peaked at 3.1 GB RSS). progress: a bar of clips on stderr."""
+    from tqdm.auto import tqdm
+
     per = max(1, max_rows // n)  # prompts per chunk
     rows, codes, audio = [], [], []
-    for i in range(0, len(prompts), per):
-        roll = policy.sample(prompts[i : i + per], n, duration_s, sampling=sampling, seed=seed + i * n)
-        rows += roll.prompts
-        codes.append(roll.codes.cpu())
-        audio.append(policy.decode(roll.codes).cpu())
+    with tqdm(total=len(prompts) * n, desc=f"sample {policy.name}", unit="clip", disable=not progress, dynamic_ncols=True) as bar:
+        for i in range(0, len(prompts), per):
+            roll = policy.sample(prompts[i : i + per], n, duration_s, sampling=sampling, seed=seed + i * n)
+            rows += roll.prompts
+            codes.append(roll.codes.cpu())
+            audio.append(policy.decode(roll.codes).cpu())
+            bar.update(len(roll.prompts))
     return Samples(policy.name, rows, torch.cat(codes), torch.cat(audio), policy.sample_rate)
 
 
@@ -131,14 +135,16 @@ def win_rate_by_samples(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 @torch.no_grad()
 def kl_to_reference(policy: MusicGenPolicy, reference: MusicGenPolicy, s: Samples, sampling: SamplingConfig, batch: int = 8,
-                    reference_sampling: SamplingConfig | None = None) -> tuple[float, float]:
+                    reference_sampling: SamplingConfig | None = None, progress: bool = False) -> tuple[float, float]:
     """Mean (and CI) over clips of the exact sequence KL(policy || reference), on the policy's own samples.
 
     reference_sampling: the reference's sampling distribution when it differs from the policy's (e.g.
-    the same model at another guidance scale); None = `sampling`."""
+    the same model at another guidance scale); None = `sampling`. progress: a bar of batches on stderr."""
+    from tqdm.auto import tqdm
+
     ref_sampling = reference_sampling or sampling
     kls = []
-    for i in range(0, len(s.prompts), batch):
+    for i in tqdm(range(0, len(s.prompts), batch), desc=f"KL {s.model}", disable=not progress, dynamic_ncols=True):
         p, c = s.prompts[i : i + batch], s.codes[i : i + batch]
         kls.append(exact_kl(policy.distributions(p, c, sampling), reference.distributions(p, c, ref_sampling)).sum((1, 2)))
     return mean_ci(torch.cat(kls).cpu().numpy())

@@ -15,7 +15,9 @@ attending to zero keys/values gives a zero cross-attention output either way.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+import functools
 
 import torch
 from torch import nn
@@ -25,6 +27,15 @@ from musicrl import hub
 from musicrl.codec import Codec  # also registers the tiny codec's model type with transformers
 from musicrl.errors import UserError
 from musicrl.sampling import SamplingConfig, process_logits, sample_tokens
+
+
+@functools.cache
+def _cache_kwarg() -> str:
+    """The decoder's name for its KV cache: transformers 5 renamed `past_key_values` to `cache` (the
+    old name warns, and goes in 5.40); 4.x knows only `past_key_values`."""
+    from transformers import MusicgenForCausalLM
+
+    return "cache" if "cache" in inspect.signature(MusicgenForCausalLM.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -138,10 +149,10 @@ class MusicGenPolicy(nn.Module):
             input_ids=tokens.reshape(N * K, L),
             encoder_hidden_states=states,
             encoder_attention_mask=mask,
-            past_key_values=cache,
             use_cache=True,
+            **{_cache_kwarg(): cache},
         )
-        return out.logits.reshape(N, K, L, -1), out.past_key_values
+        return out.logits.reshape(N, K, L, -1), getattr(out, _cache_kwarg())
 
     # ---- sampling --------------------------------------------------------------------------
     @torch.no_grad()

@@ -326,6 +326,8 @@ class RLTrainer:
     def step(self, step: int) -> dict:
         cfg, pol, k = self.cfg, self.policy, self.cfg.samples_per_prompt
         times = {}
+        if self.device.type == "cuda":  # the step's own peak: weights, reference, optimizer state, activations
+            torch.cuda.reset_peak_memory_stats(self.device)
         t = time.perf_counter()
         pol.eval()  # no dropout: sampling and training distributions must be the same
         with self._autocast():
@@ -366,6 +368,8 @@ class RLTrainer:
         metrics["diversity"] = self._diversity(audio, k)
         metrics["lr"] = self.opt.param_groups[0]["lr"]
         metrics.update({f"time/{n}": v for n, v in times.items()})
+        if self.device.type == "cuda":
+            metrics["mem/peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return metrics
 
     def _micro_step(self, roll, adv, reward, i: int, j: int) -> dict:

@@ -1,5 +1,7 @@
 """The policy's core invariant: sampling-time log-probs == teacher-forced log-probs, exactly."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -26,6 +28,14 @@ def test_sample_log_probs_equal_teacher_forcing(random_policy, sampling):
     assert torch.isfinite(r.log_probs).all() and (r.log_probs <= 0).all()
     lp = random_policy.log_probs(r.prompts, r.codes, sampling)
     torch.testing.assert_close(lp, r.log_probs, atol=1e-4, rtol=0)
+
+
+def test_sampling_uses_the_installed_transformers_cache_argument(random_policy):
+    # transformers 5 renamed past_key_values to cache and drops the old name in 5.40 (< 6, our range)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*", category=FutureWarning)
+        r = random_policy.sample(PROMPTS, num_samples=1, num_frames=6, sampling=SamplingConfig(guidance_scale=3.0), seed=0)
+    assert r.codes.shape == (2, random_policy.num_codebooks, 6)
 
 
 def test_log_probs_are_differentiable(random_policy):

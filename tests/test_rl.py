@@ -17,13 +17,13 @@ def loudness(audio, sample_rate, prompts):  # [B,1,S] -> [B]: a pure function of
     return audio.pow(2).mean((1, 2))
 
 
-def make(tmp_path, policy_dir, **kw):
+def make(tmp_path, policy_dir, device="cpu", **kw):
     from musicrl.policy import MusicGenPolicy
 
     cfg = RLConfig(reward=REWARD_CFG, model=str(policy_dir), out_dir=str(tmp_path / "run"), steps=2,
                    prompts_per_step=2, samples_per_prompt=2, duration_s=0.2, lr=1e-3, eval_every=100,
-                   checkpoint_every=1, eval_prompts_count=2, device="cpu", **kw)  # fmt: skip
-    policy = MusicGenPolicy.from_pretrained(str(policy_dir))
+                   checkpoint_every=1, eval_prompts_count=2, device=device, **kw)  # fmt: skip
+    policy = MusicGenPolicy.from_pretrained(str(policy_dir), device=device)
     return RLTrainer(cfg, policy=policy, reward=WeightedReward({"loud": loudness}, {"loud": 1.0}))
 
 
@@ -44,6 +44,24 @@ def test_one_step_changes_trainable_params_with_finite_loss(tmp_path, random_mus
     m2 = tr.step(1)
     assert m2["kl"] > 0  # the policy has moved away from the reference
     assert set(m2) >= {"reward/loud", "time/rollout", "time/decode", "time/reward", "time/update"}
+
+
+def test_cpu_steps_log_no_memory_peak(tmp_path, random_musicgen_dir):
+    assert "mem/peak_gib" not in make(tmp_path, random_musicgen_dir).step(0)  # CUDA's counter only
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_a_cuda_step_in_bf16_logs_its_peak_memory(tmp_path, random_musicgen_dir, lora_rank):
+    tr = make(tmp_path, random_musicgen_dir, device="cuda", mixed_precision="bf16", gradient_checkpointing=True, lora_rank=lora_rank)
+    weights = sum(p.numel() * p.element_size() for p in tr.policy.model.parameters()) / 2**30
+    before = [p.detach().clone() for p in tr.trained]
+    m = tr.step(0)
+    assert torch.isfinite(torch.tensor(m["loss"])) and m["kl"] == pytest.approx(0.0, abs=1e-3)
+    assert any(not torch.equal(b, p) for b, p in zip(before, tr.trained))
+    # full: the policy and its reference copy are both resident; LoRA: one network, adapters off for the reference
+    assert m["mem/peak_gib"] >= (2 if lora_rank == 0 else 1) * weights
 
 
 def test_exact_kl_matches_brute_force():

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts, n_synth=args.num_prompts, seed=args.seed)[: args.num_prompts]
     sampling = SamplingConfig(top_k=args.top_k, guidance_scale=args.guidance)
     policies = {m: MusicGenPolicy.from_pretrained(m, device=device) for m in models}
-    samples = [ev.generate(policies[m], prompts, args.num_samples, args.duration, sampling, args.seed) for m in models]
+    samples = [ev.generate(policies[m], prompts, args.num_samples, args.duration, sampling, args.seed, progress=True) for m in models]
     for s, m in zip(samples, models):
         s.model = m
     report = ev.compare(samples, judges, args.num_samples)
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     report["kl"] = {}
     for s, m in zip(samples, models):
         if m != ref_name:
-            mean, h = ev.kl_to_reference(policies[m], reference, s, kl_sampling)
+            mean, h = ev.kl_to_reference(policies[m], reference, s, kl_sampling, progress=True)
             report["kl"][m] = {"mean": mean, "ci95": h}
     print(ev.format_report(report))
     if args.out:
