@@ -88,8 +88,9 @@ def raters_judge(panel):
 
 
 def compare(samples: list[Samples], judges: dict, n: int) -> dict:
-    """Scores of every model under every judge; win rates of each later model over the first."""
-    report = {"models": [s.model for s in samples], "rewards": {}, "win_rates": {}}
+    """Scores of every model under every judge; win rates of each later model over the first. The
+    prompts and each model's per-prompt means are kept, so wins can be recounted on any subset."""
+    report = {"models": [s.model for s in samples], "prompts": samples[0].prompts[::n], "rewards": {}, "win_rates": {}}
     scores = {}
     for name, judge in judges.items():
         for s in samples:
@@ -97,7 +98,8 @@ def compare(samples: list[Samples], judges: dict, n: int) -> dict:
                 v = judge(s.audio, s.sample_rate, s.prompts).float().cpu().numpy()  # [P*n]
             scores[(name, s.model)] = v.reshape(-1, n)  # [P, n]
             m, h = mean_ci(v)
-            report["rewards"].setdefault(name, {})[s.model] = {"mean": m, "ci95": h}
+            per_prompt = scores[(name, s.model)].mean(1).tolist()  # [P]
+            report["rewards"].setdefault(name, {})[s.model] = {"mean": m, "ci95": h, "per_prompt": per_prompt}
     base = samples[0].model
     for s in samples[1:]:
         for name in judges:

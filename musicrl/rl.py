@@ -112,6 +112,7 @@ class RLConfig:
     engine: str = "fast"
     """Rollout decoder: 'fast' (musicrl.engine: static KV cache, CUDA graphs; same tokens) or 'reference'."""
     seed: int = 0
+    """Rollout noise, prompt order and the trainer's evaluation prompts; not the training captions."""
     device: str = "auto"
     votes_hash: str | None = None
     """Hash of the vote set the reward model was trained on (recorded in checkpoints); None = read it
@@ -185,17 +186,19 @@ def step_seed(seed: int, step: int) -> int:
 
 
 def load_prompts(spec: str, n_synth: int = 4096, seed: int = 0) -> list[str]:
-    """Corpus captions or a text file, one prompt per line. 'synth': training captions; 'synth-heldout':
-    captions of held-out clips in held-out words and templates; 'synth-unseen': captions of held-out
-    clips in training words, leaving out any that is also one of the 4096 training prompts."""
+    """Corpus captions or a text file, one prompt per line. 'synth': the training captions, one fixed
+    set (the seed does not change it, so no evaluation seed can draw a training prompt as unseen);
+    'synth-heldout': captions of held-out clips in held-out words and templates; 'synth-unseen':
+    captions of held-out clips in training words, leaving out any that is one of the training
+    prompts. `seed` picks which held-out or unseen captions are drawn."""
     if spec in ("synth", "synth-heldout", "synth-unseen"):
         from musicrl import synth
 
         split = "heldout" if spec == "synth-heldout" else "train"
-        rng = np.random.default_rng(seed + (0 if spec == "synth" else synth.HELDOUT_SEED_OFFSET))
+        rng = np.random.default_rng(0 if spec == "synth" else seed + synth.HELDOUT_SEED_OFFSET)
         if spec != "synth-unseen":
             return [synth.caption(synth.sample_attributes(rng), rng, split=split) for _ in range(n_synth)]
-        train, out = set(load_prompts("synth", seed=seed)), []
+        train, out = set(load_prompts("synth")), []
         while len(out) < n_synth:
             prompt = synth.caption(synth.sample_attributes(rng), rng, split="train")
             if prompt not in train:
@@ -260,7 +263,7 @@ class RLTrainer:
         self.value = ValueHead(self.policy.model.decoder.config.hidden_size).to(self.device) if cfg.baseline == "value" else None
         self.params = self.trained + (list(self.value.parameters()) if self.value is not None else [])
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.train_prompts = load_prompts(cfg.prompts, seed=cfg.seed)
+        self.train_prompts = load_prompts(cfg.prompts)  # the fixed training set, whatever the seed
         self.eval_prompts = load_prompts(cfg.eval_prompts, n_synth=cfg.eval_prompts_count, seed=cfg.seed)[: cfg.eval_prompts_count]
         if cfg.engine == "fast":
             from musicrl.engine import FastSampler

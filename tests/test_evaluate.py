@@ -23,6 +23,10 @@ def test_compare_counts_wins_ties_and_losses():
     assert lo < 0.625 < hi  # ties count half inside the interval's centre
     assert r["rewards"]["loud"]["A"]["mean"] == np.float32(0.1).item() or abs(r["rewards"]["loud"]["A"]["mean"] - 0.1) < 1e-6
     assert w["by_samples"] == {"1": 0.625, "2": 0.625}  # n = 2: the full mean again, ties half
+    assert r["prompts"] == ["p0", "p1", "p2", "p3"]
+    per_a, per_b = (np.array(r["rewards"]["loud"][m]["per_prompt"]) for m in "AB")
+    assert np.allclose(per_b, [0.1, 0.05, 0.2, 0.2]) and np.allclose(per_a, 0.1)
+    assert (per_b > per_a + 1e-9).mean() == w["win"]  # the win recounted from what the report keeps
 
 
 def test_win_rate_by_samples_uses_each_prompts_first_clips():

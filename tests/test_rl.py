@@ -244,3 +244,16 @@ def test_unseen_eval_prompts_are_in_training_words_and_never_training_prompts(he
     assert not [p for p in unseen if any(w in p for w in heldout_words)]
     assert all(synth.parse_prompt(p) for p in unseen)
     assert RLConfig(reward=REWARD_CFG).eval_prompts == "synth-unseen"
+
+
+def test_no_evaluation_seed_draws_a_training_prompt_as_unseen(tmp_path, random_musicgen_dir):
+    """`musicrl eval --seed S` draws other unseen captions; training always uses the one fixed set of
+    training captions, so none of them is ever judged as unseen (seeds 1 and 3 once drew 2 and 3)."""
+    from musicrl.rl import load_prompts
+
+    train = load_prompts("synth")
+    assert make(tmp_path, random_musicgen_dir, seed=3).train_prompts == train == load_prompts("synth", seed=3)
+    for seed in range(5):
+        unseen = load_prompts("synth-unseen", n_synth=64, seed=seed)
+        assert len(set(unseen)) == 64 and not set(unseen) & set(train), seed
+    assert load_prompts("synth-unseen", n_synth=64, seed=1) != load_prompts("synth-unseen", n_synth=64, seed=3)

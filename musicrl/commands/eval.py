@@ -25,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="name=model pairs; names clap, quality, or anything else for a preference model dir")
     p.add_argument("--raters", type=int, default=0, help="also judge with a default panel of N simulated raters")
     p.add_argument("--reference", help="model to measure KL against (default: the first of --models)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="which unseen or held-out captions are drawn (another set per seed, never a training "
+                        "prompt) and the clips' noise")
     p.add_argument("--out", help="write the report as JSON here, and a plot of each reward vs KL beside it (.png)")
     p.add_argument("--run", help="plot reward vs KL of a training run directory instead (writes RUN/reward_vs_kl.png)")
     p.add_argument("--device", default="auto")
