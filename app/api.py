@@ -27,9 +27,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict
 
-from app.arena import Arena, Busy
+from musicrl.app.arena import Arena, Busy
 from musicrl.errors import UserError
-from musicrl.votes import model_key
+from musicrl.votes.store import model_key
 
 
 class _Body(BaseModel):
@@ -79,7 +79,16 @@ def leaderboard_json(arena: Arena) -> dict:
 
 
 def api_router(arena: Arena) -> APIRouter:
+    """The routes under /api, all over one arena."""
     router = APIRouter(prefix="/api")
+    _voting_routes(router, arena)
+    _info_routes(router, arena)
+    _admin_routes(router, arena)
+    return router
+
+
+def _voting_routes(router: APIRouter, arena: Arena) -> None:
+    """POST /generate, POST /vote."""
 
     @router.post("/generate")
     def generate(body: GenerateBody):  # sync: FastAPI runs it in its thread pool
@@ -117,6 +126,10 @@ def api_router(arena: Arena) -> APIRouter:
             "models": {"a": model_key(v.model_a, v.model_a_version), "b": model_key(v.model_b, v.model_b_version)},
         }
 
+
+def _info_routes(router: APIRouter, arena: Arena) -> None:
+    """GET /clips/{id}.wav, /leaderboard, /health."""
+
     @router.get("/clips/{name}")
     def clip(name: str):
         clip_id = name[:-4] if name.endswith(".wav") else name
@@ -135,6 +148,10 @@ def api_router(arena: Arena) -> APIRouter:
     @router.get("/health")
     def health():
         return {"ok": True, "models": len(arena.generators)}
+
+
+def _admin_routes(router: APIRouter, arena: Arena) -> None:
+    """/admin/models, /admin/reload, /admin/export: each needs the X-Admin-Secret header."""
 
     def admin(secret: str | None):
         try:
@@ -166,5 +183,3 @@ def api_router(arena: Arena) -> APIRouter:
         except UserError as e:
             return _error(400, str(e))
         return {"path": str(path), "rows": n}
-
-    return router

@@ -20,29 +20,12 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from musicrl.errors import UserError
-from musicrl.leaderboard import Leaderboard, leaderboard
-from musicrl.votes import ClipRecord, Vote, VoteStore, model_key, vote_pairs
-
-DEFAULT_EXAMPLES = (
-    "a calm piano melody in C major, slow tempo",
-    "upbeat electronic dance track with punchy drums",
-    "a sad violin solo in a minor key",
-    "fast jazzy bass line with brushed drums",
-    "bright marimba arpeggios, high register",
-)
-# The tiny world's LM knows only the words of its training captions (`musicrl.synth`, train split):
-# examples in any other words would show a user a model that ignores its prompt.
-TINY_EXAMPLES = (
-    "a calm piano melody in a happy major key, no drums",
-    "fast chiptune lead, high register, full drums",
-    "gloomy and slow drawbar organ track, low pitched",
-    "mid-tempo pluck synth song in a minor key, with kick and hi-hat",
-    "relaxed dark bell song, in a high range, without drums",
-)
+from musicrl.votes.leaderboard import Leaderboard, leaderboard
+from musicrl.votes.store import ClipRecord, Vote, VoteStore, model_key, vote_pairs
 
 
 class GeneratorLike(Protocol):
-    """What the arena needs of `musicrl.generator.Generator`."""
+    """What the arena needs of `musicrl.model.generator.Generator`."""
 
     model_id: str
     version: str
@@ -63,7 +46,7 @@ class ArenaConfig:
     default_duration_s: float = 5.0
     queue_size: int = 16  # generations waiting or running (UI queue and API each)
     admin_secret: str | None = None  # None: admin actions disabled
-    examples: tuple[str, ...] = DEFAULT_EXAMPLES
+    examples: tuple[str, ...] = ()  # example prompts for the UI, chosen by the caller for the served models
     leaderboard_min_votes: int = 5  # fewer informative games: listed as provisional, not rated
     n_boot: int = 200
     seed: int | None = None  # seeds pair/seed choices (tests); None: OS randomness
@@ -161,7 +144,7 @@ class Arena:
     def reload_models(self) -> list[dict]:
         """The hook for serving new checkpoints: calls `reload()` and swaps the served list atomically.
 
-        `musicrl app` passes `app.reload.ModelSet.refresh`: it loads what changed (a newer checkpoint
+        `musicrl app` passes `musicrl.app.reload.ModelSet.refresh`: it loads what changed (a newer checkpoint
         of a --models-dir, new weights in a --model directory), whose new version hash then rates
         separately on the leaderboard. The loading runs here, outside the generation lock, so
         requests go on being served by the old models meanwhile; only the swap waits for the

@@ -1,7 +1,7 @@
 """Serving the newest checkpoint of a training run, swapped in while the app runs.
 
-- `newest_checkpoint(models_dir)`: which checkpoint a models dir (a `musicrl train` out_dir) serves
-  now: `final/` when complete, else the highest complete `checkpoints/step-N/`; never a `.tmp` dir.
+- which checkpoint a models dir (a `musicrl train` out_dir) serves: `musicrl.train.checkpoints.
+  newest_checkpoint`, the layout the trainer writes (`final/`, else the highest complete step).
 - `ModelSet`: the models of `musicrl app`, fixed ones (`--model`) and models dirs (`--models-dir`).
   `refresh()` is the arena's reload hook: it loads only what changed (a newer checkpoint, rewritten
   weights in a `--model` directory) and returns the list to serve. A load that fails (a checkpoint
@@ -18,7 +18,6 @@ version, which stays on the leaderboard as its own `model_id@version` row.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -26,35 +25,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from musicrl.errors import UserError
-
-WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # one file, or shards and their index
-_STEP = re.compile(r"^step-(\d+)$")
-
-
-def is_complete(path: Path) -> bool:
-    """A checkpoint dir that can be loaded: config.json and the weights are there."""
-    return path.is_dir() and (path / "config.json").is_file() and any((path / w).is_file() for w in WEIGHTS)
-
-
-def newest_checkpoint(models_dir: str | Path) -> Path | None:
-    """`final/` if complete, else the complete `checkpoints/step-N` with the highest N; None if none.
-
-    Temporary dirs (`.step-N.tmp`, `.final.tmp`: a save in progress) never match; numbers compare as
-    integers, so step-10 is newer than step-9 however they are padded.
-    """
-    root = Path(models_dir)
-    if is_complete(root / "final"):
-        return root / "final"
-    steps = []
-    try:
-        entries = list((root / "checkpoints").iterdir())
-    except OSError:  # no checkpoints dir (yet), or not a directory
-        return None
-    for p in entries:
-        m = _STEP.match(p.name)
-        if m and is_complete(p):
-            steps.append((int(m.group(1)), p.name, p))
-    return max(steps)[2] if steps else None
+from musicrl.train.checkpoints import WEIGHTS, newest_checkpoint
 
 
 def stamp(path: Path) -> tuple:

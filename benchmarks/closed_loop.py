@@ -2,7 +2,7 @@
 
     1. `musicrl app --model BASE --models-dir OUT/musicrl-u` runs as a subprocess for the whole loop
        (the models dir is empty at first, so only BASE is served: pairs are two seeds of it);
-    2. simulated raters (`musicrl.simulate.Panel.default`) vote through the app's JSON API;
+    2. simulated raters (`musicrl.tiny.simulate.Panel.default`) vote through the app's JSON API;
     3. `musicrl votes export` -> OUT/votes.jsonl;
     4. `musicrl train-reward preference --votes OUT/votes.jsonl --out OUT/preference`;
     5. `musicrl train --config rl/musicrl-u reward.components.user.model=OUT/preference
@@ -13,7 +13,7 @@
        with intervals that do not overlap (for two models: the win rate's interval excludes 1/2).
 
 Besides the votes, OUT/loop.json holds what the panel *expects* on the round-2 pairs (each clip heard
-through `musicrl.attributes`, P(retrained preferred) averaged over the raters): the effect the
+through `musicrl.tiny.attributes`, P(retrained preferred) averaged over the raters): the effect the
 realized votes estimate. A per-vote edge of a few points needs several hundred decisive votes to show.
 
 Everything runs `nice`d with one torch thread per process. Logs of each step go to OUT/logs/;
@@ -71,7 +71,7 @@ def shown_path(path: Path) -> str:
 
 
 def vote_phase(app: AppProcess, n: int, voters: int, duration_s: float, seed: int, timeout_s: float) -> dict:
-    from musicrl.simulate import Panel
+    from musicrl.tiny.simulate import Panel
 
     panel = Panel.default(voters, seed=0)  # the same people in both rounds
     tally = Tally(n)
@@ -134,31 +134,6 @@ def show(lb: dict) -> str:
     if not lb["ratings"]:
         lines.append("| – | (no rated model: all votes so far compare a model with itself) | | | | |")
     return "\n".join(lines) + f"\n\n{lb['n_votes']} informative votes; provisional: {lb['provisional'] or 'none'}"
-
-
-def expected_round2(votes_jsonl: Path, base: str, voters: int) -> dict:
-    """What the panel expects on the round-2 pairs (base vs another model): P(the other clip wins | no
-    tie), P(no tie), and the population's mean utility of each side's clips."""
-    import numpy as np
-
-    from musicrl.audio import read_wav
-    from musicrl.simulate import POPULATION_TASTE, Clip, Panel, Rater, perceive
-
-    panel, population = Panel.default(voters, seed=0), Rater(POPULATION_TASTE)
-    rows = [json.loads(line) for line in votes_jsonl.read_text().splitlines()]
-    rows = [r for r in rows if r["model_a"] != r["model_b"] and base in (r["model_a"], r["model_b"])]
-    p_new, w_sum, u = 0.0, 0.0, {"base": [], "retrained": []}
-    for r in rows:
-        heard = {k: perceive(Clip(*read_wav(r[k]))) for k in ("clip_a", "clip_b")}
-        new_is_a = r["model_a"] != base
-        q, w = panel.prob_a(r["prompt"], heard["clip_a"], heard["clip_b"])
-        if q is not None:
-            p_new, w_sum = p_new + w * (q if new_is_a else 1 - q), w_sum + w
-        u["retrained" if new_is_a else "base"].append(population.value(heard["clip_a"], r["prompt"]))
-        u["base" if new_is_a else "retrained"].append(population.value(heard["clip_b"], r["prompt"]))
-    return {"pairs": len(rows), "p_retrained_wins_decisive": round(p_new / w_sum, 4) if w_sum else None,
-            "p_decisive": round(w_sum / len(rows), 4) if rows else None,
-            "population_utility": {k: round(float(np.mean(v)), 4) for k, v in u.items() if v}}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,11 +232,13 @@ def more_votes(out: Path, n: int) -> int:
 
 def finish(report: dict, out: Path) -> int:
     """The raters' expectation on every round-2 pair, the verdict, OUT/loop.json and the printout."""
+    from musicrl.tiny.simulate import panel_expectation
+
     a, t = report["args"], report["timings_s"]
     base, run_dir = report["base"], out / "musicrl-u"
     all_votes = out / "votes_all.jsonl"
     export_votes(out, all_votes, "export_all")
-    report["expected_round2"] = expected_round2(all_votes, base, a["voters"])
+    report["expected_round2"] = panel_expectation(all_votes, base, a["voters"])
     lb = report["leaderboard_after"]
     rated = {r["model"]: r for r in lb["ratings"]}
     new = next((m["model"] for m in report["served_after"] if m["model_id"] == shown_path(run_dir)), None)

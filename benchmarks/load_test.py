@@ -1,7 +1,7 @@
 """Load test of the voting app: concurrent simulated voters through its JSON API, and a crash mid-run.
 
 The app runs as a subprocess (`musicrl app --model M --host 127.0.0.1 --port P`, a fresh data dir
-and SQLite store). `--voters` threads each play one `musicrl.simulate` rater: POST /api/generate,
+and SQLite store). `--voters` threads each play one `musicrl.tiny.simulate` rater: POST /api/generate,
 download both WAVs (checked against their content-hash ids), judge them, POST /api/vote; until
 `--votes` votes are confirmed in all. Every request has a timeout and every retry loop a bound.
 
@@ -54,7 +54,7 @@ def free_port() -> int:
 
 
 def default_model(scratch: Path) -> str:
-    from musicrl.hub import TINY_DIR
+    from musicrl.model.hub import TINY_DIR
 
     if (TINY_DIR / "musicgen" / "config.json").exists():
         return "tiny"
@@ -171,8 +171,8 @@ def voter(i: int, rater, url: str, tally: Tally, duration_s: float, deadline: fl
     import httpx
     import soundfile as sf
 
-    from musicrl import synth
-    from musicrl.simulate import Clip
+    from musicrl.tiny import synth
+    from musicrl.model.generator import Clip
 
     rng = np.random.default_rng([seed, i])
     session = f"voter-{i:02d}"
@@ -217,8 +217,8 @@ def run(model: str, work: Path, *, votes: int = 200, voters: int = 20, duration_
         kill_after: int | None = None, seed: int = 0, timeout_s: float = 600.0) -> dict:  # fmt: skip
     """One load-test run in `work` (a new data dir); `kill_after`: SIGKILL the app after that many
     confirmed votes, then start it again. Returns the report (see `TABLE` for the main figures)."""
-    from musicrl.simulate import Panel
-    from musicrl.votes import VoteStore
+    from musicrl.tiny.simulate import Panel
+    from musicrl.votes.store import VoteStore
 
     data = work / "data"
     data.mkdir(parents=True)

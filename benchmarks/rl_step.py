@@ -29,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for rollout.load_pol
 import torch  # noqa: E402
 from rollout import load_policy  # noqa: E402
 
-from musicrl.rl import RLConfig, RLTrainer  # noqa: E402
+from musicrl.tiny.prompts import rl_prompts  # noqa: E402
+from musicrl.train.rl_config import RLConfig  # noqa: E402
+from musicrl.train.rl_trainer import RLTrainer  # noqa: E402
 
 REWARD = {"kind": "weighted", "components": {
     "clap": {"type": "clap", "model": "tiny", "weight": 1.0},
@@ -48,7 +50,7 @@ def run(args) -> dict:
             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
             device=args.device, prompts=args.prompts_spec,
         )  # fmt: skip
-        trainer = RLTrainer(cfg, policy=policy)
+        trainer = RLTrainer(cfg, *rl_prompts(cfg), policy=policy)
         before = [p.detach().clone() for p in trainer.trained]
         trained = sum(p.numel() for p in trainer.trained)
         total = sum(p.numel() for p in trainer.policy.model.decoder.parameters())

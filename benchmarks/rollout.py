@@ -1,6 +1,6 @@
 """Rollout speed: audio seconds generated per wall second, three decoders on one model.
 
-- `fast`: `musicrl.engine.FastSampler` (static KV cache, fused step; CUDA graphs on CUDA);
+- `fast`: `musicrl.model.engine.FastSampler` (static KV cache, fused step; CUDA graphs on CUDA);
 - `reference`: `MusicGenPolicy.sample` (transformers' decoder forward + DynamicCache, our loop);
 - `transformers`: `model.generate(do_sample=True, top_k=250, guidance_scale=g, max_length=T+K)`.
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch  # noqa: E402
 
 from musicrl.errors import UserError  # noqa: E402
-from musicrl.sampling import SamplingConfig  # noqa: E402
+from musicrl.model.sampling import SamplingConfig  # noqa: E402
 
 ENGINES = ("fast", "reference", "transformers")
 PROMPTS = [
@@ -42,16 +42,16 @@ def load_policy(name: str, device: str, dtype: torch.dtype):
     """'tiny' / a directory (trained weights), 'tiny-random', or 'small-random' (built in memory)."""
     from transformers import ByT5Tokenizer, GenerationConfig, MusicgenForConditionalGeneration
 
-    from musicrl.policy import MusicGenPolicy
+    from musicrl.model.policy import MusicGenPolicy
 
     torch.manual_seed(0)
     if name == "tiny-random":
-        from musicrl.tiny.codec import SpectralCodecConfig, SpectralCodecModel
+        from musicrl.model.spectral_codec import SpectralCodecConfig, SpectralCodecModel
         from musicrl.tiny.musicgen import build
 
         model, tokenizer = build(SpectralCodecModel(SpectralCodecConfig()), hidden_size=256, num_layers=4, heads=8)
     elif name == "small-random":
-        from musicrl.realsize import musicgen_small_config
+        from musicrl.model.realsize import musicgen_small_config
 
         model = MusicgenForConditionalGeneration(musicgen_small_config())
         model.generation_config = GenerationConfig(
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.bound:
         if args.model == "small-random":  # no need to build 2 GB of random weights for a config
-            from musicrl.realsize import musicgen_small_config
+            from musicrl.model.realsize import musicgen_small_config
 
             dec = musicgen_small_config().decoder
         else:
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [e for e in engines if e not in ENGINES]:
         raise UserError(f"unknown engine(s) {bad}; choose from {ENGINES}")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    from musicrl.engine import FastSampler
+    from musicrl.model.engine import FastSampler
 
     policy = load_policy(args.model, args.device, dtype)
     fast = FastSampler(policy, compile=args.compile)

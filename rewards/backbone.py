@@ -29,7 +29,7 @@ from musicrl.errors import UserError
 def load_backbone(name: str | Path, device: str | torch.device = "cpu"):
     """A `ClapReward` (the frozen CLAP plus its feature pipeline) by name, directory or 'tiny'."""
     from musicrl.logs import quiet_transformers
-    from rewards.clap import ClapReward
+    from musicrl.rewards.clap import ClapReward
 
     quiet_transformers()
     return ClapReward.from_pretrained(str(name), device=device)
@@ -121,26 +121,10 @@ def embed_clips(clap, clips: list[tuple[np.ndarray, int]], batch_size: int = 64,
     return torch.stack(out)  # type: ignore[arg-type]
 
 
-def save_head(model_dir: str | Path, config: dict, head: torch.nn.Module) -> None:
-    """`config.json` and `model.safetensors` (the head's weights only) into `model_dir`."""
+def _read_config(model_dir: Path, model_type: str) -> dict:
+    """A head directory's config.json; one-line errors for what is missing, unreadable or foreign."""
     import json
 
-    from safetensors.torch import save_file
-
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
-              str(model_dir / "model.safetensors"))
-    (model_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-
-
-def load_head_files(model_dir: str | Path, model_type: str) -> tuple[dict, dict]:
-    """(config, head state dict) from a head directory; one-line errors for what is missing or foreign."""
-    import json
-
-    from safetensors.torch import load_file
-
-    model_dir = Path(model_dir)
     cfg_path, weights = model_dir / "config.json", model_dir / "model.safetensors"
     if not cfg_path.is_file() or not weights.is_file():
         raise UserError(f"no {model_type} model in {model_dir} (needs config.json and model.safetensors)")
@@ -151,7 +135,7 @@ def load_head_files(model_dir: str | Path, model_type: str) -> tuple[dict, dict]
     if not isinstance(config, dict) or config.get("model_type") != model_type:
         got = config.get("model_type") if isinstance(config, dict) else None
         raise UserError(f"{model_dir} holds a {got!r} model, not a {model_type!r} one")
-    return config, load_file(str(weights))
+    return config
 
 
 def backbone_of(model_dir: str | Path, model_type: str) -> str:
@@ -166,22 +150,111 @@ def backbone_of(model_dir: str | Path, model_type: str) -> str:
         raise UserError(f"no {model_type} model in {model_dir} (unreadable config.json)") from None
 
 
-def load_head_model(cls, model_dir: Path, model_type: str, kind: str, device, clap=None, options: tuple = ()):
-    """Build `cls(clap, backbone, hidden_size, num_layers, dropout, **options found in the config)` from a
-    head directory and load its weights; the backbone is loaded unless given, and must match the
-    fingerprint the head was trained on. An option missing from an older config keeps cls's default."""
-    config, state = load_head_files(model_dir, model_type)
-    try:
-        backbone = resolve_stored(config["backbone"], model_dir)
-        if clap is None:
-            clap = load_backbone(backbone, device)
-        check_fingerprint(clap, config.get("backbone_fingerprint"), kind, model_dir)
-        model = cls(clap, backbone, config["hidden_size"], config["num_layers"], config["dropout"],
-                    **{k: config[k] for k in options if k in config})
-    except KeyError as e:
-        raise UserError(f"{model_dir}/config.json lacks {e.args[0]!r}") from None
-    if model.embed_dim != config.get("embed_dim"):
-        raise UserError(f"{model_dir}: head expects {config.get('embed_dim')}-d embeddings, "
-                        f"the backbone gives {model.embed_dim}")
-    model.head.load_state_dict({k: v.to(clap.device) for k, v in state.items()})
-    return model.eval().requires_grad_(False)
+class HeadModel(torch.nn.Module):
+    """An MLP head on a frozen CLAP backbone: what the quality and the preference model share.
+
+    The backbone is held, not owned (frozen, not saved). A saved head is a directory: `config.json`
+    (model type, backbone name and fingerprint, the head's shape, the subclass's `own_config`, and
+    any `extra` such as the training recipe) and `model.safetensors` (the head's weights only).
+    A subclass sets MODEL_TYPE, KIND (for messages), INPUTS (how many embeddings wide the head's
+    input is) and OPTIONS (the entries of its `own_config` that its constructor takes back on load).
+    """
+
+    MODEL_TYPE = ""
+    KIND = ""
+    INPUTS = 1
+    OPTIONS: tuple[str, ...] = ()
+
+    def __init__(self, clap, backbone_name: str, hidden_size: int, num_layers: int, dropout: float):
+        super().__init__()
+        self.clap = clap
+        self.backbone_name = str(backbone_name)
+        self.embed_dim = int(clap.model.config.projection_dim)
+        self.hidden_size, self.num_layers, self.dropout = int(hidden_size), int(num_layers), float(dropout)
+        self.head = mlp(self.INPUTS * self.embed_dim, self.hidden_size, self.num_layers, self.dropout).to(clap.device)
+
+    def own_config(self) -> dict:
+        """Config entries of the subclass (its options, its score range)."""
+        return {}
+
+    def config(self, model_dir: str | Path, extra: dict | None = None) -> dict:
+        return {
+            "model_type": self.MODEL_TYPE, "backbone": stored_name(self.backbone_name, model_dir),
+            "backbone_fingerprint": fingerprint(self.clap), "embed_dim": self.embed_dim,
+            "hidden_size": self.hidden_size, "num_layers": self.num_layers, "dropout": self.dropout,
+            **self.own_config(), **(extra or {}),
+        }  # fmt: skip
+
+    def save_pretrained(self, model_dir: str | Path, extra: dict | None = None) -> Path:
+        """Write config.json + model.safetensors (head only); `extra` goes into the config (e.g. the recipe)."""
+        import json
+
+        from safetensors.torch import save_file
+
+        model_dir = Path(model_dir)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                  str(model_dir / "model.safetensors"))
+        (model_dir / "config.json").write_text(json.dumps(self.config(model_dir, extra), indent=2) + "\n")
+        return model_dir
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu", clap=None):
+        """A directory written by `save_pretrained`, evaluation mode and frozen. The backbone is loaded
+        unless `clap` (a loaded one, to share) is given, and must match the head's fingerprint; an
+        option missing from an older config keeps the constructor's default."""
+        from safetensors.torch import load_file
+
+        model_dir = Path(model_dir).expanduser()
+        if not model_dir.is_dir():
+            raise UserError(f"no {cls.KIND} model directory {model_dir}")
+        config = _read_config(model_dir, cls.MODEL_TYPE)
+        try:
+            backbone = resolve_stored(config["backbone"], model_dir)
+            if clap is None:
+                clap = load_backbone(backbone, device)
+            check_fingerprint(clap, config.get("backbone_fingerprint"), cls.KIND, model_dir)
+            model = cls(clap, backbone, config["hidden_size"], config["num_layers"], config["dropout"],
+                        **{k: config[k] for k in cls.OPTIONS if k in config})
+        except KeyError as e:
+            raise UserError(f"{model_dir}/config.json lacks {e.args[0]!r}") from None
+        if model.embed_dim != config.get("embed_dim"):
+            raise UserError(f"{model_dir}: head expects {config.get('embed_dim')}-d embeddings, "
+                            f"the backbone gives {model.embed_dim}")
+        state = load_file(str(model_dir / "model.safetensors"))
+        model.head.load_state_dict({k: v.to(clap.device) for k, v in state.items()})
+        return model.eval().requires_grad_(False)
+
+    def score_audio(self, audio: torch.Tensor, sample_rate: int, prompts: list[str]) -> torch.Tensor:
+        """audio [B, 1, S] with its B prompts -> scores [B]."""
+        raise NotImplementedError
+
+
+class HeadReward:
+    """`reward(audio [B, 1, S], sample_rate, prompts) -> [B]`: a frozen head model's score."""
+
+    MODEL: type[HeadModel] = HeadModel
+
+    def __init__(self, model: HeadModel):
+        self.model = model.eval().requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path, device: str | torch.device = "cpu", clap=None):
+        return cls(cls.MODEL.from_pretrained(name_or_dir, device, clap))
+
+    @torch.inference_mode()
+    def __call__(self, audio: torch.Tensor, sample_rate: int, prompts: list[str]) -> torch.Tensor:
+        if len(prompts) != audio.shape[0]:
+            raise UserError(f"{audio.shape[0]} clips but {len(prompts)} prompts")
+        return self.model.score_audio(audio, sample_rate, list(prompts))
+
+
+def check_head_training(cfg) -> None:
+    """The checks every head-training config shares (lr, epochs, sizes, dropout, validation share)."""
+    for name in ("lr", "epochs", "batch_size", "hidden_size"):
+        if not getattr(cfg, name) > 0:
+            raise UserError(f"{name} must be > 0, got {getattr(cfg, name)}")
+    if cfg.num_layers < 0 or not 0 <= cfg.dropout < 1 or cfg.weight_decay < 0:
+        raise UserError("num_layers >= 0, 0 <= dropout < 1 and weight_decay >= 0 are required")
+    if not 0 <= cfg.val_fraction < 1:
+        raise UserError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")

@@ -115,7 +115,7 @@ class ClapReward:
         """A hub id, a local directory, or 'tiny' (the shipped `musicrl/assets/tiny/clap`)."""
         from transformers import AutoFeatureExtractor, AutoTokenizer, ClapModel
 
-        from musicrl import hub
+        from musicrl.model import hub
 
         model = hub.load(ClapModel.from_pretrained, name_or_dir, "clap")
         tokenizer = hub.load(AutoTokenizer.from_pretrained, name_or_dir, "clap")

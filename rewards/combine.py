@@ -36,23 +36,8 @@ import torch
 
 from musicrl.errors import UserError
 
-TYPES = ("clap", "quality", "preference")
+TYPES = ("clap", "quality", "preference", "adherence")
 Reward = Callable[[torch.Tensor, int, list], torch.Tensor]
-
-# MusicRL-R: CLAP text adherence + quality, equal weights after normalisation
-MUSICRL_R = {"kind": "weighted", "normalize": True,
-             "components": {"clap": {"type": "clap", "model": "tiny", "weight": 1.0},
-                            "quality": {"type": "quality", "model": "tiny", "weight": 1.0}}}
-
-
-def musicrl_ru(preference_model: str, r_steps: int, clap: str = "tiny", quality: str = "tiny") -> dict:
-    """The config of MusicRL-RU: MusicRL-R for `r_steps` steps, then the user-preference model alone."""
-    r = {"kind": "weighted", "normalize": True,
-         "components": {"clap": {"type": "clap", "model": clap}, "quality": {"type": "quality", "model": quality}}}
-    u = {"kind": "weighted", "normalize": True,
-         "components": {"user": {"type": "preference", "model": preference_model}}}
-    return {"kind": "sequential", "stages": [{"steps": r_steps, "reward": r}, {"reward": u}]}
-
 
 class RunningNorm:
     """Running mean and (population) standard deviation of a stream of scalars: Welford/Chan updates."""
@@ -190,7 +175,9 @@ class SequentialReward:
 @dataclass(frozen=True)
 class ComponentConfig:
     type: str
-    """'clap' (cosine text adherence), 'quality' (MOS) or 'preference' (Bradley-Terry score)."""
+    """'clap' (cosine text adherence), 'quality' (MOS), 'preference' (Bradley-Terry score) or
+    'adherence' (the tiny world's oracle: how many attributes the prompt names the audio has; no model,
+    built by the command from `musicrl.tiny.adherence` and handed in as a ready reward)."""
     model: str = "tiny"
     """'tiny', a local directory or (clap only) a hub id; a preference model is always a directory."""
     weight: float = 1.0
@@ -273,8 +260,8 @@ def build_reward(config: dict | WeightedConfig | SequentialConfig, device: str |
     claps: dict[str, object] = {}
 
     def clap_for(name: str):
-        from musicrl import hub
-        from rewards import backbone as bb
+        from musicrl.model import hub
+        from musicrl.rewards import backbone as bb
 
         key = hub.resolve(name, "clap")
         if Path(key).is_dir():
@@ -286,17 +273,20 @@ def build_reward(config: dict | WeightedConfig | SequentialConfig, device: str |
     def load(name: str, c: ComponentConfig) -> Reward:
         if name in given:
             return given[name]
-        from musicrl import hub
-        from rewards import backbone as bb
+        from musicrl.model import hub
+        from musicrl.rewards import backbone as bb
 
+        if c.type == "adherence":
+            raise UserError(f"reward component {name!r} of type 'adherence' is the tiny world's oracle: pass it ready "
+                            "built (`musicrl train` does)")  # fmt: skip
         if c.type == "clap":
             return clap_for(c.model)
         if c.type == "quality":
-            from rewards.quality import QualityReward
+            from musicrl.rewards.quality import QualityReward
 
             path = hub.resolve(c.model, "quality")
             return QualityReward.from_pretrained(path, device, clap=clap_for(bb.backbone_of(path, "quality")))
-        from rewards.preference import PreferenceReward
+        from musicrl.rewards.preference import PreferenceReward
 
         return PreferenceReward.from_pretrained(c.model, device, clap=clap_for(bb.backbone_of(c.model, "preference")))
 

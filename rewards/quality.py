@@ -1,14 +1,14 @@
 """Quality reward: a predicted mean opinion score (MOS, 1-5) of a clip, whatever its prompt.
 
 MusicRL's quality reward is a MOS model on a pretrained audio backbone, trained on people's 1-5
-ratings. Here: a small MLP head on frozen CLAP audio embeddings (`rewards.backbone` says why: cheap,
+ratings. Here: a small MLP head on frozen CLAP audio embeddings (`musicrl.rewards.backbone` says why: cheap,
 the backbone is shared with the CLAP reward, one code path for the tiny and the real CLAP), squashed
-into [1, 5] by 1 + 4 * sigmoid. Trained by `rewards.train_quality` from ratings, or in the tiny world
+into [1, 5] by 1 + 4 * sigmoid. Trained by `musicrl.rewards.train_quality` from ratings, or in the tiny world
 from synthetic ratings of clean (5) and degraded (down to 1) renders.
 
-A saved model is a directory: `config.json` (the head's shape and its backbone: a name such as
-'tiny', or a path relative to the directory, with the backbone's fingerprint) and
-`model.safetensors` (the head only). `from_pretrained('tiny')` loads `musicrl/assets/tiny/quality`.
+Saved as every head on the backbone is (`musicrl.rewards.backbone.HeadModel`): a directory with
+`config.json` (the head's shape and its backbone: a name such as 'tiny', or a path relative to the
+directory, with the backbone's fingerprint) and `model.safetensors` (the head only). `from_pretrained('tiny')` loads `musicrl/assets/tiny/quality`.
 """
 
 from __future__ import annotations
@@ -17,24 +17,23 @@ from pathlib import Path
 
 import torch
 
-from musicrl.errors import UserError
-from rewards import backbone as bb
+from musicrl.rewards import backbone as bb
 
-MODEL_TYPE = "musicrl-quality"
 MIN_SCORE, MAX_SCORE = 1.0, 5.0
 
 
-class QualityModel(torch.nn.Module):
-    """CLAP audio embedding [B, D] -> MOS [B] in [1, 5]. The backbone is held, not owned (frozen, unsaved)."""
+class QualityModel(bb.HeadModel):
+    """CLAP audio embedding [B, D] -> MOS [B] in [1, 5]."""
+
+    MODEL_TYPE = "musicrl-quality"
+    KIND = "quality"
 
     def __init__(self, clap, backbone_name: str, hidden_size: int = 256, num_layers: int = 2,
                  dropout: float = 0.1):
-        super().__init__()
-        self.clap = clap
-        self.backbone_name = str(backbone_name)
-        self.embed_dim = int(clap.model.config.projection_dim)
-        self.hidden_size, self.num_layers, self.dropout = int(hidden_size), int(num_layers), float(dropout)
-        self.head = bb.mlp(self.embed_dim, self.hidden_size, self.num_layers, self.dropout).to(clap.device)
+        super().__init__(clap, backbone_name, hidden_size, num_layers, dropout)
+
+    def own_config(self) -> dict:
+        return {"score_range": [MIN_SCORE, MAX_SCORE]}
 
     def score_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
         """emb [B, D] -> MOS [B] in [MIN_SCORE, MAX_SCORE]."""
@@ -45,44 +44,24 @@ class QualityModel(torch.nn.Module):
         """audio [B, 1, S] -> MOS [B]."""
         return self.score_embeddings(self.clap.embed_audio(audio, sample_rate))
 
-    def config(self, model_dir: str | Path, extra: dict | None = None) -> dict:
-        return {
-            "model_type": MODEL_TYPE, "backbone": bb.stored_name(self.backbone_name, model_dir),
-            "backbone_fingerprint": bb.fingerprint(self.clap), "embed_dim": self.embed_dim,
-            "hidden_size": self.hidden_size, "num_layers": self.num_layers, "dropout": self.dropout,
-            "score_range": [MIN_SCORE, MAX_SCORE], **(extra or {}),
-        }  # fmt: skip
-
-    def save_pretrained(self, model_dir: str | Path, extra: dict | None = None) -> Path:
-        """Write config.json + model.safetensors (head only); `extra` goes into the config (e.g. the recipe)."""
-        bb.save_head(model_dir, self.config(model_dir, extra), self.head)
-        return Path(model_dir)
+    def score_audio(self, audio: torch.Tensor, sample_rate: int, prompts: list[str]) -> torch.Tensor:
+        return self(audio, sample_rate)  # a clip's quality, whatever its prompt
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path = "tiny", device: str | torch.device = "cpu",
                         clap=None) -> "QualityModel":
         """'tiny' or a directory. `clap`: an already loaded backbone to share (checked by fingerprint)."""
-        from musicrl import hub
+        from musicrl.model import hub
 
-        model_dir = Path(hub.resolve(name_or_dir, "quality"))
-        if not model_dir.is_dir():
-            raise UserError(f"no quality model directory {name_or_dir}")
-        return bb.load_head_model(cls, model_dir, MODEL_TYPE, "quality", device, clap)
+        return super().from_pretrained(hub.resolve(name_or_dir, "quality"), device, clap)
 
 
-class QualityReward:
+class QualityReward(bb.HeadReward):
     """`reward(audio [B, 1, S], sample_rate, prompts) -> [B]`: the predicted MOS (1-5); prompts unused."""
 
-    def __init__(self, model: QualityModel):
-        self.model = model.eval().requires_grad_(False)
+    MODEL = QualityModel
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path = "tiny", device: str | torch.device = "cpu",
                         clap=None) -> "QualityReward":
-        return cls(QualityModel.from_pretrained(name_or_dir, device, clap))
-
-    @torch.inference_mode()
-    def __call__(self, audio: torch.Tensor, sample_rate: int, prompts: list[str]) -> torch.Tensor:
-        if len(prompts) != audio.shape[0]:
-            raise UserError(f"{audio.shape[0]} clips but {len(prompts)} prompts")
-        return self.model(audio, sample_rate)
+        return super().from_pretrained(name_or_dir, device, clap)

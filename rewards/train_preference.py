@@ -1,9 +1,7 @@
-"""Train the Bradley-Terry user-preference reward (`rewards.preference`) from A/B votes.
+"""Train the Bradley-Terry user-preference reward (`musicrl.rewards.preference`) from A/B votes.
 
-Input: a JSONL file (one vote a line: prompt, clip_a, clip_b, choice in {a, b, tie, both_bad}; clip
-paths absolute or relative to the file's directory; the columns of `VoteStore.export` and of
-`musicrl.simulate` are understood, any other column is an error) or a vote-store database URL
-(`sqlite:///votes.db`, `postgresql+psycopg://...`: its effective votes, clips from its data dir).
+Input: a list of `musicrl.votes.rows.VoteRow` (prompt, clip_a, clip_b, choice), which
+`musicrl.votes.rows.load_votes` reads from a vote file or a vote store: the trainer opens no database.
 
 Each vote becomes a soft target y = P(a preferred): a -> 1, b -> 0, tie -> 1/2 ("half a win each"),
 or dropped with `ties="drop"`; both_bad says nothing about which is better, so it is dropped unless
@@ -22,7 +20,7 @@ vote sets differ as much again (sets 0 and 1 alone read 4.6-4.8 with the term, 5
 2 and 3, 2.6 and 2.8). The same head on perfect attribute features got 0.71-0.72, so with 2,000
 votes the head is about as good as its input allows; what is left is the votes' own noise.
 On votes about the base model's *own samples* (`simulate-votes --model tiny`, raters hearing tempo,
-register and mode through `musicrl.attributes`) it is much weaker: 0.60 against a ceiling of 0.77 with
+register and mode through `musicrl.tiny.attributes`) it is much weaker: 0.60 against a ceiling of 0.77 with
 the 2,500-step LM, 0.56 against 0.74 with the shipped 4,500-step one (a third of its votes are ties:
 its clips follow their prompts more often). The tiny CLAP barely hears what separates two samples of
 one prompt: on the shipped LM's samples, attribute adherence explains under a tenth of the spread of
@@ -31,9 +29,8 @@ CLAP scores within a prompt (a wrong tempo costs 0.08, a wrong mode 0.01, agains
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from musicrl.errors import UserError
-
-CHOICES = ("a", "b", "tie", "both_bad")
-REQUIRED = ("prompt", "clip_a", "clip_b", "choice")
-# columns written by VoteStore.export and by musicrl.simulate: known, not used for training
-KNOWN = REQUIRED + (
-    "vote_id", "created_at", "clip_a_id", "clip_b_id", "model_a", "model_a_version", "model_b",
-    "model_b_version", "left", "listen_ms_a", "listen_ms_b", "session", "supersedes", "rater", "p_a",
-)  # fmt: skip
+from musicrl.rewards import backbone as bb
+from musicrl.votes.choices import SCORE_A
+from musicrl.votes.rows import VoteRow, votes_hash
 
 
 @dataclass(frozen=True)
@@ -70,7 +62,7 @@ class PreferenceTrainConfig:
     """Hidden layers of the head."""
     dropout: float = 0.3
     clap_term: bool = True
-    """Add the CLAP score cos(a, t) with a learned weight to the head's output (`rewards.preference`)."""
+    """Add the CLAP score cos(a, t) with a learned weight to the head's output (`musicrl.rewards.preference`)."""
     ties: str = "half"
     """'half': a tie is half a win for each clip (target 1/2); 'drop': ties are not trained on."""
     both_bad: str = "exclude"
@@ -85,107 +77,7 @@ class PreferenceTrainConfig:
             raise UserError(f"ties must be 'half' or 'drop', got {self.ties!r}")
         if self.both_bad not in ("exclude", "tie"):
             raise UserError(f"both_bad must be 'exclude' or 'tie', got {self.both_bad!r}")
-        for name in ("lr", "epochs", "batch_size", "hidden_size"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.num_layers < 0 or not 0 <= self.dropout < 1 or self.weight_decay < 0:
-            raise UserError("num_layers >= 0, 0 <= dropout < 1 and weight_decay >= 0 are required")
-        if not 0 <= self.val_fraction < 1:
-            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-
-
-@dataclass(frozen=True)
-class VoteRow:
-    prompt: str
-    clip_a: Path
-    clip_b: Path
-    choice: str
-    p_a: float | None = None  # simulated votes: the raters' true P(a) (no tie)
-
-
-# ------------------------------------------------------------------------------------- loading
-
-
-def load_votes(source: str | Path, data_dir: str | Path | None = None) -> list[VoteRow]:
-    """Votes from a JSONL file or a vote-store URL; every clip file checked to exist."""
-    source = str(source)
-    rows = _votes_from_db(source, data_dir) if "://" in source else _votes_from_jsonl(Path(source))
-    if not rows:
-        raise UserError(f"no votes in {source}")
-    for r in rows:
-        for p in (r.clip_a, r.clip_b):
-            if not p.is_file():
-                raise UserError(f"clip file missing: {p}")
-    return rows
-
-
-def jsonl_records(path: Path, what: str, required: tuple[str, ...], known: tuple[str, ...], expected: str):
-    """(line number, object) per non-blank line of a JSONL file of `what`s (votes, ratings), each
-    checked: valid JSON, an object, every `required` column, none outside `known`. Errors are one
-    line naming the file and the line."""
-    if not path.is_file():
-        raise UserError(f"no such {what}s file: {path}")
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(d, dict):
-            raise UserError(f"{path}:{n}: a {what} is a JSON object, got {type(d).__name__}")
-        missing = [c for c in required if c not in d]
-        if missing:
-            raise UserError(f"{path}:{n}: missing column(s) {', '.join(missing)}; a {what} needs {', '.join(required)}")
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise UserError(f"{path}:{n}: unknown column(s) {', '.join(unknown)}; expected {expected}")
-        yield n, d
-
-
-def _votes_from_jsonl(path: Path) -> list[VoteRow]:
-    rows = []
-    for n, d in jsonl_records(path, "vote", REQUIRED, KNOWN, f"{', '.join(REQUIRED)} (+ export columns)"):
-        if d["choice"] not in CHOICES:
-            raise UserError(f"{path}:{n}: bad choice {str(d['choice'])[:40]!r}; expected one of {', '.join(CHOICES)}")
-        for c in ("prompt", "clip_a", "clip_b"):
-            if not isinstance(d[c], str) or not d[c].strip():
-                raise UserError(f"{path}:{n}: {c} must be a non-empty string")
-        p_a = d.get("p_a")
-        rows.append(VoteRow(d["prompt"], path.parent / d["clip_a"], path.parent / d["clip_b"], d["choice"],
-                            None if p_a is None else float(p_a)))
-    return rows
-
-
-def _votes_from_db(url: str, data_dir: str | Path | None) -> list[VoteRow]:
-    from musicrl.votes import VoteStore, parse_db_url
-
-    store = VoteStore(url, store_data_dir(url, data_dir, parse_db_url))
-    try:
-        return [VoteRow(v.prompt, store.clip_path(v.clip_a), store.clip_path(v.clip_b), v.choice)
-                for v in store.votes(effective=True)]
-    finally:
-        store.close()
-
-
-def store_data_dir(url: str, data_dir, parse_db_url) -> Path:
-    """The store's data dir: given, or a SQLite file's own directory (which must already exist)."""
-    u = parse_db_url(url)
-    if u.get_backend_name() == "sqlite" and not Path(u.database).expanduser().is_file():
-        raise UserError(f"no such vote database: {u.database}")
-    if data_dir is None:
-        if u.get_backend_name() != "sqlite":
-            raise UserError("a PostgreSQL vote store needs --data-dir (where its clips are)")
-        return Path(u.database).expanduser().resolve().parent
-    return Path(data_dir)
-
-
-def votes_hash(rows: list[VoteRow]) -> str:
-    """Identifies the vote set a model was trained on (prompt, clip file names, choice of each vote)."""
-    h = hashlib.sha256()
-    for r in rows:
-        h.update(json.dumps([r.prompt, r.clip_a.name, r.clip_b.name, r.choice]).encode())
-    return h.hexdigest()[:16]
+        bb.check_head_training(self)
 
 
 # ------------------------------------------------------------------------------------- targets
@@ -199,7 +91,7 @@ def targets(rows: list[VoteRow], cfg: PreferenceTrainConfig) -> tuple[list[int],
         if choice == "both_bad" or (choice == "tie" and cfg.ties == "drop"):
             continue
         keep.append(i)
-        y.append({"a": 1.0, "b": 0.0, "tie": 0.5}[choice])
+        y.append(SCORE_A[choice])
     return keep, torch.tensor(y, dtype=torch.float32)
 
 
@@ -273,8 +165,7 @@ def train_preference(votes: list[VoteRow], out_dir: str | Path, cfg: PreferenceT
     """Train, evaluate and save the preference model into `out_dir`; returns the metrics."""
     from tqdm.auto import tqdm
 
-    from rewards import backbone as bb
-    from rewards.preference import PreferenceModel
+    from musicrl.rewards.preference import PreferenceModel
 
     keep, y = targets(votes, cfg)
     if not keep:
@@ -353,9 +244,3 @@ def reliability_plot(val: dict, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def config_from_args(args) -> PreferenceTrainConfig:
-    """A config from argparse flags named like its fields (absent ones keep their defaults)."""
-    return PreferenceTrainConfig(**{f.name: getattr(args, f.name) for f in fields(PreferenceTrainConfig)
-                                    if getattr(args, f.name, None) is not None})

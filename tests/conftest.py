@@ -16,7 +16,7 @@ def random_musicgen_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def random_policy(random_musicgen_dir):
-    from musicrl.policy import MusicGenPolicy
+    from musicrl.model.policy import MusicGenPolicy
 
     return MusicGenPolicy.from_pretrained(str(random_musicgen_dir))
 
@@ -34,7 +34,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def heldout_words():
     """Every held-out word and phrase of the synthetic captions (the tiny LM never learned them)."""
-    from musicrl import synth
+    from musicrl.tiny import synth
 
     return [w for table in (synth.SYNONYMS, synth.PHRASES) for values in table.values()
             for words in values.values() for w in words.get("heldout", ())]

@@ -1,7 +1,7 @@
 """The voting app: JSON API, file serving, admin, limits (fast); a real browser session (slow).
 
 Served model: the shipped `tiny` MusicGen if its assets are present, else a random-weight tiny
-MusicGen (conftest), through the real `musicrl.generator.Generator`.
+MusicGen (conftest), through the real `musicrl.model.generator.Generator`.
 """
 
 import json
@@ -17,17 +17,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("gradio")
 
-from app.arena import Listening  # noqa: E402
-from app.server import build_app, start_server  # noqa: E402
-from musicrl.generator import Generator  # noqa: E402
-from musicrl.votes import SECRET_FILE, VoteStore, model_key  # noqa: E402
+from musicrl.app.arena import Listening  # noqa: E402
+from musicrl.app.server import build_app, start_server  # noqa: E402
+from musicrl.model.generator import Generator  # noqa: E402
+from musicrl.votes.store import SECRET_FILE, VoteStore, model_key  # noqa: E402
 
 SECRET = "open-sesame"
 
 
 @pytest.fixture(scope="module")
 def model_dir(request):
-    from musicrl.hub import TINY_DIR
+    from musicrl.model.hub import TINY_DIR
 
     if (TINY_DIR / "musicgen" / "config.json").exists():
         return "tiny"
@@ -225,11 +225,13 @@ def test_browser_generate_listen_vote_reveal_leaderboard(model_dir, tmp_path):
 def test_the_prompt_box_suits_the_served_world(tmp_path, heldout_words):
     """The tiny LM knows only its training words: its examples are in them, at its training length;
     other models get the general examples; a file of examples overrides both; bad ones are one line."""
-    from app.arena import DEFAULT_EXAMPLES, TINY_EXAMPLES
-    from musicrl import synth
+    from musicrl.tiny import synth
     from musicrl.cli import build_parser
-    from musicrl.commands.app import examples_and_duration
+    from musicrl.commands.app import examples_and_duration, read_examples
     from musicrl.errors import UserError
+    from musicrl.train.checkpoints import INFO, step_dir
+
+    DEFAULT_EXAMPLES, TINY_EXAMPLES = read_examples("examples"), read_examples("tiny-examples")
 
     def parse(*extra):
         return build_parser().parse_args(["app", *extra])
@@ -238,12 +240,18 @@ def test_the_prompt_box_suits_the_served_world(tmp_path, heldout_words):
     assert examples_and_duration(parse(), ["facebook/musicgen-small"]) == (DEFAULT_EXAMPLES, 5.0)
     for start, expected in (("tiny", TINY_EXAMPLES), ("facebook/musicgen-small", DEFAULT_EXAMPLES)):
         run = tmp_path / f"run-{start.replace('/', '-')}"  # a `musicrl train` out_dir, served by --models-dir
-        run.mkdir()
-        (run / "config.json").write_text(json.dumps({"model": start}))
+        ckpt = step_dir(run, 10)  # a complete checkpoint, as the trainer writes it, recording its reference
+        ckpt.mkdir(parents=True)
+        (ckpt / "config.json").write_text("{}")
+        (ckpt / "model.safetensors").write_bytes(b"")
+        (ckpt / INFO).write_text(json.dumps({"step": 10, "reference": start}))
         assert examples_and_duration(parse("--models-dir", str(run)), [])[0] == expected
     for prompt in TINY_EXAMPLES:
         assert len(synth.parse_prompt(prompt)) >= 2, prompt
         assert not [w for w in heldout_words if w in prompt], prompt
+    assert len(DEFAULT_EXAMPLES) >= 3 and len(TINY_EXAMPLES) >= 3 and set(DEFAULT_EXAMPLES).isdisjoint(TINY_EXAMPLES)
+    assert examples_and_duration(parse("--examples", "tiny-examples"), ["facebook/musicgen-small"]) == (
+        TINY_EXAMPLES, 5.0)  # a packaged list by name
     (tmp_path / "ex.txt").write_text("first prompt\n\n  second prompt \n")
     assert examples_and_duration(parse("--examples", str(tmp_path / "ex.txt"), "--duration", "3"), ["tiny"]) == (
         ("first prompt", "second prompt"), 3.0)
@@ -253,3 +261,19 @@ def test_the_prompt_box_suits_the_served_world(tmp_path, heldout_words):
                            (("--duration", "12"), "--duration must be in")]:
         with pytest.raises(UserError, match=message):
             examples_and_duration(parse(*extra), [])
+
+
+def test_the_ui_votes_in_the_stores_vocabulary_and_never_imports_the_tiny_world():
+    """One button per `CHOICES` entry, in its order; app/*.py imports nothing of `musicrl.tiny`."""
+    import ast
+
+    import musicrl.app
+    from musicrl.app.handlers import VOTES
+    from musicrl.votes.store import CHOICES
+
+    assert tuple(c for c, *_ in VOTES) == CHOICES
+    for path in sorted(Path(musicrl.app.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])  # fmt: skip
+            assert not [n for n in names if n == "musicrl.tiny" or n.startswith("musicrl.tiny.")], path

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from musicrl import attributes as A
-from musicrl import synth
+from musicrl.tiny import attributes as A
+from musicrl.tiny import synth
 from musicrl.errors import UserError
 
 SR = synth.SAMPLE_RATE
@@ -95,7 +95,7 @@ def test_drums_are_heard_before_and_after_the_tiny_codec():
     (measured on 120: 97.5% clean, 99.2% through the codec; the kit itself is not estimated)."""
     import torch
 
-    from musicrl.codec import Codec
+    from musicrl.model.codec import Codec
 
     codec = Codec.from_pretrained("tiny")
     clips = [synth.example(synth.HELDOUT_SEED_OFFSET + 500 + i, split="heldout") for i in range(40)]

@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import ClapFeatureExtractor, ClapModel
 
-from musicrl import synth
+from musicrl.tiny import synth
 from musicrl.errors import UserError
-from musicrl.hub import TINY_DIR
+from musicrl.model.hub import TINY_DIR
 from musicrl.tiny.clap import save_random_clap, tiny_clap_config, tiny_feature_extractor, tiny_tokenizer
-from rewards.clap import ClapLogMel, ClapReward, repeat_pad, window_starts
+from musicrl.rewards.clap import ClapLogMel, ClapReward, repeat_pad, window_starts
 
 SR = 16_000
 SHIPPED = (TINY_DIR / "clap" / "config.json").exists()

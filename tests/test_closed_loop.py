@@ -1,11 +1,12 @@
-"""`benchmarks/closed_loop.py`'s judge of round 2: what the simulated panel expects on the stored pairs."""
+"""The closed loop's judge of round 2 (`musicrl.tiny.simulate.panel_expectation`): what the simulated
+panel expects on the stored pairs."""
 
 import json
 
 import numpy as np
 
-from benchmarks.closed_loop import expected_round2
-from musicrl import synth
+from musicrl.tiny.simulate import panel_expectation
+from musicrl.tiny import synth
 from musicrl.audio import write_wav
 
 
@@ -38,10 +39,10 @@ def _votes(tmp_path, n: int):
 
 def test_expected_round2_sees_which_side_the_panel_prefers(tmp_path):
     path = _votes(tmp_path, 6)
-    e = expected_round2(path, "tiny", voters=5)
+    e = panel_expectation(path, "tiny", voters=5)
     assert e["pairs"] == 6  # the base-vs-base vote is not a round-2 pair
     assert e["p_retrained_wins_decisive"] > 0.9  # whichever side the retrained clip is on
     assert e["p_decisive"] == 1.0
     assert e["population_utility"]["retrained"] > e["population_utility"]["base"] + 1.0
-    flipped = expected_round2(path, "run", voters=5)  # now "tiny" is the challenger: the worse clips
+    flipped = panel_expectation(path, "run", voters=5)  # now "tiny" is the challenger: the worse clips
     assert flipped["p_retrained_wins_decisive"] < 0.1

@@ -1,4 +1,4 @@
-"""The Codec interface (musicrl.codec) and the tiny codec's trainer (musicrl.tiny.codec)."""
+"""The Codec interface (musicrl.model.codec) and the tiny codec's trainer (musicrl.tiny.codec)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import EncodecConfig, EncodecModel
 
-from musicrl.codec import Codec
+from musicrl.model.codec import Codec
 from musicrl.errors import UserError
-from musicrl.hub import TINY_DIR
+from musicrl.model.hub import TINY_DIR
 from musicrl.tiny import codec as tiny
-from musicrl.tiny.codec import SpectralCodecConfig, SpectralCodecModel
+from musicrl.model.spectral_codec import SpectralCodecConfig, SpectralCodecModel
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def _tone(midi: float, amp: float, seconds: float = 1.0) -> torch.Tensor:
 
 
 def test_decoded_clips_never_exceed_the_corpus_peak():
-    from musicrl import synth
+    from musicrl.tiny import synth
 
     codec = Codec.from_pretrained("tiny")
     x = torch.as_tensor(np.stack([e.audio for e in synth.examples(4, 0, 2.0, "heldout")]))[:, None]  # peak 0.9

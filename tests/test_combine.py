@@ -7,15 +7,17 @@ import pytest
 import torch
 
 from musicrl.errors import UserError
-from rewards.combine import (
-    MUSICRL_R,
+from musicrl.presets import load_yaml
+from musicrl.rewards.combine import (
     RunningNorm,
     SequentialReward,
     WeightedReward,
     build_reward,
-    musicrl_ru,
     parse_config,
 )
+
+MUSICRL_R = {"components": {"clap": {"type": "clap"}, "quality": {"type": "quality"}}}
+USER = {"components": {"user": {"type": "preference", "model": "some/dir"}}}
 
 
 def loudness(audio, sr, prompts):  # a pure fake reward: mean |x| per clip
@@ -95,11 +97,13 @@ def test_sequential_schedule_switches_at_the_step():
     assert other.step == 10
 
 
-def test_configs_build_musicrl_r_and_ru_from_dicts():
+def test_the_shipped_presets_rewards_build_and_a_sequential_schedule_switches_stage():
     fakes = {"clap": loudness, "quality": loudness, "user": length_of_prompt}
-    r = build_reward(MUSICRL_R, rewards=fakes)
-    assert isinstance(r, WeightedReward) and r.weights == {"clap": 1.0, "quality": 1.0} and r.normalize
-    ru = build_reward(musicrl_ru("some/dir", r_steps=500), rewards=fakes)
+    r = build_reward(load_yaml("rl/musicrl-r")["reward"], rewards=fakes)
+    assert isinstance(r, WeightedReward) and set(r.weights) == {"clap", "quality"} and r.normalize
+    u = build_reward(load_yaml("rl/musicrl-u")["reward"], rewards=fakes)
+    assert isinstance(u, WeightedReward) and set(u.weights) == {"user"}
+    ru = build_reward({"kind": "sequential", "stages": [{"steps": 500, "reward": MUSICRL_R}, {"reward": USER}]}, rewards=fakes)
     assert isinstance(ru, SequentialReward) and ru.bounds == [500]
     assert set(ru.stages[1].rewards) == {"user"}
 
@@ -125,10 +129,10 @@ def test_bad_configs_are_one_line_user_errors(config, message):
 def test_loaded_components_share_one_clap_backbone(tmp_path):
     from transformers import ClapModel
 
-    from musicrl import synth
+    from musicrl.tiny import synth
     from musicrl.tiny.clap import tiny_clap_config, tiny_feature_extractor, tiny_tokenizer
-    from rewards.backbone import load_backbone
-    from rewards.quality import QualityModel
+    from musicrl.rewards.backbone import load_backbone
+    from musicrl.rewards.quality import QualityModel
 
     torch.manual_seed(0)
     clap_dir = tmp_path / "clap"

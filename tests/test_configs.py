@@ -1,6 +1,6 @@
-"""YAML presets and key=value overrides (musicrl.configs)."""
+"""YAML presets and key=value overrides (musicrl.presets)."""
 
-from musicrl.configs import apply_overrides, load_yaml
+from musicrl.presets import apply_overrides, load_yaml
 
 
 def test_overrides_parse_yaml_scalars_and_exponent_floats():

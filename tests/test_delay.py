@@ -1,6 +1,6 @@
 import torch
 
-from musicrl import delay as dp
+from musicrl.model import delay as dp
 
 
 def test_delay_round_trip_and_layout():

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from musicrl import evaluate as ev
+from musicrl.train import evaluate as ev
 
 
 def _samples(name, audio_level, P=4, n=2):
@@ -22,11 +22,25 @@ def test_compare_counts_wins_ties_and_losses():
     lo, hi = w["win_ci95"]
     assert lo < 0.625 < hi  # ties count half inside the interval's centre
     assert r["rewards"]["loud"]["A"]["mean"] == np.float32(0.1).item() or abs(r["rewards"]["loud"]["A"]["mean"] - 0.1) < 1e-6
-    assert w["by_samples"] == {"1": 0.625, "2": 0.625}  # n = 2: the full mean again, ties half
+    assert w["pairs"] == 8 and w["per_prompt_mean"]["pairs"] == 4  # single pairs of clips, and prompts
+    assert w["per_prompt_mean"]["by_samples"] == {"1": 0.625, "2": 0.625}  # n = 2: the full mean again, ties half
     assert r["prompts"] == ["p0", "p1", "p2", "p3"]
     per_a, per_b = (np.array(r["rewards"]["loud"][m]["per_prompt"]) for m in "AB")
     assert np.allclose(per_b, [0.1, 0.05, 0.2, 0.2]) and np.allclose(per_a, 0.1)
     assert (per_b > per_a + 1e-9).mean() == w["win"]  # the win recounted from what the report keeps
+
+
+def test_single_pairs_and_per_prompt_means_can_disagree():
+    """B is much better on one clip of each prompt and a little worse on the other: its per-prompt
+    means win every prompt, yet a listener comparing one clip with one clip prefers it half the time."""
+    a, b = _samples("A", 0.5), _samples("B", 0.5)
+    b.audio[0::2] = 0.9  # clip 0 of every prompt: far better
+    b.audio[1::2] = 0.45  # clip 1: a little worse
+    judges = {"loud": lambda audio, sr, prompts: audio.abs().mean((1, 2))}
+    w = ev.compare([a, b], judges, n=2)["win_rates"]["loud"]["B over A"]
+    assert (w["win"], w["loss"], w["pairs"]) == (0.5, 0.5, 8)
+    assert w["per_prompt_mean"]["win"] == 1.0
+    assert "single pairs win 50%" in ev.format_report(ev.compare([a, b], judges, n=2))
 
 
 def test_win_rate_by_samples_uses_each_prompts_first_clips():
@@ -49,7 +63,7 @@ def test_intervals():
 
 
 def test_kl_to_itself_is_zero(random_policy):
-    from musicrl.sampling import SamplingConfig
+    from musicrl.model.sampling import SamplingConfig
 
     s = SamplingConfig(top_k=0, guidance_scale=3.0)
     samples = ev.generate(random_policy, ["a", "b"], 1, 0.1, s, seed=0)
@@ -58,7 +72,7 @@ def test_kl_to_itself_is_zero(random_policy):
 
 
 def test_generate_in_chunks_gives_the_clips_of_one_batch(random_policy):
-    from musicrl.sampling import SamplingConfig
+    from musicrl.model.sampling import SamplingConfig
 
     s = SamplingConfig(top_k=0, guidance_scale=3.0)
     one = ev.generate(random_policy, ["a", "b", "c"], 2, 0.1, s, seed=5)
@@ -69,8 +83,8 @@ def test_generate_in_chunks_gives_the_clips_of_one_batch(random_policy):
 
 
 def test_kl_to_the_same_model_at_another_guidance(random_policy):
-    from musicrl.rl import exact_kl
-    from musicrl.sampling import SamplingConfig
+    from musicrl.train.rl_trainer import exact_kl
+    from musicrl.model.sampling import SamplingConfig
 
     # random weights: conditional and unconditional logits are close, so the scales must be far apart
     s, ref = SamplingConfig(top_k=0, guidance_scale=20.0), SamplingConfig(top_k=0, guidance_scale=3.0)
@@ -106,7 +120,7 @@ def test_plot_report_puts_every_model_on_each_reward_panel(tmp_path):
     assert int.from_bytes(png[16:20], "big") == round(5.5 * 2 * 110)  # one panel per reward
     assert int.from_bytes(png[20:24], "big") == round(4 * 110)  # no win-rate curves: one row
 
-    report["win_rates"] = {n: {f"{m} over tiny": {"by_samples": {"1": 0.5, "2": 0.55, "4": 0.6}} for m in models[1:]}
+    report["win_rates"] = {n: {f"{m} over tiny": {"per_prompt_mean": {"by_samples": {"1": 0.5, "2": 0.55, "4": 0.6}}} for m in models[1:]}
                            for n in ("clap", "quality")}  # fmt: skip
     out = ev.plot_report(report, tmp_path / "curves.png")
     assert int.from_bytes(out.read_bytes()[20:24], "big") == round(4 * 2 * 110)  # a second row: win rate vs clips

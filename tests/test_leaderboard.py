@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from musicrl.errors import UserError
-from musicrl.leaderboard import fit_bradley_terry, leaderboard
+from musicrl.votes.leaderboard import fit_bradley_terry, leaderboard
 
 ELO = 400 / math.log(10)
 THETA = {"m0": 0.0, "m1": 0.5, "m2": 1.0, "m3": -0.7}

@@ -1,19 +1,24 @@
-"""The app as a subprocess under 20 concurrent simulated voters (200 votes through the JSON API),
-then killed with SIGKILL halfway through a second run: no confirmed vote is lost, the DB is sound.
+"""The app as a subprocess under 20 concurrent simulated voters (200 votes through the JSON API), then
+again, killed with SIGKILL halfway: no confirmed vote is lost, the DB is sound.
 
-Driven by `benchmarks/load_test.py` (which also prints the throughput table)."""
+Runs `benchmarks/load_test.py` as its users do, from the command line, and reads its JSON report."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("httpx")
 pytest.importorskip("gradio")
 
-from benchmarks import load_test  # noqa: E402
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "load_test.py"
 
 
 @pytest.fixture(scope="module")
 def served_model(request):
-    from musicrl.hub import TINY_DIR
+    from musicrl.model.hub import TINY_DIR
 
     if (TINY_DIR / "musicgen" / "config.json").exists():
         return "tiny"
@@ -29,19 +34,18 @@ def _check(r: dict, votes: int) -> None:
 
 
 @pytest.mark.slow
-def test_200_votes_from_20_concurrent_voters_all_stored(served_model, tmp_path):
-    r = load_test.run(served_model, tmp_path, votes=200, voters=20, duration_s=0.5, timeout_s=300)
-    print("\n" + load_test.table([r]))
-    _check(r, 200)
-    assert r["stored_rows"] == 200 and r["unconfirmed_rows"] == 0 and r["resent_votes"] == 0
-    assert r["generate_p50_s"] > 0 and r["votes_per_s"] > 0
-
-
-@pytest.mark.slow
-def test_kill_9_mid_run_loses_no_confirmed_vote(served_model, tmp_path):
-    r = load_test.run(served_model, tmp_path, votes=100, voters=20, duration_s=0.5, kill_after=50, timeout_s=300)
-    print("\n" + load_test.table([r]))
-    assert r["restarts"] == 1 and 50 <= r["confirmed_at_kill"] < 100  # killed mid-run, with voters waiting
-    _check(r, 100)
-    assert r["stored_rows"] == r["confirmed"] + r["unconfirmed_rows"]  # only lost answers add rows
-    assert r["unconfirmed_rows"] <= r["resent_votes"]
+def test_200_votes_from_20_voters_all_stored_and_none_lost_to_kill_9(served_model, tmp_path):
+    out = tmp_path / "load.json"
+    cmd = [sys.executable, str(SCRIPT), "--model", served_model, "--votes", "200", "--voters", "20",
+           "--duration", "0.5", "--kill-at", "0.5", "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    print(done.stdout[-3000:], done.stderr[-3000:])
+    steady, killed = json.loads(out.read_text())
+    _check(steady, 200)
+    assert steady["stored_rows"] == 200 and steady["unconfirmed_rows"] == 0 and steady["resent_votes"] == 0
+    assert steady["generate_p50_s"] > 0 and steady["votes_per_s"] > 0
+    assert killed["restarts"] == 1 and 100 <= killed["confirmed_at_kill"] < 200  # killed mid-run, voters waiting
+    _check(killed, 200)
+    assert killed["stored_rows"] == killed["confirmed"] + killed["unconfirmed_rows"]  # only lost answers add rows
+    assert killed["unconfirmed_rows"] <= killed["resent_votes"]
+    assert done.returncode == 0

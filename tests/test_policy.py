@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from musicrl.errors import UserError
-from musicrl.sampling import SamplingConfig
+from musicrl.model.sampling import SamplingConfig
 
 PROMPTS = ["fast happy piano in a major key", "slow dark organ, low register"]
 

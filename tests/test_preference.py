@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from musicrl import synth
+from musicrl.tiny import synth
 from musicrl.cli import main
 from musicrl.errors import UserError
-from musicrl.simulate import Rater, simulate_votes
+from musicrl.tiny.simulate import Rater, simulate_votes
 from musicrl.tiny.clap import save_random_clap
-from rewards.preference import PreferenceModel, PreferenceReward
-from rewards.train_preference import (
+from musicrl.rewards.preference import PreferenceModel, PreferenceReward
+from musicrl.rewards.train_preference import (
     PreferenceTrainConfig,
-    VoteRow,
     bt_loss,
     calibration,
-    load_votes,
     split_by_prompt,
     targets,
     train_preference,
 )
+from musicrl.votes.rows import VoteRow, load_votes
 
 
 def _random_clap(path, seed):
@@ -79,9 +82,9 @@ def test_save_reload_gives_identical_scores_and_batched_equals_one_by_one(plante
 def test_the_clap_term_is_the_clap_score_with_a_learned_weight(clap_dir):
     """score = MLP([a, t, a * t]) + w * CLAP_SCALE * cos(a, t): with the MLP's output silenced and w = 1,
     the preference score is CLAP_SCALE times the CLAP reward itself."""
-    from rewards.backbone import load_backbone
-    from rewards.clap import ClapReward
-    from rewards.preference import CLAP_SCALE
+    from musicrl.rewards.backbone import load_backbone
+    from musicrl.rewards.clap import ClapReward
+    from musicrl.rewards.preference import CLAP_SCALE
 
     clap = load_backbone(clap_dir)
     model = PreferenceModel(clap, str(clap_dir), clap_term=True).eval()
@@ -109,7 +112,7 @@ def test_the_clap_term_is_trained_saved_and_reloaded(planted):
 def test_a_head_saved_before_the_clap_term_still_loads(planted, clap_dir, tmp_path):
     """Directories written before the term existed have no `clap_term` in config.json and no weight
     for it: they load as the plain MLP and score as they did."""
-    from rewards.backbone import load_backbone
+    from musicrl.rewards.backbone import load_backbone
 
     clap = load_backbone(clap_dir)
     old = PreferenceModel(clap, str(clap_dir), clap_term=False).eval()
@@ -125,7 +128,7 @@ def test_a_head_saved_before_the_clap_term_still_loads(planted, clap_dir, tmp_pa
 
 
 def test_a_head_refuses_a_different_backbone(planted, tmp_path):
-    from rewards.backbone import load_backbone
+    from musicrl.rewards.backbone import load_backbone
 
     other = load_backbone(_random_clap(tmp_path / "other", 1))
     with pytest.raises(UserError, match="different CLAP backbone"):
@@ -206,7 +209,7 @@ def test_empty_or_missing_votes_are_user_errors(tmp_path):
 
 
 def test_votes_from_a_vote_store(tmp_path):
-    from musicrl.votes import VoteStore
+    from musicrl.votes.store import VoteStore
 
     store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
     a, b = (store.add_clip(synth.example(i, 1.0).audio, synth.SAMPLE_RATE, model_id="m", model_version="1",
@@ -233,3 +236,43 @@ def test_cli_trains_with_or_without_the_clap_term(planted, clap_dir, tmp_path):
                      str(clap_dir), "--epochs", "2", flag]) == 0
         assert json.loads((out / "config.json").read_text())["clap_term"] is expected
         assert PreferenceModel.from_pretrained(out).clap_term is expected
+
+
+REWARDS = Path(__file__).resolve().parents[1] / "rewards"
+# what opens the vote database, or reads votes from it: only the commands may, through musicrl.votes.rows
+DB_MODULES = ("sqlalchemy", "psycopg", "musicrl.votes.store", "musicrl.votes.schema")
+DB_NAMES = {"VoteStore", "load_votes", "load_ratings", "open_engine", "create_engine"}
+
+
+def _imports(path: Path):
+    """(line, module or module.name) of every import in a source file, top-level or inside a function."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield node.lineno, node.module or ""
+            yield from ((node.lineno, f"{node.module}.{a.name}") for a in node.names)
+
+
+def test_reward_modules_never_open_a_database():
+    """The reward trainers take rows: no module of the rewards imports (even lazily, inside a
+    function) or names what opens the vote database, and importing them all loads none of it."""
+    for path in sorted(REWARDS.glob("*.py")):
+        for line, module in _imports(path):
+            assert not module.startswith(DB_MODULES) and module.split(".")[-1] not in DB_NAMES, (path.name, line)
+        names = {getattr(n, "id", getattr(n, "attr", None)) for n in ast.walk(ast.parse(path.read_text()))}
+        assert not names & DB_NAMES, (path.name, names & DB_NAMES)
+    code = (
+        "import importlib, sys; "
+        f"[importlib.import_module('musicrl.rewards.' + m) for m in {[p.stem for p in REWARDS.glob('*.py')]!r}]; "
+        f"print([m for m in sys.modules if m.startswith({DB_MODULES!r})])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_reward_modules_never_import_the_tiny_world():
+    """The tiny world may use the rewards (its quality head's synthetic ratings), never the reverse."""
+    for path in sorted(REWARDS.glob("*.py")):
+        for line, module in _imports(path):
+            assert not module.startswith("musicrl.tiny"), (path.name, line, module)

@@ -1,4 +1,4 @@
-"""The quality (MOS) reward: synthetic and rated training, save/reload, purity, bad input."""
+"""The quality (MOS) reward: synthetic (tiny world) and rated training, save/reload, purity, bad input."""
 
 from __future__ import annotations
 
@@ -8,22 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from musicrl import synth
+from musicrl.tiny import synth
 from musicrl.audio import write_wav
 from musicrl.cli import main
-from musicrl.degrade import degrade
+from musicrl.tiny.degrade import degrade
 from musicrl.errors import UserError
-from musicrl.hub import TINY_DIR
+from musicrl.model.hub import TINY_DIR
 from musicrl.tiny.clap import save_random_clap
-from rewards.quality import QualityReward
-from rewards.train_quality import (
-    QualityTrainConfig,
-    load_ratings,
-    spearman,
-    synthetic_eval_set,
-    train_quality_from_ratings,
-    train_tiny_quality,
-)
+from musicrl.rewards.quality import QualityReward
+from musicrl.rewards.train_quality import QualityTrainConfig, spearman, train_quality_from_ratings
+from musicrl.tiny.quality import TinyQualityConfig, synthetic_eval_set, train_tiny_quality
+from musicrl.votes.rows import load_ratings
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +30,7 @@ def clap_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("quality")
-    cfg = QualityTrainConfig(num_clips=40, eval_clips=55, duration_s=2.0, epochs=60)
+    cfg = TinyQualityConfig(num_clips=40, eval_clips=55, duration_s=2.0, epochs=60)
     return out, train_tiny_quality(out, cfg, backbone="tiny", progress=False)
 
 
@@ -65,7 +60,7 @@ def test_reload_is_identical_pure_and_in_range(trained):
 @pytest.mark.skipif(not (TINY_DIR / "quality" / "config.json").exists(), reason="tiny quality model not built yet")
 def test_shipped_tiny_quality_ranks_held_out_degradations():
     reward = QualityReward.from_pretrained("tiny")
-    clips, levels, _ = synthetic_eval_set(QualityTrainConfig(eval_clips=110, seed=1))
+    clips, levels, _ = synthetic_eval_set(TinyQualityConfig(eval_clips=110, seed=1))
     audio = torch.as_tensor(np.stack([c for c, _ in clips]))[:, None]
     scores = reward(audio, synth.SAMPLE_RATE, [""] * len(clips)).numpy()
     assert -spearman(scores, levels) >= 0.7
@@ -126,7 +121,7 @@ def test_empty_ratings_and_cli_exit_code(tmp_path, capsys):
 
 
 def test_ratings_from_a_vote_store(tmp_path):
-    from musicrl.votes import VoteStore
+    from musicrl.votes.store import VoteStore
 
     store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
     c = store.add_clip(synth.example(0, 1.0).audio, synth.SAMPLE_RATE, model_id="m", model_version="1",

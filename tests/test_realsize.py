@@ -8,7 +8,7 @@ from musicrl.cli import main
 
 @pytest.mark.slow
 def test_musicgen_small_architecture_generates_one_second(tmp_path):
-    from musicrl.realsize import save_random_musicgen_small
+    from musicrl.model.realsize import save_random_musicgen_small
 
     model_dir = save_random_musicgen_small(tmp_path / "musicgen-small-random")
     out = tmp_path / "out"

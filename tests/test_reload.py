@@ -13,10 +13,11 @@ import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from app.reload import ModelSet, Poller, newest_checkpoint  # noqa: E402
+from musicrl.app.reload import ModelSet, Poller  # noqa: E402
+from musicrl.train.checkpoints import newest_checkpoint  # noqa: E402
 from musicrl.errors import UserError  # noqa: E402
-from musicrl.generator import Clip  # noqa: E402
-from musicrl.votes import VoteStore, model_key  # noqa: E402
+from musicrl.model.generator import Clip  # noqa: E402
+from musicrl.votes.store import VoteStore, model_key  # noqa: E402
 
 SECRET = "reload-secret"
 
@@ -116,7 +117,7 @@ def _empty(tmp_path: Path) -> Path:
 
 
 def test_swap_waits_for_the_generation_in_flight_and_loads_off_the_request_path(tmp_path):
-    from app.arena import Arena, ArenaConfig
+    from musicrl.app.arena import Arena, ArenaConfig
 
     gate = threading.Event()
     old, new = FakeGen("run", "old0000000", gate), FakeGen("run", "new0000000")
@@ -157,7 +158,7 @@ def _write_checkpoint(src: Path, dst: Path, seed: int) -> str:
     import torch
     from transformers import MusicgenForConditionalGeneration
 
-    from musicrl.generator import weights_version
+    from musicrl.model.generator import weights_version
 
     tmp = dst.parent / f".{dst.name}.tmp"
     shutil.copytree(src, tmp)
@@ -183,7 +184,7 @@ def _wait(cond, timeout=30.0):
 def test_app_serves_the_newest_checkpoint_and_keeps_votes_across_the_swap(random_musicgen_dir, tmp_path, monkeypatch):
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("gradio")
-    from app.server import start_server
+    from musicrl.app.server import start_server
     from musicrl.cli import build_parser
     from musicrl.commands.app import prepare
 

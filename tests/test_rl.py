@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from musicrl.errors import UserError
-from musicrl.rl import RLConfig, RLTrainer, exact_kl, latest_checkpoint
-from rewards.combine import WeightedReward
+from musicrl.train.checkpoints import latest_checkpoint
+from musicrl.tiny.prompts import resolve_prompts, rl_prompts
+from musicrl.train.rl_config import RLConfig
+from musicrl.train.rl_trainer import RLTrainer, exact_kl
+from musicrl.rewards.combine import WeightedReward
 
 REWARD_CFG = {"components": {"clap": {}}}  # validated only; the tests pass the reward object itself
 
@@ -18,13 +21,13 @@ def loudness(audio, sample_rate, prompts):  # [B,1,S] -> [B]: a pure function of
 
 
 def make(tmp_path, policy_dir, device="cpu", **kw):
-    from musicrl.policy import MusicGenPolicy
+    from musicrl.model.policy import MusicGenPolicy
 
     cfg = RLConfig(reward=REWARD_CFG, model=str(policy_dir), out_dir=str(tmp_path / "run"), steps=2,
                    prompts_per_step=2, samples_per_prompt=2, duration_s=0.2, lr=1e-3, eval_every=100,
                    checkpoint_every=1, eval_prompts_count=2, device=device, **kw)  # fmt: skip
     policy = MusicGenPolicy.from_pretrained(str(policy_dir), device=device)
-    return RLTrainer(cfg, policy=policy, reward=WeightedReward({"loud": loudness}, {"loud": 1.0}))
+    return RLTrainer(cfg, *rl_prompts(cfg), policy=policy, reward=WeightedReward({"loud": loudness}, {"loud": 1.0}))
 
 
 def decoder_params(trainer):
@@ -125,7 +128,7 @@ def test_ema_checkpoint_holds_the_average_and_training_goes_on_from_the_live_wei
         torch.testing.assert_close(e, x)
     ckpt = tr.save_checkpoint(2)
     assert all(torch.equal(p, w) for p, w in zip(trained(), w2))  # saving put the live weights back
-    from musicrl.policy import MusicGenPolicy
+    from musicrl.model.policy import MusicGenPolicy
 
     saved = MusicGenPolicy.from_pretrained(str(ckpt))
     r = tr.policy.sample(["x"], 1, 0.2, sampling=tr.cfg.sampling, seed=1)
@@ -146,7 +149,7 @@ def test_lora_reference_is_the_adapter_free_model(tmp_path, random_musicgen_dir)
     after = tr.policy.model.decoder.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in base.items())  # only adapters train
     ckpt = tr.save_checkpoint(2)
-    from musicrl.policy import MusicGenPolicy
+    from musicrl.model.policy import MusicGenPolicy
 
     merged = MusicGenPolicy.from_pretrained(str(ckpt))  # a plain HF model, adapters merged
     r = tr.policy.sample(["x"], 1, 0.2, sampling=tr.cfg.sampling, seed=1)
@@ -214,10 +217,10 @@ def test_config_validation_in_python():
 
 def test_rl_raises_a_reward_the_policy_can_reach(tmp_path):
     """The whole loop learns: on the shipped tiny LM, a reward for pitch height (log2 of the register
-    frequency, musicrl.attributes) rises within a dozen steps, with prompts that name no register."""
+    frequency, musicrl.tiny.attributes) rises within a dozen steps, with prompts that name no register."""
     import numpy as np
 
-    from musicrl import attributes
+    from musicrl.tiny import attributes
 
     def height(audio, sample_rate, prompts):  # [B, 1, S] -> [B], octaves
         return torch.tensor([float(np.log2(attributes.register_hz(a[0].numpy(), sample_rate))) for a in audio])
@@ -227,7 +230,7 @@ def test_rl_raises_a_reward_the_policy_can_reach(tmp_path):
     cfg = RLConfig(reward=REWARD_CFG, model="tiny", prompts=str(prompts), out_dir=str(tmp_path / "run"), steps=12,
                    prompts_per_step=2, samples_per_prompt=4, duration_s=1.0, guidance_scale=3.0, lr=3e-4,
                    kl_coef=0.02, eval_every=100, checkpoint_every=100, eval_prompts_count=2, device="cpu")  # fmt: skip
-    tr = RLTrainer(cfg, reward=WeightedReward({"height": height}, {"height": 1.0}))
+    tr = RLTrainer(cfg, *rl_prompts(cfg), reward=WeightedReward({"height": height}, {"height": 1.0}))
     r = [tr.step(s)["reward/height"] for s in range(cfg.steps)]
     assert np.mean(r[-4:]) > np.mean(r[:4]) + 0.5, r  # up by more than half an octave (measured: +1.0)
 
@@ -235,25 +238,21 @@ def test_rl_raises_a_reward_the_policy_can_reach(tmp_path):
 def test_unseen_eval_prompts_are_in_training_words_and_never_training_prompts(heldout_words):
     """The default RL evaluation prompts: new captions the tiny LM can follow (training words only),
     none equal to a training prompt, the same for the same seed."""
-    from musicrl import synth
-    from musicrl.rl import load_prompts
-
-    unseen = load_prompts("synth-unseen", n_synth=64)
-    assert len(unseen) == 64 and unseen == load_prompts("synth-unseen", n_synth=64)
-    assert not set(unseen) & set(load_prompts("synth"))
+    from musicrl.tiny import synth
+    unseen = resolve_prompts("synth-unseen", 64)
+    assert len(unseen) == 64 and unseen == resolve_prompts("synth-unseen", 64)
+    assert not set(unseen) & set(resolve_prompts("synth"))
     assert not [p for p in unseen if any(w in p for w in heldout_words)]
     assert all(synth.parse_prompt(p) for p in unseen)
     assert RLConfig(reward=REWARD_CFG).eval_prompts == "synth-unseen"
 
 
-def test_no_evaluation_seed_draws_a_training_prompt_as_unseen(tmp_path, random_musicgen_dir):
+def test_no_evaluation_seed_draws_a_training_prompt_as_unseen():
     """`musicrl eval --seed S` draws other unseen captions; training always uses the one fixed set of
     training captions, so none of them is ever judged as unseen (seeds 1 and 3 once drew 2 and 3)."""
-    from musicrl.rl import load_prompts
-
-    train = load_prompts("synth")
-    assert make(tmp_path, random_musicgen_dir, seed=3).train_prompts == train == load_prompts("synth", seed=3)
+    train = resolve_prompts("synth")
+    assert rl_prompts(RLConfig(reward=REWARD_CFG, seed=3))[0] == train == resolve_prompts("synth", seed=3)
     for seed in range(5):
-        unseen = load_prompts("synth-unseen", n_synth=64, seed=seed)
+        unseen = resolve_prompts("synth-unseen", 64, seed=seed)
         assert len(set(unseen)) == 64 and not set(unseen) & set(train), seed
-    assert load_prompts("synth-unseen", n_synth=64, seed=1) != load_prompts("synth-unseen", n_synth=64, seed=3)
+    assert resolve_prompts("synth-unseen", 64, seed=1) != resolve_prompts("synth-unseen", 64, seed=3)

@@ -1,6 +1,6 @@
 import torch
 
-from musicrl.sampling import SamplingConfig, gumbel_noise, process_logits, sample_tokens
+from musicrl.model.sampling import SamplingConfig, gumbel_noise, process_logits, sample_tokens
 
 
 def test_gumbel_noise_is_a_pure_function_of_seed_step_codebook_token():

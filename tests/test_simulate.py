@@ -7,14 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from musicrl import synth
+from musicrl.tiny import synth
 from musicrl.errors import UserError
-from musicrl.simulate import Clip, Panel, Rater, adherence, perceive, simulate_votes
+from musicrl.model.generator import Clip
+from musicrl.tiny.simulate import Panel, Rater, adherence, perceive, simulate_votes
 
 
-def clip(**fixed) -> Clip:
+def clip(**fixed) -> synth.Example:
+    """A silent clip whose true attributes the raters hear."""
     attrs = synth.sample_attributes(np.random.default_rng(0), **fixed)
-    return Clip(np.zeros(synth.SAMPLE_RATE, dtype=np.float32), synth.SAMPLE_RATE, attrs)
+    return synth.Example(np.zeros(synth.SAMPLE_RATE, dtype=np.float32), "", attrs, 0)
 
 
 TASTE = {"mode": {"major": 1.0, "minor": -0.5}, "drums": {"full": 0.25}, "adherence": 2.0}
@@ -26,8 +28,8 @@ def test_utility_is_the_taste_plus_prompt_adherence():
     prompt = "a fast melody in a minor key"  # names tempo (kept) and mode (missed)
     assert synth.parse_prompt(prompt) == {"tempo": "fast", "mode": "minor"}
     assert adherence(prompt, perceive(c)) == 0.5
-    assert r.utility(c.audio, c.sample_rate, prompt, c.attrs) == pytest.approx(1.0 + 0 + 2.0 * 0.5)
-    assert r.utility(c.audio, c.sample_rate, "nothing named", c.attrs) == pytest.approx(1.0)
+    assert r.utility(c.audio, synth.SAMPLE_RATE, prompt, c.attrs) == pytest.approx(1.0 + 0 + 2.0 * 0.5)
+    assert r.utility(c.audio, synth.SAMPLE_RATE, "nothing named", c.attrs) == pytest.approx(1.0)
 
 
 def test_without_attributes_the_rater_measures_the_audio():
@@ -43,7 +45,7 @@ def test_without_attributes_the_rater_measures_the_audio():
 def test_drums_heard_without_their_kit():
     """From audio, raters hear whether there are drums, not which kit: such drums are worth the mean
     of the taste's two kits and match a prompt asking for either kit, never one asking for none."""
-    from musicrl.simulate import adherence
+    from musicrl.tiny.simulate import adherence
 
     r = Rater({"drums": {"kick-hat": 0.2, "full": 0.6, "none": -1.0}})
     assert r.value({"drums": "drums"}, "") == pytest.approx(0.4)
@@ -89,7 +91,7 @@ def test_bad_tastes_are_user_errors():
 
 
 def test_simulate_votes_writes_a_reproducible_vote_file(tmp_path):
-    from rewards.train_preference import load_votes
+    from musicrl.votes.rows import load_votes
 
     panel = Panel.default(3, noise=0.5, seed=0)
     path = simulate_votes(10, panel, 7, tmp_path / "a", duration_s=0.5, clips_per_prompt=3)

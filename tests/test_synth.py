@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musicrl import synth
-from musicrl.attributes import register_hz
+from musicrl.tiny import synth
+from musicrl.tiny.attributes import register_hz
 from musicrl.cli import main
 from musicrl.errors import UserError
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoFeatureExtractor, AutoProcessor, AutoTokenizer, ClapModel
 
-from musicrl import synth
+from musicrl.tiny import synth
 from musicrl.errors import UserError
 from musicrl.tiny import clap as tiny_clap
 from musicrl.tiny.clap import (
@@ -123,7 +123,7 @@ def test_config_is_validated():
 
 
 def test_codec_version_is_the_round_trip_plus_a_noise_floor_at_the_asked_level():
-    from musicrl.codec import Codec
+    from musicrl.model.codec import Codec
 
     codec = Codec.from_pretrained("tiny")
     audio = torch.as_tensor(synth.example(3, 1.0).audio)[None]  # [1, S]
@@ -148,7 +148,7 @@ def test_batches_take_the_codec_version_at_the_configured_rate():
 
 
 def test_shipped_tiny_clap_retrieves_from_held_out_paraphrases():
-    from musicrl.hub import TINY_DIR
+    from musicrl.model.hub import TINY_DIR
     from musicrl.tiny.clap import evaluate_clap
 
     if not (TINY_DIR / "clap" / "config.json").exists():

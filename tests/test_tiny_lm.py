@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from musicrl import synth
+from musicrl.tiny import synth
 from musicrl.tiny.lm import LMTrainConfig, lm_loss, train_lm
 
 
@@ -19,7 +19,7 @@ def test_null_condition_ignores_the_caption(random_policy):
 
 
 def test_loss_falls_when_fitting_a_batch(random_musicgen_dir):
-    from musicrl.policy import MusicGenPolicy
+    from musicrl.model.policy import MusicGenPolicy
 
     torch.manual_seed(0)
     policy = MusicGenPolicy.from_pretrained(str(random_musicgen_dir))
@@ -67,8 +67,8 @@ def test_the_code_cache_follows_the_codec(tmp_path, random_musicgen_dir):
     """Codes cached for one codec are never reused for another (the LM would learn the wrong tokens)."""
     from transformers import MusicgenForConditionalGeneration
 
-    from musicrl.codec import Codec
-    from musicrl.tiny.codec import SpectralCodecConfig, SpectralCodecModel
+    from musicrl.model.codec import Codec
+    from musicrl.model.spectral_codec import SpectralCodecConfig, SpectralCodecModel
     from musicrl.tiny.lm import encode_corpus
 
     cfg = LMTrainConfig(num_clips=4, clip_s=0.5, batch_size=2)

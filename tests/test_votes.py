@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from musicrl.cli import main
 from musicrl.errors import UserError
-from musicrl.votes import SECRET_FILE, Vote, VoteStore, effective_votes
+from musicrl.votes.store import SECRET_FILE, Vote, VoteStore, effective_votes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -238,7 +238,7 @@ def test_vote_survives_a_killed_process(tmp_path):
     """record_vote returned => the vote is on disk, even if the process dies right after (no cleanup)."""
     code = (
         "import sys, numpy as np, os; sys.path.insert(0, sys.argv[2]);"
-        "from musicrl.votes import VoteStore; s = VoteStore(f'sqlite:///{sys.argv[1]}/votes.db', sys.argv[1]);"
+        "from musicrl.votes.store import VoteStore; s = VoteStore(f'sqlite:///{sys.argv[1]}/votes.db', sys.argv[1]);"
         "c = [s.add_clip(np.sin(np.arange(800) * f).astype('float32'), 16000, model_id='m', model_version='1',"
         " prompt='p', seed=i) for i, f in enumerate((0.1, 0.2))];"
         "v = s.record_vote(clip_a=c[0].id, clip_b=c[1].id, choice='b', session='s'); print(v.id, flush=True);"

@@ -16,7 +16,9 @@ import argparse
 import os
 from pathlib import Path
 
+from musicrl.commands.common import add_device, add_threads, apply_threads
 from musicrl.errors import UserError
+from musicrl.model.device import resolve_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,43 +32,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=None, help="vote database URL (default sqlite:///DATA_DIR/votes.db)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (default 0: torch's choice; 1 is fastest for tiny models on a busy CPU)")  # fmt: skip
+    add_device(p)
+    add_threads(p)
     p.add_argument("--min-listen", type=float, default=2.0, help="seconds each clip must play before a vote (default 2)")
     p.add_argument("--max-duration", type=float, default=10.0, help="longest clip a user may ask for, s (default 10)")
     p.add_argument("--max-prompt-chars", type=int, default=300, help="longest prompt (default 300)")
     p.add_argument("--queue-size", type=int, default=16, help="generations that may wait at once (default 16)")
     p.add_argument("--min-votes", type=int, default=5, help="games a model needs to be rated on the leaderboard (default 5)")
     p.add_argument("--examples", metavar="FILE",
-                   help="example prompts, one per line (default: prompts in the tiny world's words when it is served)")  # fmt: skip
+                   help="example prompts: a file, one per line, or a packaged list (examples, tiny-examples; "
+                        "default: tiny-examples when the tiny world is served, else examples)")  # fmt: skip
     p.add_argument("--duration", type=float, default=None,
                    help="clip length the prompt box starts at, s (default 4 for the tiny world, its training length; else 5)")  # fmt: skip
 
 
+def example_lists() -> dict[str, Path]:
+    """The packaged prompt lists by name: configs/prompts/NAME.txt (e.g. examples, tiny-examples)."""
+    from musicrl.presets import config_dir
+
+    return {p.stem: p for p in sorted((config_dir() / "prompts").glob("*.txt"))}
+
+
+def read_examples(spec: str) -> tuple[str, ...]:
+    """Example prompts from a file (one per line, blank lines skipped) or a packaged list's name."""
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        lists = example_lists()
+        if spec not in lists:
+            raise UserError(f"no such examples file: {path} (a file, or one of: {', '.join(lists)})")
+        path = lists[spec]
+    examples = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if not examples:
+        raise UserError(f"examples file {path} has no prompts")
+    return examples
+
+
+def serves_tiny(models: list[str], models_dirs: list[str]) -> bool:
+    """The tiny world is served: as --model tiny, or as a --models-dir whose newest checkpoint
+    records tiny as its reference (the run started from it)."""
+    from musicrl.train.checkpoints import newest_checkpoint, read_info
+
+    def reference(run_dir: str):
+        ckpt = newest_checkpoint(Path(run_dir).expanduser())
+        return read_info(ckpt).get("reference") if ckpt is not None else None
+
+    return "tiny" in models or any(reference(d) == "tiny" for d in models_dirs)
+
+
 def examples_and_duration(args: argparse.Namespace, models: list[str]) -> tuple[tuple[str, ...], float]:
     """The prompt box's examples and starting duration: given, or suited to the tiny world when it is
-    served (as --model tiny, or as a --models-dir whose run started from tiny)."""
-    import json
-
-    from app.arena import DEFAULT_EXAMPLES, TINY_EXAMPLES
-
-    def run_model(run_dir: str):
-        try:
-            return json.loads((Path(run_dir) / "config.json").read_text()).get("model")
-        except (OSError, ValueError, AttributeError):
-            return None
-
-    tiny = "tiny" in models or any(run_model(d) == "tiny" for d in args.models_dir or [])
-    if args.examples:
-        path = Path(args.examples).expanduser()
-        if not path.is_file():
-            raise UserError(f"no such examples file: {path}")
-        examples = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
-        if not examples:
-            raise UserError(f"examples file {path} has no prompts")
-    else:
-        examples = TINY_EXAMPLES if tiny else DEFAULT_EXAMPLES
+    served (its LM knows only the words of its training captions, and was trained on 4 s clips)."""
+    tiny = serves_tiny(models, args.models_dir or [])
+    examples = read_examples(args.examples or ("tiny-examples" if tiny else "examples"))
     duration = args.duration if args.duration is not None else (4.0 if tiny else 5.0)
     if not 0 < duration <= args.max_duration:
         raise UserError(f"--duration must be in (0, --max-duration={args.max_duration:g}] s, got {duration:g}")
@@ -74,11 +91,11 @@ def examples_and_duration(args: argparse.Namespace, models: list[str]) -> tuple[
 
 
 def model_set(models: list[str], models_dirs: list[str], device: str):
-    """The served models (`app.reload.ModelSet`); its `refresh` is also the app's reload hook."""
-    from app.reload import ModelSet
-    from musicrl import hub
-    from musicrl.generator import Generator
-    from musicrl.policy import MusicGenPolicy
+    """The served models (`musicrl.app.reload.ModelSet`); its `refresh` is also the app's reload hook."""
+    from musicrl.app.reload import ModelSet
+    from musicrl.model import hub
+    from musicrl.model.generator import Generator
+    from musicrl.model.policy import MusicGenPolicy
 
     def load(target: str, model_id: str) -> Generator:
         return Generator(MusicGenPolicy.from_pretrained(target, device=device), model_id=model_id)
@@ -100,8 +117,7 @@ def prepare(args: argparse.Namespace):
         raise UserError(f"--port must be 1..65535, got {args.port}")
     if not args.reload_every >= 0:
         raise UserError(f"--reload-every must be >= 0 s (0 = off), got {args.reload_every}")
-    if args.threads < 0:
-        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    apply_threads(args.threads)
     examples, duration = examples_and_duration(args, models)
     data_dir = Path(args.data_dir).expanduser()
     try:
@@ -111,18 +127,14 @@ def prepare(args: argparse.Namespace):
     db = args.db or f"sqlite:///{data_dir.resolve() / 'votes.db'}"
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a voting server
 
-    import torch
-
-    from app.reload import Poller
-    from app.server import build_app
+    from musicrl.app.reload import Poller
+    from musicrl.app.server import build_app
     from musicrl.logs import quiet_transformers
-    from musicrl.votes import VoteStore
+    from musicrl.votes.store import VoteStore
 
     quiet_transformers()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     store = VoteStore(db, data_dir)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     served = model_set(models, models_dirs, device)
     generators = served.refresh(strict=True)
     secret = os.environ.get("MUSICRL_ADMIN_SECRET") or None
@@ -144,7 +156,7 @@ def prepare(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.server import serve
+    from musicrl.app.server import serve
 
     demo, store, poller = prepare(args)
     arena = demo.musicrl_arena

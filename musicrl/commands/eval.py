@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from musicrl.commands.common import add_device
 from musicrl.errors import UserError
+from musicrl.model.device import resolve_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,28 +15,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", default="synth-unseen",
                    help="a text file (one prompt per line), synth-unseen (default: held-out clips' captions in "
                         "training words, none a training prompt) or synth-heldout (held-out words and templates)")
-    p.add_argument("--num-prompts", type=int, default=32, help="prompts used from the list (default 32)")
-    p.add_argument("--num-samples", type=int, default=2,
-                   help="clips per prompt and model (default 2: quick, but a prompt's win compares two means of "
-                        "this many clips; use 8 or more to judge small gains). The report also gives the win rate "
-                        "with the first 1, 2, 4, ... of them, to show how far the figure is from its limit")
+    p.add_argument("--num-prompts", type=int, default=128, help="prompts used from the list (default 128)")
+    p.add_argument("--num-samples", type=int, default=1,
+                   help="clips per prompt and model (default 1). Win rates compare single pairs of clips (clip j "
+                        "of a prompt from each model, the same seed), as a listener hears them; with more than "
+                        "one, the report adds the win rate of per-prompt means")
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--top-k", type=int, default=250)
     p.add_argument("--rewards", default="clap=tiny,quality=tiny",
                    help="name=model pairs; names clap, quality, or anything else for a preference model dir")
-    p.add_argument("--raters", type=int, default=0, help="also judge with a default panel of N simulated raters")
+    p.add_argument("--raters", type=int, default=0,
+                   help="tiny world: also judge with a default panel of N simulated raters (their utility, and "
+                        "one panel ballot on each single pair of clips)")
+    p.add_argument("--adherence", action="store_true",
+                   help="tiny world: the share of clips that have the tempo, register, mode and drums their "
+                        "prompt names, per model, and its change on the same prompts and seeds")
     p.add_argument("--reference", help="model to measure KL against (default: the first of --models)")
     p.add_argument("--seed", type=int, default=0,
                    help="which unseen or held-out captions are drawn (another set per seed, never a training "
                         "prompt) and the clips' noise")
     p.add_argument("--out", help="write the report as JSON here, and a plot of each reward vs KL beside it (.png)")
     p.add_argument("--run", help="plot reward vs KL of a training run directory instead (writes RUN/reward_vs_kl.png)")
-    p.add_argument("--device", default="auto")
+    add_device(p)
 
 
 def _judges(spec: str, raters: int, device):
-    from rewards.combine import build_reward
+    from musicrl.rewards.combine import build_reward
 
     judges = {}
     if spec:
@@ -48,8 +55,8 @@ def _judges(spec: str, raters: int, device):
         combo = build_reward({"components": comps, "normalize": False}, device).eval()
         judges.update(combo.rewards)
     if raters:
-        from musicrl.evaluate import raters_judge
-        from musicrl.simulate import Panel
+        from musicrl.tiny.simulate import raters_judge
+        from musicrl.tiny.simulate import Panel
 
         judges["raters"] = raters_judge(Panel.default(raters))
     if not judges:
@@ -58,7 +65,7 @@ def _judges(spec: str, raters: int, device):
 
 
 def run(args: argparse.Namespace) -> int:
-    from musicrl import evaluate as ev
+    from musicrl.train import evaluate as ev
 
     if args.run:
         print(ev.plot_run(args.run))
@@ -68,17 +75,16 @@ def run(args: argparse.Namespace) -> int:
     models = [m for m in args.models.split(",") if m]
     if args.num_samples < 1 or args.num_prompts < 1:
         raise UserError("--num-samples and --num-prompts must be >= 1")
-    import torch
 
     from musicrl.logs import quiet_transformers
-    from musicrl.policy import MusicGenPolicy
-    from musicrl.rl import load_prompts
-    from musicrl.sampling import SamplingConfig
+    from musicrl.model.policy import MusicGenPolicy
+    from musicrl.tiny.prompts import resolve_prompts
+    from musicrl.model.sampling import SamplingConfig
 
     quiet_transformers()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     judges = _judges(args.rewards, args.raters, device)
-    prompts = load_prompts(args.prompts, n_synth=args.num_prompts, seed=args.seed)[: args.num_prompts]
+    prompts = resolve_prompts(args.prompts, args.num_prompts, args.seed)[: args.num_prompts]
     sampling = SamplingConfig(top_k=args.top_k, guidance_scale=args.guidance)
     policies = {m: MusicGenPolicy.from_pretrained(m, device=device) for m in models}
     samples = [ev.generate(policies[m], prompts, args.num_samples, args.duration, sampling, args.seed, progress=True) for m in models]
@@ -93,7 +99,23 @@ def run(args: argparse.Namespace) -> int:
         if m != ref_name:
             mean, h = ev.kl_to_reference(policies[m], reference, s, kl_sampling, progress=True)
             report["kl"][m] = {"mean": mean, "ci95": h}
+    if args.adherence:
+        from musicrl.tiny.adherence import adherence_report
+
+        report["adherence"] = adherence_report(samples)
+    if args.raters:
+        from musicrl.tiny.simulate import Panel, panel_single_pairs
+
+        report["panel"] = {f"{s.model} over {samples[0].model}": panel_single_pairs(Panel.default(args.raters), samples[0], s)
+                           for s in samples[1:]}  # fmt: skip
     print(ev.format_report(report))
+    if args.adherence:
+        from musicrl.tiny.adherence import format_adherence
+
+        print(format_adherence(report["adherence"]))
+    for pair, v in report.get("panel", {}).items():
+        print(f"{'panel':>12}  {pair}: {v['decisive_win']:.0%} of {v['a'] + v['b']} decisive votes "
+              f"(95% CI {v['ci95'][0]:.0%}–{v['ci95'][1]:.0%}; {v['tie']} ties) on {v['pairs']} single pairs")
     if args.out:
         ev.save_report(report, args.out)
         print(f"report: {args.out}; plot: {ev.plot_report(report, Path(args.out).with_suffix('.png'))}")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from pathlib import Path
 
+from musicrl.commands.common import add_device, writable_dir
 from musicrl.errors import UserError
+from musicrl.model.device import resolve_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,18 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=250, help="0 = off (default 250)")
     p.add_argument("--top-p", type=float, default=0.0, help="0 = off (default)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale; 1 = off (default 3)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_device(p)
 
 
-def _writable_dir(path: str) -> Path:
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output directory {out}: {e.strerror}") from e
-    if not os.access(out, os.W_OK):
-        raise UserError(f"output directory {out} is not writable")
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,16 +33,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--duration must be > 0, got {args.duration:g}")
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
-    out = _writable_dir(args.out)
+    out = writable_dir(args.out)
 
-    import torch
 
     from musicrl.audio import write_wav
-    from musicrl.generator import Generator
+    from musicrl.model.generator import Generator
     from musicrl.logs import quiet_transformers
 
     quiet_transformers()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     gen = Generator.from_pretrained(args.model, device=device)
     if args.duration > gen.max_duration_s + 1e-6:
         raise UserError(f"--duration {args.duration:g} s is beyond this model's maximum of {gen.max_duration_s:.1f} s")

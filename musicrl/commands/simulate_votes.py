@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from musicrl.commands.common import add_device
 from musicrl.errors import UserError
 
 
@@ -20,13 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="clips rendered per prompt; all their pairs are voted on (default 4)")
     p.add_argument("--model", default=None,
                    help="vote on this model's samples (tiny, a directory, a hub id) instead of synth renders; "
-                        "raters then hear tempo, register and mode through musicrl.attributes")
+                        "raters then hear tempo, register and mode through musicrl.tiny.attributes")
     p.add_argument("--guidance", type=float, default=3.0, help="with --model: guidance scale (default 3)")
-    p.add_argument("--device", default="cpu", help="with --model: cpu, cuda, ... (default cpu)")
+    add_device(p, default="cpu")
 
 
 def run(args: argparse.Namespace) -> int:
-    from musicrl.simulate import Panel, simulate_votes
+    from musicrl.tiny.simulate import Panel, simulate_votes
 
     if args.num < 1:
         raise UserError(f"--num must be >= 1, got {args.num}")
@@ -48,10 +49,10 @@ def model_clips(model: str, duration_s: float, guidance: float, device: str):
     """(prompt, n, seed) -> n decoded samples of `model` as `Clip`s (attributes unknown)."""
     import torch
 
-    from musicrl.engine import FastSampler
-    from musicrl.policy import MusicGenPolicy
-    from musicrl.sampling import SamplingConfig
-    from musicrl.simulate import Clip
+    from musicrl.model.engine import FastSampler
+    from musicrl.model.policy import MusicGenPolicy
+    from musicrl.model.sampling import SamplingConfig
+    from musicrl.model.generator import Clip
 
     policy = MusicGenPolicy.from_pretrained(model, device=device)
     sampler, cfg = FastSampler(policy), SamplingConfig(guidance_scale=guidance)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-from pathlib import Path
 
+from musicrl.commands.common import writable_dir
 from musicrl.errors import UserError
 
 MAX_DURATION_S = 600.0
@@ -23,15 +22,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="caption templates and seed range: train (default) or heldout")
 
 
-def _writable_dir(path: str) -> Path:
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output directory {out}: {e.strerror}") from None
-    if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
-        raise UserError(f"output directory {out} is not writable")
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,18 +31,18 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds, got {args.duration:g}")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
-    from musicrl.synth import HELDOUT_SEED_OFFSET
+    from musicrl.tiny.synth import HELDOUT_SEED_OFFSET
 
     if args.split == "train" and args.seed + args.num > HELDOUT_SEED_OFFSET:
         raise UserError(
             f"train seeds must stay below {HELDOUT_SEED_OFFSET}: --seed {args.seed} + --num {args.num} crosses it"
         )
-    out = _writable_dir(args.out)
+    out = writable_dir(args.out)
 
     from tqdm import tqdm
 
     from musicrl.audio import write_wav
-    from musicrl.synth import SAMPLE_RATE, examples
+    from musicrl.tiny.synth import SAMPLE_RATE, examples
 
     lines = []
     clips = examples(args.num, args.seed, args.duration, args.split)

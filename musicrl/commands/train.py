@@ -4,30 +4,31 @@ from __future__ import annotations
 
 import argparse
 
+from musicrl.commands.common import add_threads, apply_threads
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="a YAML file or a preset: rl/musicrl-r, rl/musicrl-u, rl/musicrl-ru, rl/small/...")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys (dotted for nested), e.g. steps=50 out_dir=runs/x")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (default 0: torch's choice, one per core). On a CPU that another job "
-                        "shares (the app, a second run), 1 decodes the tiny model ~9x faster than 2 on 2 cores")  # fmt: skip
+    add_threads(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from musicrl.configs import apply_overrides, load_yaml
-    from musicrl.errors import UserError
+    from musicrl.presets import apply_overrides, load_yaml
     from musicrl.logs import quiet_transformers
-    from musicrl.rl import RLConfig, RLTrainer
+    from musicrl.model.device import resolve_device
+    from musicrl.rewards.combine import build_reward
+    from musicrl.tiny.adherence import oracle_rewards
+    from musicrl.tiny.prompts import rl_prompts
+    from musicrl.train.rl_config import RLConfig
+    from musicrl.train.rl_trainer import RLTrainer
 
-    if args.threads < 0:
-        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    apply_threads(args.threads)
     cfg = RLConfig.from_dict(apply_overrides(load_yaml(args.config), args.overrides))
     quiet_transformers()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    last = RLTrainer(cfg).train(resume=args.resume)
+    prompts, eval_prompts = rl_prompts(cfg)
+    reward = build_reward(cfg.reward, resolve_device(cfg.device), rewards=oracle_rewards(cfg.reward))
+    last = RLTrainer(cfg, prompts, eval_prompts, reward=reward).train(resume=args.resume)
     print(f"final checkpoint: {last}")
     return 0

@@ -1,8 +1,10 @@
 """`musicrl train-reward quality|preference`: train a learned reward's head on a frozen CLAP backbone.
 
 quality: from ratings (`--ratings` JSONL of {audio, rating} or a vote-store URL), or, without
-`--ratings`, from the tiny world's synthetic ratings (clean vs. degraded synth renders).
+`--ratings`, from the tiny world's synthetic ratings (clean vs. degraded synth renders,
+`musicrl.tiny.quality`).
 preference: a Bradley-Terry model from A/B votes (`--votes` JSONL or a vote-store URL).
+Votes and ratings are read here, by `musicrl.votes.rows`, and handed to the trainers as rows.
 The model directory (`--out`) gets config.json, model.safetensors, metrics.json and a plot.
 """
 
@@ -10,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 
-from musicrl.errors import UserError
+from musicrl.commands.common import add_device, add_threads, apply_threads
+from musicrl.model.device import resolve_device
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--backbone", default="tiny", help="CLAP backbone: 'tiny' (default), a directory or a hub id")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's own choice)")
+    add_device(p)
+    add_threads(p)
     p.add_argument("--data-dir", help="vote store's data dir (default: the SQLite file's directory)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
@@ -47,33 +51,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _common(r)
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+def _config(cls, args: argparse.Namespace):
+    """A `cls` training config from the flags named like its fields (absent ones keep their defaults)."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None})
 
+
+def run(args: argparse.Namespace) -> int:
     from musicrl.logs import quiet_transformers
 
     quiet_transformers()
-    if args.threads < 0:
-        raise UserError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if args.which == "quality":
-        from rewards import train_quality as tq
+    apply_threads(args.threads)
+    device = resolve_device(args.device)
+    if args.which == "quality" and args.ratings:
+        from musicrl.rewards import train_quality as tq
+        from musicrl.votes.rows import load_ratings
 
-        cfg = tq.config_from_args(args)
-        if args.ratings:
-            ratings = tq.load_ratings(args.ratings, args.data_dir)
-            metrics = tq.train_quality_from_ratings(ratings, args.out, cfg, args.backbone, device, source=args.ratings)
-            keys = ("val_spearman", "val_mae", "train_clips", "val_clips")
-        else:
-            metrics = tq.train_tiny_quality(args.out, cfg, args.backbone, device)
-            keys = ("spearman_vs_level", "spearman_by_kind", "train_clips", "eval_clips")
+        cfg = _config(tq.QualityTrainConfig, args)
+        ratings = load_ratings(args.ratings, args.data_dir)
+        metrics = tq.train_quality_from_ratings(ratings, args.out, cfg, args.backbone, device, source=args.ratings)
+        keys = ("val_spearman", "val_mae", "train_clips", "val_clips")
+    elif args.which == "quality":
+        from musicrl.tiny.quality import TinyQualityConfig, train_tiny_quality
+
+        metrics = train_tiny_quality(args.out, _config(TinyQualityConfig, args), args.backbone, device)
+        keys = ("spearman_vs_level", "spearman_by_kind", "train_clips", "eval_clips")
     else:
-        from rewards import train_preference as tp
+        from musicrl.rewards import train_preference as tp
+        from musicrl.votes.rows import load_votes
 
-        cfg = tp.config_from_args(args)
-        votes = tp.load_votes(args.votes, args.data_dir)
+        cfg = _config(tp.PreferenceTrainConfig, args)
+        votes = load_votes(args.votes, args.data_dir)
         metrics = tp.train_preference(votes, args.out, cfg, args.backbone, device, source=args.votes)
         val = metrics["val"]
         metrics = {"val_accuracy": val.get("accuracy"), "val_ece": val.get("ece"),

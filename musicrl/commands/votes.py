@@ -36,14 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from musicrl.votes import VoteStore, parse_db_url
+    from musicrl.votes.schema import existing_db_url
+    from musicrl.votes.store import VoteStore
 
-    u = parse_db_url(args.db)
-    if u.get_backend_name() == "sqlite":
-        from pathlib import Path
-
-        if not Path(u.database).expanduser().is_file():
-            raise UserError(f"no such vote database: {u.database}")
+    existing_db_url(args.db)  # reading: a missing SQLite file is an error, not a new empty store
     store = VoteStore(args.db, args.data_dir)
     try:
         if args.votes_command == "export":
@@ -56,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stats(store, args) -> int:
-    from musicrl.leaderboard import leaderboard
-    from musicrl.votes import vote_pairs
+    from musicrl.votes.leaderboard import leaderboard
+    from musicrl.votes.store import vote_pairs
 
     if args.min_votes < 1:
         raise UserError(f"--min-votes must be >= 1, got {args.min_votes}")

@@ -3,13 +3,12 @@
   codec    the spectral codec, codebooks fitted by k-means on the corpus (musicrl.tiny.codec)
   lm       the tiny MusicGen LM, on (caption, codes) of that codec   (musicrl.tiny.lm)
   clap     the tiny CLAP, contrastive on (caption, audio), clean and through that codec (musicrl.tiny.clap)
-  quality  the MOS head on frozen tiny-CLAP embeddings, on graded degradations (rewards.train_quality)
+  quality  the MOS head on frozen tiny-CLAP embeddings, on graded degradations (musicrl.tiny.quality)
 
 A stage whose output directory holds a finished model (config.json) is skipped; an interrupted stage
 resumes from its own checkpoint under OUT/work/<stage> (the codec takes about two minutes and just
-reruns). The shipped `musicrl/assets/tiny` is this command's output: about 67 min on the 2-core CPU
-with `--threads 2` (codec 2.1, LM 51, CLAP 13.5, quality 0.7; the README's model card says where
-each figure was measured).
+reruns). The shipped `musicrl/assets/tiny` is this command's output; docs/tiny.md (the model card)
+gives how long each stage takes and what each model measures.
 """
 
 from __future__ import annotations
@@ -20,16 +19,13 @@ from pathlib import Path
 STAGES = ("codec", "lm", "clap", "quality")
 
 
-def bootstrap(out: str | Path, stages: tuple[str, ...] = STAGES, progress: bool = True, threads: int | None = None) -> dict:
-    import torch
+def bootstrap(out: str | Path, stages: tuple[str, ...] = STAGES, progress: bool = True) -> dict:
 
     from musicrl.errors import UserError
 
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise UserError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
-    if threads:
-        torch.set_num_threads(threads)
     out = Path(out)
     work = out / "work"
     dirs = {"codec": out / "codec", "lm": out / "musicgen", "clap": out / "clap", "quality": out / "quality"}
@@ -62,9 +58,9 @@ def bootstrap(out: str | Path, stages: tuple[str, ...] = STAGES, progress: bool 
         elif stage == "quality":
             if not (dirs["clap"] / "config.json").exists():
                 raise UserError(f"the quality stage needs the clap first ({dirs['clap']})")
-            from rewards.train_quality import QualityTrainConfig, train_tiny_quality
+            from musicrl.tiny.quality import train_tiny_quality
 
-            train_tiny_quality(dirs["quality"], QualityTrainConfig(), backbone=str(dirs["clap"]))
+            train_tiny_quality(dirs["quality"], backbone=str(dirs["clap"]))
         timings[stage] = time.time() - t
         print(f"[bootstrap] {stage}: {timings[stage] / 60:.1f} min")
     return timings

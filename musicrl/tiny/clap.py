@@ -1,7 +1,7 @@
 """The tiny world's CLAP: a transformers `ClapModel` with a tiny config, trained contrastively here.
 
 Same classes as LAION's checkpoints (HTSAT-style Swin audio tower over a log-mel, RoBERTa text
-tower, two projection MLPs), so `rewards.clap.ClapReward` loads `tiny` and `laion/larger_clap_music`
+tower, two projection MLPs), so `musicrl.rewards.clap.ClapReward` loads `tiny` and `laion/larger_clap_music`
 through one code path; only the config and the files beside it differ:
 
 - tokenizer: RoBERTa's own kind (byte-level BPE, `RobertaTokenizer`, `<s> ... </s>`), its
@@ -30,7 +30,7 @@ Training, in two stages:
    RoBERTa read before LAION paired it with audio: it is how "brisk" comes to mean "fast". The
    tokenizer is learned from the same text. Held-out sentence shapes (templates) stay unseen.
 2. contrastive: symmetric InfoNCE over the batch (CLIP/CLAP) on (clip, caption) pairs from
-   `musicrl.synth`, with the text tower frozen (only its projection learns, as in LiT with the sides
+   `musicrl.tiny.synth`, with the text tower frozen (only its projection learns, as in LiT with the sides
    swapped), so words that never meet audio keep the meaning text gave them. Captions are
    train-split only: held-out words and templates are never paired with a sound. Each clip gets a
    fresh train paraphrase every epoch. Captions name only 2-5 attributes, so two clips of a batch
@@ -43,31 +43,16 @@ Training, in two stages:
    `return_loss`: besides being diagonal-only, it transposes `logits_per_audio`, so both of its
    terms rank audio per text (transformers 5.x).
 
-Features are computed by `rewards.clap.ClapLogMel`, the very function the reward uses at inference.
+Features are computed by `musicrl.rewards.clap.ClapLogMel`, the very function the reward uses at inference.
 
 Run: `nice -n 10 python -m musicrl.tiny.clap` (-> musicrl/assets/tiny/clap, checkpoints in runs/).
 The shipped model: the defaults, 800 text steps + 2880 contrastive steps, half of each batch heard
-through the tiny codec (`codec_prob`), 25 min on one thread of a busy 2-core box. `evaluate_clap` on
-256 held-out clips (held-out seeds), groups of 32:
-
-| captions                        | R@1  | its ceiling | top clip fits | own > mismatched |
-|---------------------------------|------|-------------|---------------|------------------|
-| train-split words and templates | 0.64 | 0.65        | 0.95          | 0.98             |
-| held-out words and templates    | 0.58 | 0.64        | 0.92          | 0.98             |
-| train words, clips through the codec | 0.61 |        |               | 0.97             |
-
-One word per attribute, zero-shot: tempo 0.99, register 1.00, instrument 0.97, drums 1.00, mode 0.79
-(chance 0.5). The previous model, trained on clean renders only, had R@1 0.62 / 0.60 clean but 0.48
-through the codec; on the LM's samples its scores moved with a -60 dBFS noise floor (within-prompt
-deviations correlated 0.73 with and without it; now 0.89), and attribute adherence explained 9% of
-their spread within a prompt (now 18%). The text prior is what carries held-out words: the model
-before it, the same audio tower trained jointly with a text tower that saw train words only, got
-R@1 0.09 and own > mismatched 0.75 on held-out captions (0.59 / 0.98 on train words), and mode
-0.51 zero-shot.
+through the tiny codec (`codec_prob`). `evaluate_clap` measures it on held-out clips (held-out seeds),
+in groups of 32; docs/tiny.md gives its figures.
 
 Known limits:
 - mode is heard, but least well: a mel front-end this coarse (~90 Hz per bin below 1 kHz) barely
-  separates a minor from a major third. Use `musicrl.attributes` to measure mode.
+  separates a minor from a major third. Use `musicrl.tiny.attributes` to measure mode.
 - the ceiling is what a perfect model gets choosing at random among clips that fit the caption.
 """
 
@@ -104,7 +89,7 @@ def tiny_tokenizer(n_captions: int = 4000, seed: int = 0, words: str = "all") ->
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from musicrl import synth
+    from musicrl.tiny import synth
 
     rng = np.random.default_rng([seed, 1234])
     captions = [synth.caption(synth.sample_attributes(rng), rng, "train", words) for _ in range(n_captions)]
@@ -255,7 +240,7 @@ def render_mels(seeds: list[int], split: str, log_mel, progress: bool = False, d
     """Synth clips for `seeds` -> (log-mels [N, 1, T, F], attributes, captions, codec log-mels
     [N, 1, T, F] or None). With a `codec`, each clip's `codec_version` too, its noise level drawn
     from the clip's seed."""
-    from musicrl import synth
+    from musicrl.tiny import synth
 
     mels, coded, attrs, caps = [], [], [], []
     for i in tqdm(range(0, len(seeds), 64), disable=not progress, desc=desc, dynamic_ncols=True):
@@ -272,7 +257,7 @@ def render_mels(seeds: list[int], split: str, log_mel, progress: bool = False, d
 
 def fit_matrix(captions: list[str], attrs: list) -> torch.Tensor:
     """[T, A] bool: clip a has every attribute caption t names (per `synth.parse_prompt`)."""
-    from musicrl import synth
+    from musicrl.tiny import synth
 
     named = [synth.parse_prompt(c) for c in captions]
     values = [a.to_dict() for a in attrs]
@@ -287,7 +272,7 @@ def match_matrix(captions: list[str], attrs: list) -> torch.Tensor:
 def _batch(step: int, cfg: ClapTrainConfig, attrs: list):
     """Clip indices, fresh train captions, gains and which clips come in their codec version, for
     `step`: a pure function of (seed, step)."""
-    from musicrl import synth
+    from musicrl.tiny import synth
 
     epoch, pos = divmod(step, cfg.steps_per_epoch)
     perm = np.random.default_rng([cfg.seed, epoch, 0]).permutation(cfg.pool_clips)
@@ -369,7 +354,7 @@ def train_clap(out_dir: str | Path, cfg: ClapTrainConfig = ClapTrainConfig(), pr
     Every batch, caption, gain and dropout mask is a pure function of (seed, step), so a resumed run
     takes the same steps as an uninterrupted one. Runs on CPU.
     """
-    from rewards.clap import ClapLogMel
+    from musicrl.rewards.clap import ClapLogMel
 
     out_dir = Path(out_dir)
     ckpt_dir = Path(work_dir) if work_dir is not None else out_dir
@@ -405,7 +390,7 @@ def train_clap(out_dir: str | Path, cfg: ClapTrainConfig = ClapTrainConfig(), pr
     log_mel = ClapLogMel(fe)
     codec = None
     if cfg.codec_prob > 0:
-        from musicrl.codec import Codec
+        from musicrl.model.codec import Codec
 
         codec = Codec.from_pretrained(cfg.codec)
     mels, attrs, _, coded_mels = render_mels(list(range(cfg.pool_clips)), "train", log_mel, progress,
@@ -439,7 +424,7 @@ def train_clap(out_dir: str | Path, cfg: ClapTrainConfig = ClapTrainConfig(), pr
 
 
 def synth_heldout(i: int) -> int:
-    from musicrl.synth import HELDOUT_SEED_OFFSET
+    from musicrl.tiny.synth import HELDOUT_SEED_OFFSET
 
     return HELDOUT_SEED_OFFSET + i
 
@@ -447,7 +432,7 @@ def synth_heldout(i: int) -> int:
 @torch.no_grad()
 def _quick_eval(model, tokenizer, mels, attrs, heldout_caps, seed: int) -> dict:
     """R@1 in groups of 32 on pre-rendered clips, with train-split and held-out captions."""
-    from musicrl import synth
+    from musicrl.tiny import synth
 
     model.eval()
     audio = F.normalize(model.get_audio_features(input_features=mels).pooler_output, dim=-1)
@@ -489,8 +474,8 @@ def evaluate_clap(model_dir: str | Path = "tiny", n: int = 256, group: int = 32,
     - codec_round_trip (with a `codec`): R@1 and own > mismatched (train words) on the same clips
       passed through the codec, the domain of the policy's samples.
     """
-    from musicrl import synth
-    from rewards.clap import ClapReward
+    from musicrl.tiny import synth
+    from musicrl.rewards.clap import ClapReward
 
     if n < group:
         raise UserError(f"n ({n}) must be at least the group size ({group})")
@@ -522,7 +507,7 @@ def evaluate_clap(model_dir: str | Path = "tiny", n: int = 256, group: int = 32,
         result[f"ambiguous_pairs_{words}"] = ambiguous.float().mean().item()
     result["zero_shot"] = zero_shot_accuracy(reward, emb_a, attrs)
     if codec:
-        from musicrl.codec import Codec
+        from musicrl.model.codec import Codec
 
         c = Codec.from_pretrained(codec)
         coded = torch.cat([c.decode(c.encode(audio[i : i + 32]))[..., : audio.shape[-1]] for i in range(0, n, 32)])
@@ -540,7 +525,7 @@ def zero_shot_accuracy(reward, emb_a: torch.Tensor, attrs: list) -> dict[str, fl
     The prompt is the first train-split synonym of each value (e.g. "sad" vs "happy" for mode,
     "no drums" / "with kick and hi-hat" / "full drums"). Chance is 1 / (number of values).
     """
-    from musicrl import synth
+    from musicrl.tiny import synth
 
     result = {}
     for attr in ("tempo", "mode", "register", "instrument", "drums"):

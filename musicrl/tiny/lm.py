@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musicrl import delay as dp
-from musicrl import synth
+from musicrl.model import delay as dp
+from musicrl.tiny import synth
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,8 @@ class LMTrainConfig:
     prefix_weight: float = 4.0
     """... weigh this much more in the loss: the rest of a clip follows from its start."""
     prefix_steps: int = 0
-    """Then this many steps on clip starts alone (the first prefix_frames, lr/2). Off: measured on the
-    4,500-step LM, 300 such steps raised the held-out loss of whole clips from 1.31 to 1.55 and took
-    tempo from 0.67 to 0.31 (guidance 3), while register was already 0.98 without them. (They were
-    on when the LM trained 2,500 steps, which ignored register; more steps fixed that instead.)"""
+    """Then this many steps on clip starts alone (the first prefix_frames, lr/2). Off: on a fully
+    trained LM they raise the held-out loss of whole clips and cost tempo adherence (docs/tiny.md)."""
     hidden_size: int = 192
     """Decoder width (4 layers of 192: ~2.8 M parameters, ~0.58 s a step on 2 quiet CPU cores)."""
     num_layers: int = 4
@@ -104,7 +102,7 @@ def encode_corpus(codec, cfg: LMTrainConfig, cache: Path, progress: bool = True)
     and the same for `val_clips` held-out-split clips ("val_codes", "val_attrs").
 
     The cache is keyed by the codec's weights and the corpus settings: a different codec re-encodes."""
-    from musicrl.generator import weights_version
+    from musicrl.model.generator import weights_version
 
     key = {"codec": weights_version(codec.model), "num_clips": cfg.num_clips, "clip_s": cfg.clip_s,
            "val_clips": cfg.val_clips}
@@ -170,14 +168,36 @@ def held_out_loss(policy, data: dict, batch_size: int = 16) -> float:
     return total / len(codes)
 
 
+def _resume(ckpt: Path, model, opt, rng: np.random.Generator, cfg: LMTrainConfig, codec_key) -> int:
+    """Restore the model, optimizer and both RNGs from the work checkpoint; returns its step."""
+    state = torch.load(ckpt, weights_only=False)
+    if state["config"] != asdict(cfg) or state.get("codec") != codec_key:
+        raise ValueError(f"{ckpt} was written with another config or codec; remove it to start over")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    rng.bit_generator.state = state["rng"]
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"]
+
+
+def _save_state(ckpt: Path, model, opt, rng: np.random.Generator, cfg: LMTrainConfig, codec_key, step: int) -> None:
+    """Everything `_resume` needs, written atomically (a temporary file renamed over the old one)."""
+    state = {
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": asdict(cfg),
+        "codec": codec_key, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+    }  # fmt: skip
+    torch.save(state, ckpt.with_suffix(".tmp"))
+    os.replace(ckpt.with_suffix(".tmp"), ckpt)
+
+
 def train_lm(codec_dir: str | Path, out_dir: str | Path, cfg: LMTrainConfig = LMTrainConfig(), progress: bool = True,
              work_dir: str | Path | None = None, stop_after: int | None = None) -> Path | None:
     """Train and save the tiny MusicGen into `out_dir`; `stop_after` steps simulates an interruption
     (returns None, leaving only the checkpoint)."""
     from tqdm.auto import tqdm
 
-    from musicrl.codec import Codec
-    from musicrl.policy import MusicGenPolicy
+    from musicrl.model.codec import Codec
+    from musicrl.model.policy import MusicGenPolicy
     from musicrl.tiny.musicgen import build
 
     out_dir = Path(out_dir)
@@ -205,16 +225,7 @@ def train_lm(codec_dir: str | Path, out_dir: str | Path, cfg: LMTrainConfig = LM
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     rng = np.random.default_rng(cfg.seed)
-    step = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        if state["config"] != asdict(cfg) or state.get("codec") != data["key"]["codec"]:
-            raise ValueError(f"{ckpt} was written with another config or codec; remove it to start over")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        step = state["step"]
+    step = _resume(ckpt, model, opt, rng, cfg, data["key"]["codec"]) if ckpt.exists() else 0
 
     model.train()
     model.audio_encoder.eval()
@@ -248,12 +259,7 @@ def train_lm(codec_dir: str | Path, out_dir: str | Path, cfg: LMTrainConfig = LM
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % cfg.checkpoint_every == 0 or step == total:
             held = held_out_loss(policy, data) if cfg.val_clips else float("nan")
-            state = {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": asdict(cfg),
-                "codec": data["key"]["codec"], "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-            }  # fmt: skip
-            torch.save(state, ckpt.with_suffix(".tmp"))
-            os.replace(ckpt.with_suffix(".tmp"), ckpt)
+            _save_state(ckpt, model, opt, rng, cfg, data["key"]["codec"], step)
             with log.open("a") as f:  # after the checkpoint: a resumed run never logs a step twice
                 phase = "clips" if step <= cfg.steps else "starts"
                 f.write(f"{step},{phase},{_lr(step - 1, cfg):.3g},{np.mean(recent):.4f},{held:.4f}\n")
@@ -304,9 +310,9 @@ def evaluate_lm(model_dir: str | Path, n: int = 48, guidance: float = 3.0, seed:
 
     Returns per-attribute accuracy (chance: tempo 1/3, register 1/2, mode 1/2).
     """
-    from musicrl import attributes
-    from musicrl.policy import MusicGenPolicy
-    from musicrl.sampling import SamplingConfig
+    from musicrl.tiny import attributes
+    from musicrl.model.policy import MusicGenPolicy
+    from musicrl.model.sampling import SamplingConfig
 
     policy = MusicGenPolicy.from_pretrained(str(model_dir))
     rng = np.random.default_rng(seed)

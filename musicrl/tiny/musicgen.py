@@ -3,7 +3,7 @@
 Text encoder: a 2-layer T5 encoder over bytes (`ByT5Tokenizer` needs no vocabulary file, so nothing
 is downloaded). Codec: the spectral codec of `musicrl.tiny.codec` (EnCodec's API; any EnCodec-API
 model works). Decoder: a 4-layer MusicGen LM over its K=4 codebooks. Saved with `save_pretrained`,
-it loads exactly like facebook/musicgen-* once `musicrl.codec` is imported (which registers the
+it loads exactly like facebook/musicgen-* once `musicrl.model.codec` is imported (which registers the
 tiny codec's model type with transformers).
 """
 

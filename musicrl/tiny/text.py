@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from musicrl import synth
+from musicrl.tiny import synth
 
 ATTRS = {
     "tempo": tuple(synth.TEMPO_WORDS),

@@ -1,0 +1,76 @@
+"""Where models come from: the shipped `tiny` world, a local directory, or a hub id.
+
+One place turns a failed load into a one-line `UserError` that says how to point at a local copy,
+since our machines (and many users' GPU boxes) cannot reach a model hub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from musicrl.errors import UserError
+
+TINY_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
+
+
+def resolve(name: str | Path, component: str) -> str:
+    """'tiny' -> the shipped tiny `component` dir; an existing dir -> itself; else a hub id as given."""
+    name = str(name)
+    if name == "tiny":
+        path = TINY_DIR / component
+        if not (path / "config.json").exists():
+            raise UserError(
+                f"the tiny {component} model is missing at {path}; rebuild it with `musicrl bootstrap tiny`"
+            )
+        return str(path)
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"no such model directory: {name}")
+    return name
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the model hub's endpoint answers a TCP connect: fail fast instead of minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def load(loader: Callable[..., Any], name: str | Path, component: str, **kwargs) -> Any:
+    """Call `loader(resolved, **kwargs)` (a `from_pretrained`), with a one-line error on failure.
+
+    A hub id is looked up in the local cache first, and on the hub only if it answers.
+    """
+    path = resolve(name, component)
+    local, online = Path(path).is_dir(), False
+    try:
+        if local:
+            return loader(path, **kwargs)
+        try:
+            return loader(path, local_files_only=True, **kwargs)
+        except (OSError, ValueError):
+            online = hub_reachable()
+            if not online:
+                raise
+            return loader(path, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if local or online:
+            raise UserError(f"cannot load {component} from {path}: {first}") from e
+        raise UserError(
+            f"cannot load {component} '{name}': not a local directory and the model hub is unreachable; "
+            f"download it on a connected machine (`huggingface-cli download {name} --local-dir DIR`) "
+            f"and pass the directory instead"
+        ) from e

@@ -1,0 +1,116 @@
+"""Does a clip have what its prompt asks for? The tiny world's crisp measure of prompt adherence.
+
+A tiny-world prompt names some of tempo, register, mode and drums (`synth.parse_prompt`); the
+project's estimators (`musicrl.tiny.attributes`) hear those four from audio. A clip adheres on an
+attribute when the heard value is the asked one (drums: any kit heard counts for 'kick-hat' or
+'full', as the estimator hears drums but not which kit).
+
+- `heard_matches(prompt, audio, sr)`: {attribute: True/False} for the attributes the prompt names;
+- `AdherenceReward`: the oracle adherence reward, one point per matched attribute (a reward-shaped
+  callable, so the RL trainer can be checked on a dense reward it can verify);
+- `adherence_table(prompts, audio, sr)`: matches of many clips, for the evaluation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from musicrl.tiny import synth
+from musicrl.tiny.attributes import DRUMS_PRESENT, estimate_all
+
+ATTRIBUTES = ("tempo", "register", "mode", "drums")  # what the estimators hear
+
+
+def matches(attr: str, heard: str, asked: str) -> bool:
+    """Whether a heard value is the asked one (drums heard, kit unknown, fit either kit)."""
+    return heard == asked or (attr == "drums" and heard == DRUMS_PRESENT and asked != "none")
+
+
+def heard_matches(prompt: str, audio: np.ndarray, sample_rate: int) -> dict[str, bool]:
+    """{attribute: matched} for each of ATTRIBUTES that `prompt` names; audio [S] mono."""
+    asked = {k: v for k, v in synth.parse_prompt(prompt).items() if k in ATTRIBUTES}
+    if not asked:
+        return {}
+    heard = estimate_all(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate)
+    return {k: matches(k, heard[k], v) for k, v in asked.items()}
+
+
+def adherence_table(prompts: list[str], audio: torch.Tensor, sample_rate: int) -> list[dict[str, bool]]:
+    """audio [B, 1, S] -> one {attribute: matched} dict per clip."""
+    return [heard_matches(p, a[0].float().cpu().numpy(), sample_rate) for p, a in zip(prompts, audio)]
+
+
+def oracle_rewards(reward_cfg: dict) -> dict[str, "AdherenceReward"]:
+    """An `AdherenceReward` for each component of type 'adherence' in a reward config (any stage)."""
+    found = {}
+
+    def walk(d):
+        if isinstance(d, dict):
+            for name, c in (d.get("components") or {}).items():
+                if isinstance(c, dict) and c.get("type") == "adherence":
+                    found[name] = AdherenceReward()
+            for stage in d.get("stages") or []:
+                walk(stage.get("reward") if isinstance(stage, dict) else None)
+
+    walk(reward_cfg)
+    return found
+
+
+class AdherenceReward:
+    """Oracle adherence: the number of attributes the prompt names that the clip has (0 to 4).
+
+    Called like any reward (audio [B, 1, S], sample_rate, prompts) -> [B]. `attributes` restricts
+    which attributes count (e.g. ('mode', 'tempo')).
+    """
+
+    def __init__(self, attributes: tuple[str, ...] = ATTRIBUTES):
+        unknown = set(attributes) - set(ATTRIBUTES)
+        if unknown:
+            raise ValueError(f"unknown attributes {sorted(unknown)}; choose from {ATTRIBUTES}")
+        self.attributes = tuple(attributes)
+
+    def __call__(self, audio: torch.Tensor, sample_rate: int, prompts: list[str]) -> torch.Tensor:
+        table = adherence_table(prompts, audio, sample_rate)
+        return torch.tensor([float(sum(m.get(a, False) for a in self.attributes)) for m in table])
+
+
+def adherence_report(samples: list) -> dict:
+    """How often each model's clips have what their prompt names, per attribute, and the change of
+    each later model over the first on the same prompts and seeds (`musicrl.train.evaluate.Samples`).
+
+    {"rates": {model: {attr: {"rate", "ci95": [lo, hi], "clips"}}, "mean": {model: mean of the rates},
+     "change": {"B over A": {attr: {"diff", "ci95", "clips"}, "mean_rise": mean of the diffs}}}."""
+    from musicrl.train.evaluate import mean_ci, wilson
+
+    tables = {s.model: adherence_table(s.prompts, s.audio, s.sample_rate) for s in samples}
+    out: dict = {"rates": {}, "mean": {}, "change": {}}
+    for model, table in tables.items():
+        rates = {}
+        for attr in ATTRIBUTES:
+            hits = [m[attr] for m in table if attr in m]
+            if hits:
+                rates[attr] = {"rate": float(np.mean(hits)), "ci95": list(wilson(sum(hits), len(hits))), "clips": len(hits)}
+        out["rates"][model] = rates
+        out["mean"][model] = float(np.mean([r["rate"] for r in rates.values()])) if rates else float("nan")
+    base = samples[0].model
+    for s in samples[1:]:
+        change = {}
+        for attr in ATTRIBUTES:
+            d = np.array([float(b[attr]) - float(a[attr]) for a, b in zip(tables[base], tables[s.model]) if attr in a])
+            if len(d):
+                change[attr] = {"diff": float(d.mean()), "ci95": mean_ci(d)[1], "clips": len(d)}
+        change["mean_rise"] = float(np.mean([c["diff"] for c in change.values()])) if change else float("nan")
+        out["change"][f"{s.model} over {base}"] = change
+    return out
+
+
+def format_adherence(report: dict) -> str:
+    lines = []
+    for model, rates in report["rates"].items():
+        cells = ", ".join(f"{a} {r['rate']:.0%} ({r['ci95'][0]:.0%}–{r['ci95'][1]:.0%}, {r['clips']})" for a, r in rates.items())
+        lines.append(f"{'adherence':>12}  {model}: {cells}; mean {report['mean'][model]:.0%}")
+    for pair, change in report["change"].items():
+        cells = ", ".join(f"{a} {c['diff']:+.0%} ± {c['ci95']:.0%}" for a, c in change.items() if a != "mean_rise")
+        lines.append(f"{'adherence':>12}  {pair}: {cells}; mean rise {change['mean_rise']:+.1%} (points per attribute)")
+    return "\n".join(lines)

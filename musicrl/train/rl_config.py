@@ -1,0 +1,149 @@
+"""`RLConfig`: every setting of an RL run (MusicRL-R, -U, -RU), frozen and validated on construction.
+
+Presets under configs/rl/ are YAML dicts of these fields; `musicrl train --config rl/musicrl-r key=value`
+overrides any of them (dotted keys reach into `reward`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from musicrl.errors import UserError
+from musicrl.model.sampling import SamplingConfig
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    reward: dict = field(default_factory=dict)
+    """Reward combination (see `musicrl.rewards.combine`): weighted components or sequential stages."""
+    model: str = "tiny"
+    """Policy to start from: 'tiny', a directory (e.g. a MusicRL-R checkpoint) or a hub id."""
+    reference: str | None = None
+    """KL reference; None = the starting model (with LoRA: the same weights, adapters disabled)."""
+    prompts: str = "synth"
+    """Training prompts, resolved by the command that builds the trainer: a text file (one prompt a
+    line), a shipped list under configs/prompts/, or a tiny-world set ('synth': the training
+    captions of the synthetic corpus; see `musicrl.tiny.prompts`)."""
+    eval_prompts: str = "synth-unseen"
+    """Prompts of the trainer's periodic evaluation, resolved likewise ('synth-unseen': captions of
+    held-out clips in training words, none a training prompt; 'synth-heldout': held-out words)."""
+    out_dir: str = "runs/rl"
+    """Run directory: checkpoints, metrics.csv, TensorBoard events, audio samples."""
+    steps: int = 100
+    prompts_per_step: int = 4
+    samples_per_prompt: int = 4
+    """k samples per prompt (RLOO needs k >= 2)."""
+    duration_s: float = 4.0
+    temperature: float = 1.0
+    top_k: int = 0
+    """0 = full distribution; the exact KL needs the full support, so top-k/top-p need kl_estimator=sampled."""
+    top_p: float = 0.0
+    guidance_scale: float = 1.0
+    kl_coef: float = 0.05
+    """Weight of KL(pi || ref) (the paper's beta): how far the policy may drift from the reference."""
+    kl_estimator: str = "exact"
+    """'exact': full-codebook KL per step in the loss; 'sampled': sum of log pi - log ref in the reward."""
+    baseline: str = "rloo"
+    """'rloo' (leave-one-out mean of the other samples), 'value' (learned, on the prompt) or 'none'."""
+    normalize_advantages: str = "batch"
+    """'batch': divide advantages by their standard deviation over the batch; 'prompt': by their
+    standard deviation over each prompt's k samples (GRPO's), so every prompt weighs the same
+    whatever its reward spread; 'none'."""
+    ppo_epochs: int = 1
+    """Optimisation passes over each batch; > 1 uses the PPO clipped ratio."""
+    clip_eps: float = 0.2
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    """Micro-batches per update (memory: the update holds [B/grad_accum, K, T, V] distributions)."""
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.0
+    """> 0: keep an exponential moving average of the trained weights (ema <- d*ema + (1-d)*w after
+    every update; 0.98 averages over ~50 steps) and write it, not the last weights, as each checkpoint's
+    model and use it for the evaluations; rollouts still sample the live weights. Averaging cancels
+    much of the random drift a noisy policy gradient makes, while keeping its consistent direction."""
+    lora_rank: int = 0
+    """0 = full fine-tuning of the decoder; > 0 = LoRA adapters (peft) on its attention and MLP."""
+    lora_alpha: float = 16.0
+    train_modules: list[str] | None = None
+    """Decoder modules to train, by name or name suffix (peft's matching: 'encoder_attn' is every
+    layer's cross-attention). None = all of the decoder (with LoRA: adapters on every attention and
+    MLP projection). Training cross-attention alone ('encoder_attn') drifts far less, and learns less."""
+    mixed_precision: str = "no"
+    """'no', 'bf16' or 'fp16' (autocast; CUDA only)."""
+    gradient_checkpointing: bool = False
+    eval_every: int = 25
+    eval_prompts_count: int = 8
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_audio: int = 2
+    """Clips written as WAV at each evaluation."""
+    engine: str = "fast"
+    """Rollout decoder: 'fast' (musicrl.model.engine: static KV cache, CUDA graphs; same tokens) or 'reference'."""
+    seed: int = 0
+    """Rollout noise, prompt order and the trainer's evaluation prompts; not the training captions."""
+    device: str = "auto"
+    votes_hash: str | None = None
+    """Hash of the vote set the reward model was trained on (recorded in checkpoints); None = read it
+    from the preference model's directory when there is one."""
+
+    def __post_init__(self):
+        def bad(msg):
+            raise UserError(msg)
+
+        for f in fields(self):  # YAML and key=value overrides can hand over any type
+            value = getattr(self, f.name)
+            if f.type in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                bad(f"{f.name} must be a number, got {value!r}")
+            if f.type == "int" and not isinstance(value, int):
+                bad(f"{f.name} must be a whole number, got {value!r}")
+        if not self.reward:
+            bad("reward is required (e.g. reward: {components: {clap: {}, quality: {}}})")
+        if self.kl_coef < 0:
+            bad(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if self.kl_estimator not in ("exact", "sampled"):
+            bad(f"kl_estimator must be 'exact' or 'sampled', got {self.kl_estimator!r}")
+        if self.kl_estimator == "exact" and (self.top_k or self.top_p):
+            bad("the exact KL needs the full distribution: set top_k=0 and top_p=0, or kl_estimator=sampled")
+        if self.normalize_advantages not in ("batch", "prompt", "none"):
+            bad(f"normalize_advantages must be 'batch', 'prompt' or 'none', got {self.normalize_advantages!r}")
+        if self.baseline not in ("rloo", "value", "none"):
+            bad(f"baseline must be 'rloo', 'value' or 'none', got {self.baseline!r}")
+        if self.baseline == "rloo" and self.samples_per_prompt < 2:
+            bad("the RLOO baseline needs samples_per_prompt >= 2")
+        if self.engine not in ("fast", "reference"):
+            bad(f"engine must be 'fast' or 'reference', got {self.engine!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            bad(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        for name in ("steps", "prompts_per_step", "samples_per_prompt", "ppo_epochs", "grad_accum",
+                     "eval_every", "checkpoint_every", "keep_checkpoints"):  # fmt: skip
+            if getattr(self, name) < 1:
+                bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        if (self.prompts_per_step * self.samples_per_prompt) % self.grad_accum:
+            bad("prompts_per_step * samples_per_prompt must be divisible by grad_accum")
+        if not self.lr > 0 or not self.duration_s > 0:
+            bad("lr and duration_s must be > 0")
+        if not 0 <= self.ema_decay < 1:
+            bad(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lora_rank < 0:
+            bad(f"lora_rank must be >= 0, got {self.lora_rank}")
+        if self.train_modules is not None and (
+            not isinstance(self.train_modules, list) or not self.train_modules
+            or not all(isinstance(m, str) and m for m in self.train_modules)
+        ):  # fmt: skip
+            bad(f"train_modules must be a non-empty list of module names, got {self.train_modules!r}")
+        from musicrl.rewards.combine import parse_config
+
+        parse_config(self.reward)  # validates now, one line on error
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.temperature, self.top_k, self.top_p, self.guidance_scale)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RLConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown config key(s): {', '.join(unknown)}")
+        return cls(**d)

@@ -1,0 +1,448 @@
+"""KL-regularised policy-gradient fine-tuning of MusicGen on sequence-level rewards (MusicRL).
+
+One step, top to bottom (`RLTrainer.step`):
+  1. rollouts: `samples_per_prompt` clips for each of `prompts_per_step` prompts, drawn from the
+     current policy with the sampling distribution of the config (guided when guidance_scale > 1:
+     log-probs and KL are then those of the guided distribution actually sampled);
+  2. decode with the frozen codec, score with the reward (rewards only see audio);
+  3. advantages: leave-one-out baseline over the k samples of a prompt (RLOO), or a learned value
+     baseline on the prompt (the paper's), or none;
+  4. update: policy-gradient (PPO-clipped when `ppo_epochs` > 1) + `kl_coef` * KL(pi || ref), the KL
+     exact over the full codebook at every step (the paper's) or the sampled estimator folded into
+     the reward; gradient accumulation over micro-batches.
+The reference is a frozen copy of the initial policy, `reference` when given (MusicRL-RU: the R
+checkpoint), or, with LoRA, the same network with its adapters disabled (no second copy).
+
+All randomness of a step is derived from (seed, step), so `--resume` from a checkpoint continues
+exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import math
+import shutil
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from musicrl.errors import UserError
+from musicrl.train import checkpoints as ckpt
+from musicrl.model.device import resolve_device
+from musicrl.model.policy import MusicGenPolicy
+from musicrl.train.rl_config import RLConfig
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Rollout seed of a step: distinct rows across steps, a pure function of (seed, step)."""
+    return (seed * 1_000_003 + step * 10_007) % (2**31)
+
+
+class ValueHead(nn.Module):
+    """The learned baseline: expected reward of a prompt, from its pooled (frozen) text states."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, 128), nn.GELU(), nn.Linear(128, 1))
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # [B, L, D], [B, L] -> [B]
+        pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return self.net(pooled.detach().float())[:, 0]
+
+
+def exact_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """KL(p || ref) over the last (codebook) axis: [..., V] -> [...]. Zero-probability tokens add 0."""
+    p = logp.exp()
+    return torch.where(p > 0, p * (logp - ref_logp), torch.zeros_like(p)).sum(-1)
+
+
+class RLTrainer:
+    def __init__(self, cfg: RLConfig, prompts: list[str], eval_prompts: list[str], policy: MusicGenPolicy | None = None,
+                 reward=None, reference=None):
+        """`prompts`: the training prompts (each step draws `prompts_per_step` of them); `eval_prompts`:
+        those of the periodic evaluation. `reward`: built from `cfg.reward` when not given."""
+        if not prompts or not eval_prompts:
+            raise UserError("the trainer needs at least one training and one evaluation prompt")
+        if len(prompts) < cfg.prompts_per_step:
+            raise UserError(f"prompts_per_step={cfg.prompts_per_step} but only {len(prompts)} training prompts")
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.out = Path(cfg.out_dir)
+        if reward is None:  # first: a missing reward model fails before minutes of model loading
+            from musicrl.rewards.combine import build_reward
+
+            reward = build_reward(cfg.reward, self.device)
+        self.reward = reward
+        self.policy = policy or MusicGenPolicy.from_pretrained(cfg.model, device=self.device)
+        self.policy.model.text_encoder.requires_grad_(False)  # only the LM is trained (as MusicGen)
+        if cfg.gradient_checkpointing:
+            self.policy.model.decoder.gradient_checkpointing_enable()
+        if cfg.lora_rank:
+            self._add_lora()
+            self.reference = None  # adapters disabled = reference
+        else:
+            if cfg.train_modules:  # freeze the rest of the decoder
+                chosen = {id(p) for m in self._chosen_modules().values() for p in m.parameters()}
+                for p in self.policy.model.decoder.parameters():
+                    p.requires_grad_(id(p) in chosen)
+            self.reference = reference or (
+                MusicGenPolicy.from_pretrained(cfg.reference, device=self.device) if cfg.reference
+                else copy.deepcopy(self.policy)
+            )  # fmt: skip
+            self.reference.requires_grad_(False)
+        self.trained = [p for p in self.policy.model.decoder.parameters() if p.requires_grad]  # the model's (not the value head)
+        self.ema = [p.detach().clone() for p in self.trained] if cfg.ema_decay else None
+        self.value = ValueHead(self.policy.model.decoder.config.hidden_size).to(self.device) if cfg.baseline == "value" else None
+        self.params = self.trained + (list(self.value.parameters()) if self.value is not None else [])
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.train_prompts, self.eval_prompts = list(prompts), list(eval_prompts)
+        if cfg.engine == "fast":
+            from musicrl.model.engine import FastSampler
+
+            self.sampler = FastSampler(self.policy)  # reads the live weights at every call
+        else:
+            self.sampler = self.policy
+        self.votes_hash = cfg.votes_hash or _votes_hash_of(cfg.reward)
+        self._tb = None
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _chosen_modules(self) -> dict[str, nn.Module]:
+        """The decoder modules named by `train_modules` (exact name or '.'-suffix, as peft matches), by name."""
+        wanted = self.cfg.train_modules
+        found = {n: m for n, m in self.policy.model.decoder.named_modules() if any(n == w or n.endswith("." + w) for w in wanted)}
+        if not found:
+            raise UserError(f"train_modules {wanted} name no module of the decoder (e.g. 'encoder_attn', 'self_attn', 'fc1')")
+        return found
+
+    def _add_lora(self):
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+        if self.cfg.train_modules:  # peft adapts Linear layers: those inside the chosen modules
+            chosen = self._chosen_modules()
+            targets = sorted({f"{n}.{sn}".rstrip(".") for n, m in chosen.items() for sn, sub in m.named_modules() if isinstance(sub, nn.Linear)})
+        lcfg = LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha, target_modules=targets, lora_dropout=0.0)
+        self.policy.model.decoder = get_peft_model(self.policy.model.decoder, lcfg)
+
+    @contextmanager
+    def ema_weights(self):
+        """The EMA weights in place of the live ones inside the block; yields a copy of the live
+        ones (None, and a no-op, without ema_decay)."""
+        if self.ema is None:
+            yield None
+            return
+        live = [p.detach().clone() for p in self.trained]
+        with torch.no_grad():
+            torch._foreach_copy_([p.data for p in self.trained], self.ema)
+        try:
+            yield live
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in self.trained], live)
+
+    def _autocast(self):
+        if self.cfg.mixed_precision == "no" or self.device.type != "cuda":
+            return nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16 if self.cfg.mixed_precision == "bf16" else torch.float16)
+
+    def reference_distributions(self, prompts, codes) -> torch.Tensor:
+        with torch.no_grad(), self._autocast():
+            if self.reference is not None:
+                return self.reference.distributions(prompts, codes, self.cfg.sampling)
+            with self.policy.model.decoder.disable_adapter():
+                return self.policy.distributions(prompts, codes, self.cfg.sampling)
+
+    def prompts_for(self, step: int) -> list[str]:
+        rng = np.random.default_rng([self.cfg.seed, step])
+        return [self.train_prompts[i] for i in rng.choice(len(self.train_prompts), self.cfg.prompts_per_step, replace=False)]
+
+    # ---- the step -------------------------------------------------------------------------------
+    def step(self, step: int) -> dict:
+        cfg, pol, k = self.cfg, self.policy, self.cfg.samples_per_prompt
+        times = {}
+        if self.device.type == "cuda":  # the step's own peak: weights, reference, optimizer state, activations
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t = time.perf_counter()
+        pol.eval()  # no dropout: sampling and training distributions must be the same
+        with self._autocast():
+            roll = self.sampler.sample(self.prompts_for(step), k, cfg.duration_s, sampling=cfg.sampling, seed=step_seed(cfg.seed, step))
+        times["rollout"], t = time.perf_counter() - t, time.perf_counter()
+        audio = pol.decode(roll.codes)  # [B, 1, S]
+        times["decode"], t = time.perf_counter() - t, time.perf_counter()
+        if hasattr(self.reward, "set_step"):
+            self.reward.set_step(step)
+        with torch.no_grad():
+            reward, components = self.reward(audio, pol.sample_rate, roll.prompts)  # [B]
+        reward = reward.to(self.device).float()
+        times["reward"], t = time.perf_counter() - t, time.perf_counter()
+
+        B, mb = len(roll.prompts), len(roll.prompts) // cfg.grad_accum
+        kl_sampled = None
+        if cfg.kl_estimator == "sampled":  # fold sum_t log(pi/ref) of the sampled tokens into the reward
+            ref_lp = torch.cat([self._ref_token_logp(roll, i, i + mb) for i in range(0, B, mb)])
+            kl_sampled = (roll.log_probs - ref_lp).sum((1, 2))  # [B]
+            reward = reward - cfg.kl_coef * kl_sampled
+        adv = self.advantages(reward, roll.prompts)  # [B]
+        stats = {"kl": 0.0, "entropy": 0.0, "loss": 0.0, "clip_frac": 0.0}
+        for _ in range(cfg.ppo_epochs):
+            for i in range(0, B, mb):
+                s = self._micro_step(roll, adv, reward, i, i + mb)
+                for key in stats:
+                    stats[key] += s[key] / (cfg.grad_accum * cfg.ppo_epochs)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:  # once per batch, whatever ppo_epochs: the average is over training steps
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.trained], 1 - cfg.ema_decay)
+        times["update"] = time.perf_counter() - t
+        if kl_sampled is not None:
+            stats["kl"] = kl_sampled.mean().item() / (roll.codes.shape[1] * roll.codes.shape[2])
+        metrics = {"step": step + 1, "reward": reward.mean().item(), "grad_norm": float(grad_norm), **stats}
+        metrics.update({f"reward/{n}": v.float().mean().item() for n, v in components.items()})
+        metrics["diversity"] = self._diversity(audio, k)
+        metrics["lr"] = self.opt.param_groups[0]["lr"]
+        metrics.update({f"time/{n}": v for n, v in times.items()})
+        if self.device.type == "cuda":
+            metrics["mem/peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return metrics
+
+    def _micro_step(self, roll, adv, reward, i: int, j: int) -> dict:
+        cfg, pol = self.cfg, self.policy
+        prompts, codes = roll.prompts[i:j], roll.codes[i:j]
+        with self._autocast():
+            dist = pol.distributions(prompts, codes, cfg.sampling)  # [b, K, T, V]
+        dist = dist.float()
+        logp = dist.gather(-1, codes[..., None])[..., 0]  # [b, K, T]
+        ratio = (logp - roll.log_probs[i:j]).exp()
+        a = adv[i:j, None, None]
+        pg = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)  # [b, K, T]
+        loss = pg.mean()
+        kl_tok = torch.zeros_like(logp)
+        if cfg.kl_estimator == "exact":
+            kl_tok = exact_kl(dist, self.reference_distributions(prompts, codes).float())  # [b, K, T]
+            loss = loss + cfg.kl_coef * kl_tok.mean()
+        if self.value is not None:
+            states, mask = pol.encode_text(prompts)
+            loss = loss + 0.5 * (self.value(states, mask) - reward[i:j]).pow(2).mean()
+        (loss / cfg.grad_accum).backward()
+        with torch.no_grad():
+            entropy = -(torch.where(dist > -torch.inf, dist.exp() * dist, torch.zeros_like(dist))).sum(-1)
+            clipped = ((ratio - 1).abs() > cfg.clip_eps).float().mean()
+        return {"kl": kl_tok.mean().item(), "entropy": entropy.mean().item(), "loss": loss.item(), "clip_frac": clipped.item()}
+
+    def _ref_token_logp(self, roll, i: int, j: int) -> torch.Tensor:
+        dist = self.reference_distributions(roll.prompts[i:j], roll.codes[i:j])
+        return dist.float().gather(-1, roll.codes[i:j, ..., None])[..., 0]
+
+    def advantages(self, reward: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """reward [B] (rows grouped by prompt, k each) -> advantage [B]."""
+        k = self.cfg.samples_per_prompt
+        if self.cfg.baseline == "rloo":
+            r = reward.view(-1, k)  # [P, k]
+            adv = (r - (r.sum(1, keepdim=True) - r) / (k - 1)).view(-1)
+        elif self.cfg.baseline == "value":
+            with torch.no_grad():
+                states, mask = self.policy.encode_text(prompts)
+                adv = reward - self.value(states, mask)
+        else:
+            adv = reward.clone()
+        if self.cfg.normalize_advantages == "batch" and adv.numel() > 1:
+            adv = adv / (adv.std() + 1e-6)
+        elif self.cfg.normalize_advantages == "prompt" and k > 1:
+            a = adv.view(-1, k)  # [P, k]
+            adv = (a / (a.std(1, keepdim=True) + 1e-4)).view(-1)
+        return adv.detach()
+
+    def _diversity(self, audio: torch.Tensor, k: int) -> float:
+        """Mean pairwise cosine distance of CLAP audio embeddings among the k clips of a prompt."""
+        clap = _find_clap(self.reward)
+        if clap is None or k < 2:
+            return float("nan")
+        with torch.no_grad():
+            emb = torch.nn.functional.normalize(clap.embed_audio(audio, self.policy.sample_rate).float(), dim=-1)
+        emb = emb.view(-1, k, emb.shape[-1])  # [P, k, D]
+        sim = emb @ emb.transpose(1, 2)  # [P, k, k]
+        off = ~torch.eye(k, dtype=torch.bool, device=sim.device)
+        return (1 - sim[:, off]).mean().item()
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict:
+        """Held-out prompts: mean reward components and KL to the reference; a few clips as WAV.
+        With ema_decay, of the EMA weights: the model the checkpoint holds."""
+        with self.ema_weights():
+            return self._evaluate(step)
+
+    def _evaluate(self, step: int) -> dict:
+        from musicrl.audio import write_wav
+
+        cfg, pol = self.cfg, self.policy
+        was_training = getattr(self.reward, "training", None)
+        if hasattr(self.reward, "eval"):
+            self.reward.eval()
+        roll = pol.sample(self.eval_prompts, 1, cfg.duration_s, sampling=cfg.sampling, seed=10**9 + cfg.seed)
+        audio = pol.decode(roll.codes)
+        _, components = self.reward(audio, pol.sample_rate, roll.prompts)
+        if was_training and hasattr(self.reward, "train"):
+            self.reward.train()
+        dist = pol.distributions(roll.prompts, roll.codes, cfg.sampling)
+        kl = exact_kl(dist, self.reference_distributions(roll.prompts, roll.codes)).sum((1, 2)).mean().item()
+        sample_dir = self.out / "samples" / f"step-{step:06d}"
+        sample_dir.mkdir(parents=True, exist_ok=True)
+        for n in range(min(cfg.log_audio, len(roll.prompts))):
+            write_wav(sample_dir / f"{n}.wav", audio[n, 0].cpu(), pol.sample_rate)
+            (sample_dir / f"{n}.txt").write_text(roll.prompts[n] + "\n")
+        out = {"step": step, "eval/kl_seq": kl}
+        out.update({f"eval/{n}": v.float().mean().item() for n, v in components.items()})
+        return out
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> Path:
+        """checkpoints/step-N/: the model in HF format (LoRA merged; with ema_decay, the EMA weights),
+        tokenizer, trainer_state.pt (with ema_decay, also the live weights, for --resume).
+
+        Written to a temporary directory and renamed: a crash never leaves a half checkpoint."""
+        with self.ema_weights() as live:
+            return self._save_checkpoint(step, live)
+
+    def _save_checkpoint(self, step: int, live: list[torch.Tensor] | None) -> Path:
+        final = ckpt.step_dir(self.out, step)
+        with ckpt.atomic_dir(final) as tmp:
+            model = self.policy.model
+            if self.cfg.lora_rank:
+                peft_decoder = model.decoder
+                model.decoder = copy.deepcopy(peft_decoder).merge_and_unload()
+                try:
+                    model.save_pretrained(tmp)
+                finally:
+                    model.decoder = peft_decoder
+            else:
+                model.save_pretrained(tmp)
+            self.policy.tokenizer.save_pretrained(tmp)
+            state = {
+                "step": step, "config": asdict(self.cfg), "reference": self.cfg.reference or self.cfg.model,
+                "votes_hash": self.votes_hash, "optimizer": self.opt.state_dict(),
+                "decoder": {k: v for k, v in model.decoder.state_dict().items() if "lora_" in k} if self.cfg.lora_rank else None,
+                "value": self.value.state_dict() if self.value is not None else None,
+                "live": live,
+                "reward": self.reward.state_dict() if hasattr(self.reward, "state_dict") else None,
+            }  # fmt: skip
+            torch.save(state, tmp / ckpt.TRAINER_STATE)
+            info = {k: state[k] for k in ("step", "config", "reference", "votes_hash")}
+            (tmp / ckpt.INFO).write_text(json.dumps(info, indent=2))
+        ckpt.prune(self.out, self.cfg.keep_checkpoints)
+        return final
+
+    def load_checkpoint(self, path: Path) -> int:
+        state = torch.load(path / ckpt.TRAINER_STATE, weights_only=False, map_location=self.device)
+        if {k: v for k, v in state["config"].items() if k != "steps"} != {k: v for k, v in asdict(self.cfg).items() if k != "steps"}:
+            raise UserError(f"{path} was written with another config (only `steps` may change on resume)")
+        from transformers import MusicgenForConditionalGeneration
+
+        saved = MusicgenForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+        if self.cfg.lora_rank:
+            self.policy.model.decoder.load_state_dict(state["decoder"], strict=False)
+        else:
+            self.policy.model.load_state_dict(saved.state_dict())
+        if self.ema is not None:  # the saved model is the EMA; the live weights are in the state
+            with torch.no_grad():
+                torch._foreach_copy_(self.ema, [p.detach() for p in self.trained])
+                torch._foreach_copy_([p.data for p in self.trained], [t.to(self.device) for t in state["live"]])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.value is not None:
+            self.value.load_state_dict(state["value"])
+        if state["reward"] is not None:
+            self.reward.load_state_dict(state["reward"])
+        return int(state["step"])
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def train(self, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> Path:
+        """Run to `cfg.steps` (or `stop_after` steps of this call, for tests); returns the last checkpoint."""
+        from tqdm.auto import tqdm
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        start = 0
+        if resume:
+            latest = ckpt.latest_checkpoint(self.out)
+            if latest is None:
+                raise UserError(f"nothing to resume in {self.out}/checkpoints")
+            start = self.load_checkpoint(latest)
+        (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        end = self.cfg.steps if stop_after is None else min(self.cfg.steps, start + stop_after)
+        bar = tqdm(range(start, end), initial=start, total=self.cfg.steps, desc="RL", disable=not progress)
+        last = None
+        for step in bar:
+            metrics = self.step(step)
+            self._log(metrics, "metrics.csv")
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.4f}")
+            done = step + 1
+            if done % self.cfg.eval_every == 0 or done == self.cfg.steps:
+                self._log(self.evaluate(done), "eval.csv")
+            if done % self.cfg.checkpoint_every == 0 or done == end:
+                last = self.save_checkpoint(done)
+            if done == self.cfg.steps:  # out_dir/final: the finished model, servable and loadable by path
+                with ckpt.atomic_dir(ckpt.final_dir(self.out)) as tmp:
+                    shutil.copytree(last, tmp, ignore=shutil.ignore_patterns(ckpt.TRAINER_STATE), dirs_exist_ok=True)
+        if self._tb is not None:
+            self._tb.close()
+        return last or ckpt.latest_checkpoint(self.out)
+
+    def _log(self, metrics: dict, name: str) -> None:
+        path = self.out / name
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(metrics))
+            if new:
+                w.writeheader()
+            w.writerow(metrics)
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tb"))
+            except ImportError:
+                self._tb = False
+        if self._tb:
+            for key, v in metrics.items():
+                if key != "step" and isinstance(v, float) and math.isfinite(v):
+                    self._tb.add_scalar(key, v, metrics["step"])
+
+
+def _find_clap(reward):
+    """The CLAP reward inside a (weighted or sequential) combination, for the diversity metric."""
+    stages = getattr(reward, "stages", None) or [reward]
+    for stage in stages:
+        for r in getattr(stage, "rewards", {}).values():
+            if hasattr(r, "embed_audio") and hasattr(r, "embed_text"):
+                return r
+    return None
+
+
+def _votes_hash_of(reward_cfg: dict) -> str | None:
+    """The vote-set hash recorded by `train-reward preference` in the preference model's directory."""
+    hashes = []
+
+    def walk(d):
+        if isinstance(d, dict):
+            if d.get("type") == "preference" and "model" in d:
+                meta = Path(d["model"]) / "metrics.json"
+                if meta.exists():
+                    hashes.append(json.loads(meta.read_text()).get("votes_hash") or "")
+            for v in d.values():
+                walk(v)
+        elif isinstance(d, list):
+            for v in d:
+                walk(v)
+
+    walk(reward_cfg)
+    if not hashes:
+        return None
+    return hashlib.sha256("|".join(hashes).encode()).hexdigest()[:16]

@@ -1,0 +1,52 @@
+"""Durable files of the vote store: clip WAV bytes (deterministic, so their hash is a content id) and
+atomic writes (temp file, fsync, rename, fsync of the directory), so no reader sees a partial file."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from musicrl.errors import UserError
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """Mono float audio [S] -> 16-bit PCM WAV bytes (deterministic, so the hash is a content id)."""
+    import soundfile as sf
+
+    a = np.asarray(audio)
+    if a.ndim == 2 and 1 in a.shape:
+        a = a.reshape(-1)
+    if a.ndim != 1 or a.size == 0:
+        raise UserError(f"a clip must be mono audio of shape [S] with S > 0, got shape {tuple(np.shape(audio))}")
+    if not np.all(np.isfinite(a)):
+        raise UserError("a clip contains NaN or infinite samples")
+    if int(sample_rate) <= 0:
+        raise UserError(f"sample rate must be positive, got {sample_rate}")
+    pcm = np.round(np.clip(a.astype(np.float64), -1.0, 1.0) * 32767.0).astype("<i2")
+    buf = io.BytesIO()
+    sf.write(buf, pcm, int(sample_rate), format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that it is either absent, or whole and durable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)  # the rename itself is durable
+    finally:
+        os.close(dfd)

@@ -1,0 +1,179 @@
+"""The vote database: its URL, its three append-only tables, and how an engine on it is opened.
+
+A SQLite file by default (`sqlite:///path/votes.db`), PostgreSQL by URL
+(`postgresql+psycopg://user@host/db`). Database triggers refuse UPDATE/DELETE on all three tables,
+so a stray write from another tool or a bad migration fails instead of rewriting history.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import (
+    DDL,
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from musicrl.errors import UserError
+from musicrl.votes.choices import CHOICES, SIDES, sql_in
+
+_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
+
+metadata = MetaData()
+
+clips_table = Table(
+    "clips",
+    metadata,
+    Column("id", String(64), primary_key=True),  # sha256 of the WAV bytes
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("model_id", String(512), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("seed", BigInteger, nullable=False),
+    Column("settings", JSON, nullable=False),
+    Column("duration_s", Float, nullable=False),
+    Column("sample_rate", Integer, nullable=False),
+)
+
+votes_table = Table(
+    "votes",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("clip_a", String(64), ForeignKey("clips.id"), nullable=False),
+    Column("clip_b", String(64), ForeignKey("clips.id"), nullable=False),
+    Column("model_a", String(512), nullable=False),
+    Column("model_a_version", String(128), nullable=False),
+    Column("model_b", String(512), nullable=False),
+    Column("model_b_version", String(128), nullable=False),
+    Column("left", String(1), nullable=False),
+    Column("choice", String(8), nullable=False),
+    Column("listen_ms_a", Integer, nullable=True),
+    Column("listen_ms_b", Integer, nullable=True),
+    Column("session", String(64), nullable=False),
+    Column("supersedes", _ID, ForeignKey("votes.id"), nullable=True),
+    CheckConstraint(sql_in("choice", CHOICES), name="ck_votes_choice"),
+    CheckConstraint(sql_in('"left"', SIDES), name="ck_votes_left"),
+    CheckConstraint("clip_a <> clip_b", name="ck_votes_distinct_clips"),
+    Index("ix_votes_session", "session"),
+)
+
+ratings_table = Table(
+    "ratings",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("clip_id", String(64), ForeignKey("clips.id"), nullable=False),
+    Column("rating", SmallInteger, nullable=False),
+    Column("session", String(64), nullable=False),
+    Column("vote_id", _ID, ForeignKey("votes.id"), nullable=True),
+    CheckConstraint("rating BETWEEN 1 AND 5", name="ck_ratings_range"),
+)
+
+for _t in (clips_table, votes_table, ratings_table):
+    for _op in ("UPDATE", "DELETE"):
+        event.listen(
+            _t,
+            "after_create",
+            DDL(
+                f"CREATE TRIGGER {_t.name}_no_{_op.lower()} BEFORE {_op} ON {_t.name} "
+                f"BEGIN SELECT RAISE(ABORT, 'musicrl: {_t.name} is append-only'); END"
+            ).execute_if(dialect="sqlite"),
+        )
+    event.listen(
+        _t,
+        "after_create",
+        DDL(
+            f"CREATE TRIGGER {_t.name}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {_t.name} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION musicrl_append_only()"
+        ).execute_if(dialect="postgresql"),
+    )
+event.listen(
+    metadata,
+    "before_create",
+    DDL(
+        "CREATE OR REPLACE FUNCTION musicrl_append_only() RETURNS trigger AS $$ BEGIN "
+        "RAISE EXCEPTION USING MESSAGE = 'musicrl: ' || TG_TABLE_NAME || ' is append-only'; END; $$ "
+        "LANGUAGE plpgsql"
+    ).execute_if(dialect="postgresql"),
+)
+
+
+def parse_db_url(url: str) -> URL:
+    """Validate a database URL: sqlite:///file or postgresql[+psycopg]://...; one-line error otherwise."""
+    hint = "expected sqlite:///PATH/votes.db or postgresql+psycopg://USER@HOST/DB"
+    try:
+        u = make_url(str(url))
+    except (ArgumentError, ValueError) as e:
+        raise UserError(f"malformed database URL {url!r}: {hint}") from e
+    backend = u.drivername.split("+")[0]
+    if backend in ("postgres", "postgresql"):
+        if "+" not in u.drivername or backend == "postgres":
+            u = u.set(drivername="postgresql+psycopg")
+        if not u.database:
+            raise UserError(f"database URL {u.render_as_string(hide_password=True)!r} names no database")
+        return u
+    if backend == "sqlite":
+        if not u.database or u.database == ":memory:":
+            raise UserError(f"database URL {url!r} needs a file (an in-memory SQLite store is not durable)")
+        parent = Path(u.database).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise UserError(f"directory for the SQLite database does not exist: {parent}")
+        return u
+    raise UserError(f"unsupported database {backend!r} in {url!r}: {hint}")
+
+
+def existing_db_url(url: str) -> URL:
+    """`parse_db_url` for readers: a SQLite file must already exist (opening would create an empty one)."""
+    u = parse_db_url(url)
+    if u.get_backend_name() == "sqlite" and not Path(u.database).expanduser().is_file():
+        raise UserError(f"no such vote database: {u.database}")
+    return u
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")  # a COMMIT survives power loss, not only a crash
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "orig", None) or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def open_engine(u: URL) -> Engine:
+    """An engine on `u` with the tables created if missing; SQLite in WAL mode with synchronous=FULL."""
+    if u.get_backend_name() == "sqlite":
+        engine = create_engine(u, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(u, pool_pre_ping=True)
+    try:
+        metadata.create_all(engine)
+    except SQLAlchemyError as e:
+        engine.dispose()
+        shown = u.render_as_string(hide_password=True)
+        raise UserError(f"cannot open database {shown}: {_first_line(e)}") from e
+    return engine

@@ -1,0 +1,441 @@
+"""The durable vote store: clips (content-addressed WAV files + rows), A/B votes, quality ratings.
+
+The database and its append-only tables are `musicrl.votes.schema`; what training reads out of the
+store (and the export files) is `musicrl.votes.rows`. This API has no update or delete either, so a
+correction is a new vote row whose `supersedes` points at the vote it replaces.
+
+Durability: a clip's WAV is written atomically (temp file, fsync, rename, fsync dir) before its
+row; `record_vote` returns only after COMMIT (SQLite runs in WAL mode with synchronous=FULL), so
+the UI may confirm a vote as soon as the call returns.
+
+Vote semantics: `clip_a`/`clip_b` are the canonical pair, `choice` (one of
+`musicrl.votes.choices.CHOICES`) refers to them, and `left` says which of the two was shown on the
+left (screen position, for bias analysis). `session` is a salted hash of the caller's session key
+(salt from `MUSICRL_SALT` or a per-store secret file `data_dir/.musicrl-secret`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from musicrl.errors import UserError
+from musicrl.votes.choices import CHOICES, SIDES
+from musicrl.votes.files import wav_bytes, write_atomic
+from musicrl.votes.rows import EXPORT_FORMATS, export_votes
+from musicrl.votes.schema import (
+    clips_table,
+    open_engine,
+    parse_db_url,
+    ratings_table,
+    votes_table,
+)
+
+SECRET_FILE = ".musicrl-secret"
+_CLIP_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    id: str
+    path: Path | None  # the WAV under data_dir; None when the store was opened without one
+    model_id: str
+    model_version: str
+    prompt: str
+    seed: int
+    settings: dict
+    duration_s: float
+    sample_rate: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Vote:
+    id: int
+    created_at: datetime
+    prompt: str
+    clip_a: str
+    clip_b: str
+    model_a: str
+    model_a_version: str
+    model_b: str
+    model_b_version: str
+    left: str  # 'a' or 'b': which clip was shown on the left
+    choice: str  # 'a' | 'b' | 'tie' | 'both_bad', about clip_a / clip_b
+    listen_ms_a: int | None
+    listen_ms_b: int | None
+    session: str  # salted hash
+    supersedes: int | None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(t: datetime) -> datetime:
+    """SQLite hands back naive datetimes; we only ever store UTC."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+
+
+def _check_clip_id(clip_id: object) -> None:
+    if not isinstance(clip_id, str) or not _CLIP_ID.match(clip_id):
+        raise UserError(f"not a clip id: {str(clip_id)[:80]!r}")
+
+
+
+def _jsonable(settings: dict | None) -> dict:
+    def conv(x: Any):
+        if isinstance(x, np.generic):
+            return x.item()
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+        return str(x)
+
+    return json.loads(json.dumps(dict(settings or {}), default=conv))
+
+
+def _read_or_create_secret(path: Path) -> bytes:
+    """The store secret in `path`, created (random, private) on first use."""
+    if not path.exists():
+        # write the whole secret to a private temp file, then link it into place: the link is
+        # atomic and fails if another writer won, so no reader ever sees a partial file
+        tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    secret = path.read_text().strip().encode()
+    if not secret:
+        raise UserError(f"the store secret file is empty: {path}")
+    return secret
+
+
+def effective_votes(votes: Iterable[Vote], per_session_cap: int | None = None) -> list[Vote]:
+    """Deduplicate raw vote rows into the votes that count, in id order.
+
+    1. Corrections: a vote that another row `supersedes` is dropped; of several corrections of the
+       same original the latest wins.
+    2. One vote per (session, unordered clip pair): the latest wins, which drops exact duplicate
+       submissions (a double click, a retried request).
+    3. `per_session_cap`: a session keeps at most its first N remaining votes, so one voter
+       cannot dominate the set.
+    """
+    rows = sorted(votes, key=lambda v: v.id)
+    by_id = {v.id: v for v in rows}
+
+    def root(v: Vote) -> int:
+        seen = set()
+        while v.supersedes is not None and v.supersedes in by_id and v.id not in seen:
+            seen.add(v.id)
+            v = by_id[v.supersedes]
+        return v.id
+
+    latest: dict[tuple, Vote] = {}
+    for v in rows:  # id order, so later rows overwrite earlier ones
+        latest[("root", root(v))] = v
+    latest_pair: dict[tuple, Vote] = {}
+    for v in sorted(latest.values(), key=lambda v: v.id):
+        latest_pair[(v.session, frozenset((v.clip_a, v.clip_b)))] = v
+    kept = sorted(latest_pair.values(), key=lambda v: v.id)
+    if per_session_cap is not None:
+        if int(per_session_cap) < 1:
+            raise UserError(f"per-session cap must be at least 1, got {per_session_cap}")
+        counts: dict[str, int] = {}
+        capped = []
+        for v in kept:
+            counts[v.session] = counts.get(v.session, 0) + 1
+            if counts[v.session] <= per_session_cap:
+                capped.append(v)
+        kept = capped
+    return kept
+
+
+class VoteStore:
+    """Clips, votes and ratings in one database plus a directory of WAV files.
+
+    `data_dir` must exist; it may be None for read-only use (stats) that needs no files or salt.
+    """
+
+    def __init__(self, url: str, data_dir: str | Path | None = None):
+        self._url = parse_db_url(url)
+        if data_dir is not None:
+            data_dir = Path(data_dir).expanduser().resolve()
+            if not data_dir.is_dir():
+                raise UserError(f"data dir does not exist: {data_dir} (create it first)")
+        self._data_dir: Path | None = data_dir
+        self._salt: bytes | None = None
+        self._engine = open_engine(self._url)
+
+    # -- plumbing -------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self._url.render_as_string(hide_password=True)
+
+    @property
+    def data_dir(self) -> Path | None:
+        return self._data_dir
+
+    @property
+    def clips_dir(self) -> Path:
+        return self._need_data_dir() / "clips"
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def _need_data_dir(self) -> Path:
+        if self._data_dir is None:
+            raise UserError("this vote store was opened without a data dir; pass --data-dir")
+        return self._data_dir
+
+    def _secret(self) -> bytes:
+        if self._salt is None:
+            env = os.environ.get("MUSICRL_SALT")
+            self._salt = env.encode() if env else _read_or_create_secret(self._need_data_dir() / SECRET_FILE)
+        return self._salt
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A key for `purpose` (e.g. signing pair tokens), derived from the store secret."""
+        return hmac.new(self._secret(), f"musicrl:{purpose}".encode(), hashlib.sha256).digest()
+
+    def hash_session(self, raw: str) -> str:
+        """The stored form of a session key: salted, so votes cannot be joined to people or IPs."""
+        if not raw or not str(raw).strip():
+            raise UserError("a vote needs a session key")
+        return hmac.new(self._secret(), str(raw).encode(), hashlib.sha256).hexdigest()[:32]
+
+    # -- clips ----------------------------------------------------------------------------------
+    def clip_path(self, clip_id: str) -> Path:
+        _check_clip_id(clip_id)
+        return self.clips_dir / clip_id[:2] / f"{clip_id}.wav"
+
+    def add_clip(
+        self,
+        audio: np.ndarray,
+        sample_rate: int,
+        *,
+        model_id: str,
+        model_version: str,
+        prompt: str,
+        seed: int,
+        settings: dict | None = None,
+    ) -> ClipRecord:
+        """Store a clip: its WAV (atomically, first), then its row. Same audio -> same id, stored once."""
+        data = wav_bytes(audio, sample_rate)
+        clip_id = hashlib.sha256(data).hexdigest()
+        path = self.clip_path(clip_id)
+        if not path.exists():
+            write_atomic(path, data)
+        row = dict(
+            id=clip_id,
+            created_at=_utcnow(),
+            model_id=str(model_id),
+            model_version=str(model_version),
+            prompt=str(prompt),
+            seed=int(seed),
+            settings=_jsonable(settings),
+            duration_s=float(np.asarray(audio).size / int(sample_rate)),
+            sample_rate=int(sample_rate),
+        )
+        try:
+            with self._engine.begin() as conn:
+                if conn.execute(select(clips_table.c.id).where(clips_table.c.id == clip_id)).first() is None:
+                    conn.execute(clips_table.insert().values(**row))
+        except IntegrityError:
+            pass  # inserted concurrently by someone else: the same content, so the same clip
+        return self.clip(clip_id)
+
+    def clip(self, clip_id: str) -> ClipRecord:
+        _check_clip_id(clip_id)
+        with self._engine.connect() as conn:
+            r = conn.execute(select(clips_table).where(clips_table.c.id == str(clip_id))).mappings().first()
+        if r is None:
+            raise UserError(f"unknown clip {str(clip_id)[:80]}")
+        return self._clip_record(r)
+
+    def _clip_record(self, r) -> ClipRecord:
+        return ClipRecord(
+            id=r["id"],
+            path=self.clip_path(r["id"]) if self._data_dir is not None else None,
+            model_id=r["model_id"],
+            model_version=r["model_version"],
+            prompt=r["prompt"],
+            seed=int(r["seed"]),
+            settings=dict(r["settings"] or {}),
+            duration_s=float(r["duration_s"]),
+            sample_rate=int(r["sample_rate"]),
+            created_at=_aware(r["created_at"]),
+        )
+
+    # -- votes and ratings ----------------------------------------------------------------------
+    def record_vote(
+        self,
+        *,
+        clip_a: str,
+        clip_b: str,
+        choice: str,
+        session: str,
+        left: str = "a",
+        listen_ms_a: int | None = None,
+        listen_ms_b: int | None = None,
+        supersedes: int | None = None,
+    ) -> Vote:
+        """Append a vote; returns after COMMIT. Models and prompt are taken from the clip rows.
+
+        A correction passes `supersedes=<vote id>`: the same session and the same clip pair.
+        """
+        if choice not in CHOICES:
+            raise UserError(f"unknown choice {str(choice)[:40]!r}: expected one of {', '.join(CHOICES)}")
+        if left not in SIDES:
+            raise UserError(f"left must be one of {', '.join(SIDES)}, got {str(left)[:40]!r}")
+        if clip_a == clip_b:
+            raise UserError("a vote compares two different clips")
+        for ms in (listen_ms_a, listen_ms_b):
+            if ms is not None and (not isinstance(ms, (int, np.integer)) or ms < 0):
+                raise UserError(f"listen time must be a non-negative integer of ms, got {ms!r}")
+        session_hash = self.hash_session(session)
+        with self._engine.begin() as conn:
+            rows = {
+                r["id"]: r
+                for r in conn.execute(
+                    select(clips_table).where(clips_table.c.id.in_([str(clip_a), str(clip_b)]))
+                ).mappings()
+            }
+            for c in (clip_a, clip_b):
+                if c not in rows:
+                    raise UserError(f"unknown clip {str(c)[:80]}")
+            if supersedes is not None:
+                old = conn.execute(select(votes_table).where(votes_table.c.id == int(supersedes))).mappings().first()
+                if old is None:
+                    raise UserError(f"vote {supersedes} to correct does not exist")
+                if old["session"] != session_hash or {old["clip_a"], old["clip_b"]} != {clip_a, clip_b}:
+                    raise UserError(f"vote {supersedes} can only be corrected by its session, on the same pair")
+            a, b = rows[clip_a], rows[clip_b]
+            values = dict(
+                created_at=_utcnow(),
+                prompt=a["prompt"],
+                clip_a=clip_a,
+                clip_b=clip_b,
+                model_a=a["model_id"],
+                model_a_version=a["model_version"],
+                model_b=b["model_id"],
+                model_b_version=b["model_version"],
+                left=left,
+                choice=choice,
+                listen_ms_a=None if listen_ms_a is None else int(listen_ms_a),
+                listen_ms_b=None if listen_ms_b is None else int(listen_ms_b),
+                session=session_hash,
+                supersedes=None if supersedes is None else int(supersedes),
+            )
+            vote_id = conn.execute(votes_table.insert().values(**values)).inserted_primary_key[0]
+        # the `with` block has committed: only now is the vote reported back
+        return Vote(id=int(vote_id), **values)
+
+    def add_rating(self, clip_id: str, rating: int, *, session: str, vote_id: int | None = None) -> int:
+        """Append a 1-5 quality rating of one clip; returns its row id after COMMIT."""
+        if isinstance(rating, bool) or not isinstance(rating, (int, np.integer)) or not 1 <= rating <= 5:
+            raise UserError(f"a rating is an integer from 1 to 5, got {rating!r}")
+        self.clip(clip_id)
+        with self._engine.begin() as conn:
+            rid = conn.execute(
+                ratings_table.insert().values(
+                    created_at=_utcnow(),
+                    clip_id=clip_id,
+                    rating=int(rating),
+                    session=self.hash_session(session),
+                    vote_id=vote_id,
+                )
+            ).inserted_primary_key[0]
+        return int(rid)
+
+    def votes(self, *, effective: bool = False, per_session_cap: int | None = None) -> list[Vote]:
+        """All vote rows in id order; `effective=True` applies `effective_votes` (dedup, cap)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(votes_table).order_by(votes_table.c.id)).mappings().all()
+        out = [
+            Vote(**{**dict(r), "id": int(r["id"]), "created_at": _aware(r["created_at"])})
+            for r in rows
+        ]
+        if effective or per_session_cap is not None:
+            out = effective_votes(out, per_session_cap)
+        return out
+
+    def ratings(self) -> list[dict]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(ratings_table).order_by(ratings_table.c.id)).mappings().all()
+        return [{**dict(r), "created_at": _aware(r["created_at"])} for r in rows]
+
+    # -- export and stats -----------------------------------------------------------------------
+    def export(self, path: str | Path, fmt: str = "jsonl", per_session_cap: int | None = None) -> int:
+        """Write the effective votes (`musicrl.votes.rows.export_votes`); returns the number of rows."""
+        self._need_data_dir()
+        return export_votes(self, path, fmt, per_session_cap)
+
+    def stats(self) -> dict:
+        """Counts: clips, raw and effective votes, sessions, choices, votes per model, ratings."""
+        with self._engine.connect() as conn:
+            n_clips = conn.execute(select(func.count()).select_from(clips_table)).scalar_one()
+            n_ratings = conn.execute(select(func.count()).select_from(ratings_table)).scalar_one()
+        raw = self.votes()
+        eff = effective_votes(raw)
+        choices = {c: sum(v.choice == c for v in eff) for c in CHOICES}
+        models: dict[str, int] = {}
+        for v in eff:
+            for m in {model_key(v.model_a, v.model_a_version), model_key(v.model_b, v.model_b_version)}:
+                models[m] = models.get(m, 0) + 1
+        return {
+            "clips": int(n_clips),
+            "votes_raw": len(raw),
+            "votes_effective": len(eff),
+            "corrections": sum(v.supersedes is not None for v in raw),
+            "sessions": len({v.session for v in eff}),
+            "choices": choices,
+            "votes_per_model": dict(sorted(models.items())),
+            "ratings": int(n_ratings),
+        }
+
+
+def model_key(model_id: str, version: str) -> str:
+    """The name a model version goes by on the leaderboard: id@first 8 of its weights hash."""
+    return f"{model_id}@{version[:8]}" if version else model_id
+
+
+def vote_pairs(votes: Iterable[Vote]) -> list[tuple[str, str, str]]:
+    """Votes -> (model_a, model_b, choice) triples for `musicrl.votes.leaderboard.leaderboard`."""
+    return [
+        (model_key(v.model_a, v.model_a_version), model_key(v.model_b, v.model_b_version), v.choice) for v in votes
+    ]
+
+
+
+__all__ = [
+    "CHOICES",
+    "EXPORT_FORMATS",
+    "SECRET_FILE",
+    "ClipRecord",
+    "Vote",
+    "VoteStore",
+    "effective_votes",
+    "model_key",
+    "parse_db_url",
+    "vote_pairs",
+    "wav_bytes",
+]

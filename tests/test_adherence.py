@@ -1,0 +1,59 @@
+"""The tiny world's adherence measure and the oracle adherence reward built on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from musicrl.tiny import synth
+from musicrl.tiny.adherence import ATTRIBUTES, AdherenceReward, heard_matches
+from musicrl.tiny.attributes import estimate_all
+
+DRUM_WORDS = {"none": "no drums", "kick-hat": "kick and hat drums", "full": "full drums"}
+OTHER = {"tempo": {"slow": "fast", "medium": "slow", "fast": "medium"}, "register": {"low": "high", "high": "low"},
+         "mode": {"major": "minor", "minor": "major"}, "drums": {"none": "full", "kick-hat": "none", "full": "none"}}
+
+
+def prompt_for(values: dict[str, str]) -> str:
+    tempo = "medium tempo" if values["tempo"] == "medium" else values["tempo"]
+    return f"a {tempo} piece in a {values['mode']} key, {values['register']} register, {DRUM_WORDS[values['drums']]}"
+
+
+def clips_heard_as_made(n: int) -> list[synth.Example]:
+    """Corpus clips whose four attributes the estimators hear as rendered (nearly all of them)."""
+    out, seed = [], 0
+    while len(out) < n:
+        e = synth.example(seed, 3.0)
+        heard, truth = estimate_all(e.audio, synth.SAMPLE_RATE), e.attrs.to_dict()
+        if all(heard[a] == truth[a] or (a == "drums" and heard[a] == "drums" and truth[a] != "none") for a in ATTRIBUTES):
+            out.append(e)
+        seed += 1
+    assert seed < 2 * n  # the estimators hear clean renders right almost always
+    return out
+
+
+def test_oracle_reward_counts_exactly_the_matched_attributes():
+    clips = clips_heard_as_made(10)
+    prompts, expected = [], []
+    for i, e in enumerate(clips):
+        truth = e.attrs.to_dict()
+        wrong = ATTRIBUTES[: i % 5]  # ask for another value of the first 0..4 attributes
+        asked = {a: OTHER[a][truth[a]] if a in wrong else truth[a] for a in ATTRIBUTES}
+        assert synth.parse_prompt(prompt_for(asked)) == asked  # the prompt names what we meant
+        prompts.append(prompt_for(asked))
+        expected.append(4 - len(wrong))
+    audio = torch.as_tensor(np.stack([e.audio for e in clips]))[:, None]  # [B, 1, S]
+    reward = AdherenceReward()(audio, synth.SAMPLE_RATE, prompts)
+    assert reward.tolist() == expected
+    only_mode = AdherenceReward(("mode",))(audio, synth.SAMPLE_RATE, prompts)
+    assert only_mode.tolist() == [float("mode" not in ATTRIBUTES[: i % 5]) for i in range(10)]
+
+
+def test_only_named_attributes_count_and_unknown_ones_are_refused():
+    e = clips_heard_as_made(1)[0]
+    named = heard_matches(f"a {e.attrs.mode} melody", e.audio, synth.SAMPLE_RATE)
+    assert named == {"mode": True}
+    assert heard_matches("a melody", e.audio, synth.SAMPLE_RATE) == {}
+    with pytest.raises(ValueError, match="unknown attributes"):
+        AdherenceReward(("timbre",))
