@@ -42,10 +42,11 @@ def test_oracle_reward_counts_exactly_the_matched_attributes():
         asked = {a: OTHER[a][truth[a]] if a in wrong else truth[a] for a in ATTRIBUTES}
         assert synth.parse_prompt(prompt_for(asked)) == asked  # the prompt names what we meant
         prompts.append(prompt_for(asked))
-        expected.append(4 - len(wrong))
+        expected.append(3 - len(set(wrong) - {"drums"}))  # tempo, register and mode count
     audio = torch.as_tensor(np.stack([e.audio for e in clips]))[:, None]  # [B, 1, S]
     reward = AdherenceReward()(audio, synth.SAMPLE_RATE, prompts)
     assert reward.tolist() == expected
+    assert AdherenceReward(ATTRIBUTES)(audio, synth.SAMPLE_RATE, prompts).tolist() == [4 - i % 5 for i in range(10)]
     only_mode = AdherenceReward(("mode",))(audio, synth.SAMPLE_RATE, prompts)
     assert only_mode.tolist() == [float("mode" not in ATTRIBUTES[: i % 5]) for i in range(10)]
 
@@ -57,3 +58,20 @@ def test_only_named_attributes_count_and_unknown_ones_are_refused():
     assert heard_matches("a melody", e.audio, synth.SAMPLE_RATE) == {}
     with pytest.raises(ValueError, match="unknown attributes"):
         AdherenceReward(("timbre",))
+
+
+def test_the_oracle_preset_builds_its_reward_from_the_tiny_world_and_only_there():
+    from musicrl.errors import UserError
+    from musicrl.presets import load_yaml
+    from musicrl.rewards.combine import WeightedReward, build_reward
+    from musicrl.tiny.adherence import oracle_rewards
+
+    cfg = load_yaml("rl/oracle-adherence")["reward"]
+    given = oracle_rewards(cfg)
+    assert set(given) == {"adherence"} and isinstance(given["adherence"], AdherenceReward)
+    reward = build_reward(cfg, rewards=given)
+    assert isinstance(reward, WeightedReward) and reward.rewards["adherence"] is given["adherence"] and not reward.normalize
+    with pytest.raises(UserError, match="tiny world's oracle"):  # the core cannot build it by itself
+        build_reward(cfg)
+    staged = {"kind": "sequential", "stages": [{"steps": 5, "reward": {"components": {"clap": {}}}}, {"reward": cfg}]}
+    assert set(oracle_rewards(staged)) == {"adherence"}
