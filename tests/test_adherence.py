@@ -75,3 +75,23 @@ def test_the_oracle_preset_builds_its_reward_from_the_tiny_world_and_only_there(
         build_reward(cfg)
     staged = {"kind": "sequential", "stages": [{"steps": 5, "reward": {"components": {"clap": {}}}}, {"reward": cfg}]}
     assert set(oracle_rewards(staged)) == {"adherence"}
+
+
+def test_adherence_report_rates_changes_and_plot(tmp_path):
+    from musicrl.tiny.adherence import adherence_report, plot_adherence
+    from musicrl.train.evaluate import Samples
+
+    clips = clips_heard_as_made(4)
+    prompts = [prompt_for(e.attrs.to_dict()) for e in clips]  # every clip has all it is asked for
+    audio = torch.as_tensor(np.stack([e.audio for e in clips]))[:, None]  # [4, 1, S]
+    codes = torch.zeros(4, 4, 5, dtype=torch.long)
+    worse = audio.clone()
+    worse[:2] = torch.as_tensor(np.stack([e.audio for e in clips[2:]]))[:, None]  # clips 0, 1: another clip's audio
+    report = adherence_report([Samples("A", prompts, codes, audio, synth.SAMPLE_RATE),
+                               Samples("B", prompts, codes, worse, synth.SAMPLE_RATE)])  # fmt: skip
+    assert all(r["rate"] == 1.0 and r["clips"] == 4 for r in report["rates"]["A"].values())
+    assert report["mean"]["A"] == 1.0
+    change = report["change"]["B over A"]
+    assert all(-0.5 <= c["diff"] <= 0 for a, c in change.items() if a != "mean_rise") and change["mean_rise"] < 0
+    png = plot_adherence(report, tmp_path / "a.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == round((1.6 + 1.5 * 4) * 110)

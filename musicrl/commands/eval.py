@@ -119,4 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         ev.save_report(report, args.out)
         print(f"report: {args.out}; plot: {ev.plot_report(report, Path(args.out).with_suffix('.png'))}")
+        if args.adherence:
+            from musicrl.tiny.adherence import plot_adherence
+
+            print(f"adherence plot: {plot_adherence(report['adherence'], Path(args.out).with_suffix('.adherence.png'))}")
     return 0

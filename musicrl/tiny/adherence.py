@@ -13,6 +13,8 @@ attribute when the heard value is the asked one (drums: any kit heard counts for
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -114,3 +116,34 @@ def format_adherence(report: dict) -> str:
         cells = ", ".join(f"{a} {c['diff']:+.0%} ± {c['ci95']:.0%}" for a, c in change.items() if a != "mean_rise")
         lines.append(f"{'adherence':>12}  {pair}: {cells}; mean rise {change['mean_rise']:+.1%} (points per attribute)")
     return "\n".join(lines)
+
+
+def plot_adherence(report: dict, out_png: str | Path) -> Path:
+    """One group of bars per attribute: each model's adherence rate with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(report["rates"])
+    attrs = [a for a in ATTRIBUTES if any(a in r for r in report["rates"].values())]
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(attrs), 3.8))
+    for i, m in enumerate(models):
+        rates = report["rates"][m]
+        x = [j + (i - (len(models) - 1) / 2) * width for j, a in enumerate(attrs) if a in rates]
+        y = [rates[a]["rate"] for a in attrs if a in rates]
+        err = [[rates[a]["rate"] - rates[a]["ci95"][0] for a in attrs if a in rates],
+               [rates[a]["ci95"][1] - rates[a]["rate"] for a in attrs if a in rates]]  # fmt: skip
+        label = "/".join([p for p in Path(m).parts if p != "checkpoints"][-2:])
+        ax.bar(x, y, width, yerr=err, capsize=3, color=f"C{i % 10}", label=label)
+    ax.set_xticks(range(len(attrs)), attrs)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("clips with what the prompt names (95% CI)")
+    ax.set_title("adherence, one clip per prompt")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out = Path(out_png)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
