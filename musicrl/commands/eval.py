@@ -55,13 +55,33 @@ def _judges(spec: str, raters: int, device):
         combo = build_reward({"components": comps, "normalize": False}, device).eval()
         judges.update(combo.rewards)
     if raters:
-        from musicrl.tiny.simulate import raters_judge
-        from musicrl.tiny.simulate import Panel
+        from musicrl.tiny.simulate import Panel, raters_judge
 
         judges["raters"] = raters_judge(Panel.default(raters))
     if not judges:
         raise UserError("nothing to judge with: give --rewards and/or --raters")
     return judges
+
+
+def _tiny_judgements(args: argparse.Namespace, samples: list, report: dict) -> list[str]:
+    """The tiny world's judgements of single pairs, added to `report`: per-attribute adherence
+    (--adherence) and one panel ballot per pair (--raters). Returns the lines to print."""
+    lines = []
+    if args.adherence:
+        from musicrl.tiny.adherence import adherence_report, format_adherence
+
+        report["adherence"] = adherence_report(samples)
+        lines.append(format_adherence(report["adherence"]))
+    if args.raters:
+        from musicrl.tiny.simulate import Panel, panel_single_pairs
+
+        report["panel"] = {}
+        for s in samples[1:]:
+            pair = f"{s.model} over {samples[0].model}"
+            v = report["panel"][pair] = panel_single_pairs(Panel.default(args.raters), samples[0], s)
+            lines.append(f"{'panel':>12}  {pair}: {v['decisive_win']:.0%} of {v['a'] + v['b']} decisive votes "
+                         f"(95% CI {v['ci95'][0]:.0%}–{v['ci95'][1]:.0%}; {v['tie']} ties) on {v['pairs']} single pairs")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,27 +119,12 @@ def run(args: argparse.Namespace) -> int:
         if m != ref_name:
             mean, h = ev.kl_to_reference(policies[m], reference, s, kl_sampling, progress=True)
             report["kl"][m] = {"mean": mean, "ci95": h}
-    if args.adherence:
-        from musicrl.tiny.adherence import adherence_report
-
-        report["adherence"] = adherence_report(samples)
-    if args.raters:
-        from musicrl.tiny.simulate import Panel, panel_single_pairs
-
-        report["panel"] = {f"{s.model} over {samples[0].model}": panel_single_pairs(Panel.default(args.raters), samples[0], s)
-                           for s in samples[1:]}  # fmt: skip
-    print(ev.format_report(report))
-    if args.adherence:
-        from musicrl.tiny.adherence import format_adherence
-
-        print(format_adherence(report["adherence"]))
-    for pair, v in report.get("panel", {}).items():
-        print(f"{'panel':>12}  {pair}: {v['decisive_win']:.0%} of {v['a'] + v['b']} decisive votes "
-              f"(95% CI {v['ci95'][0]:.0%}–{v['ci95'][1]:.0%}; {v['tie']} ties) on {v['pairs']} single pairs")
+    lines = _tiny_judgements(args, samples, report)
+    print("\n".join([ev.format_report(report), *lines]))
     if args.out:
         ev.save_report(report, args.out)
         print(f"report: {args.out}; plot: {ev.plot_report(report, Path(args.out).with_suffix('.png'))}")
-        if args.adherence:
+        if "adherence" in report:
             from musicrl.tiny.adherence import plot_adherence
 
             print(f"adherence plot: {plot_adherence(report['adherence'], Path(args.out).with_suffix('.adherence.png'))}")

@@ -53,7 +53,6 @@ from musicrl.model.policy import MusicGenPolicy, Rollout
 from musicrl.model.sampling import SamplingConfig, gumbel_chunk, hash32, process_logits, token_hash
 
 
-
 # ---- the network's weights, resolved per call ---------------------------------------------------
 @dataclass
 class _Layer:

@@ -46,18 +46,11 @@ def adherence_table(prompts: list[str], audio: torch.Tensor, sample_rate: int) -
 
 def oracle_rewards(reward_cfg: dict) -> dict[str, "AdherenceReward"]:
     """An `AdherenceReward` for each component of type 'adherence' in a reward config (any stage)."""
-    found = {}
+    from musicrl.rewards.combine import SequentialConfig, parse_config
 
-    def walk(d):
-        if isinstance(d, dict):
-            for name, c in (d.get("components") or {}).items():
-                if isinstance(c, dict) and c.get("type") == "adherence":
-                    found[name] = AdherenceReward()
-            for stage in d.get("stages") or []:
-                walk(stage.get("reward") if isinstance(stage, dict) else None)
-
-    walk(reward_cfg)
-    return found
+    cfg = parse_config(reward_cfg)
+    stages = [w for _, w in cfg.stages] if isinstance(cfg, SequentialConfig) else [cfg]
+    return {name: AdherenceReward() for w in stages for name, c in w.components.items() if c.type == "adherence"}
 
 
 class AdherenceReward:
