@@ -42,11 +42,11 @@ def test_oracle_reward_counts_exactly_the_matched_attributes():
         asked = {a: OTHER[a][truth[a]] if a in wrong else truth[a] for a in ATTRIBUTES}
         assert synth.parse_prompt(prompt_for(asked)) == asked  # the prompt names what we meant
         prompts.append(prompt_for(asked))
-        expected.append(3 - len(set(wrong) - {"drums"}))  # tempo, register and mode count
+        expected.append(4 - len(wrong))  # all four count by default
     audio = torch.as_tensor(np.stack([e.audio for e in clips]))[:, None]  # [B, 1, S]
-    reward = AdherenceReward()(audio, synth.SAMPLE_RATE, prompts)
-    assert reward.tolist() == expected
-    assert AdherenceReward(ATTRIBUTES)(audio, synth.SAMPLE_RATE, prompts).tolist() == [4 - i % 5 for i in range(10)]
+    assert AdherenceReward()(audio, synth.SAMPLE_RATE, prompts).tolist() == expected
+    three = AdherenceReward(("tempo", "register", "mode"))(audio, synth.SAMPLE_RATE, prompts)
+    assert three.tolist() == [3 - len(set(ATTRIBUTES[: i % 5]) - {"drums"}) for i in range(10)]
     only_mode = AdherenceReward(("mode",))(audio, synth.SAMPLE_RATE, prompts)
     assert only_mode.tolist() == [float("mode" not in ATTRIBUTES[: i % 5]) for i in range(10)]
 

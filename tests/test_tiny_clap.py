@@ -45,6 +45,30 @@ def test_contrastive_loss_is_symmetric_infonce_without_duplicates():
     assert contrastive_loss(logits, logits.t(), both) < contrastive_loss(logits, logits.t(), eye) - 0.1
 
 
+def test_hard_negative_texts_join_each_audios_softmax_and_only_fitting_texts_rank_audio():
+    logits_per_audio = torch.tensor([[5.0, 0.0, 4.0], [0.0, 5.0, 0.0]])  # 2 clips x (2 captions + 1 hard negative)
+    match = torch.tensor([[1, 0], [0, 1], [0, 0]], dtype=torch.bool)  # the flip fits no clip
+    plain = contrastive_loss(logits_per_audio[:, :2].t(), logits_per_audio[:, :2], match[:2])
+    hard = contrastive_loss(logits_per_audio.t(), logits_per_audio, match)
+    # the text -> audio term is the same (a text that fits no clip has no target); the audio -> text
+    # term now also has to beat the hard negative, which clip 0 scores almost as high as its caption
+    text_term = -F.log_softmax(logits_per_audio[:, :2].t(), -1).diagonal().mean()
+    audio_term = -F.log_softmax(logits_per_audio, -1)[torch.arange(2), torch.arange(2)].mean()
+    torch.testing.assert_close(hard, (text_term + audio_term) / 2)
+    assert hard > plain + 0.05
+
+
+def test_a_hard_negative_step_trains_on_the_finer_front_end(tmp_path):
+    cfg = ClapTrainConfig(pool_clips=8, epochs=1, batch_size=4, eval_every=100, eval_clips=32, checkpoint_every=100,
+                          text_pretrain_steps=0, mel_bins=64, fft_size=2048, hop_length=1024, hard_negatives=True)
+    out = train_clap(tmp_path / "clap", cfg, progress=False)
+    assert ClapModel.from_pretrained(out).config.audio_config.num_mel_bins == 64
+    fe = AutoFeatureExtractor.from_pretrained(out)
+    assert (fe.feature_size, fe.fft_window_size, fe.hop_length) == (64, 2048, 1024)
+    with pytest.raises(UserError, match="front end"):
+        ClapTrainConfig(mel_bins=64)  # 64 bins need the FFT and hop that fill the tower's image
+
+
 def test_match_matrix_follows_the_named_attributes():
     exs = [synth.example(s) for s in range(40)]
     caps = ["a slow tune", "fast bell melody, no drums"]

@@ -22,7 +22,7 @@ from musicrl.tiny import synth
 from musicrl.tiny.attributes import DRUMS_PRESENT, estimate_all
 
 ATTRIBUTES = ("tempo", "register", "mode", "drums")  # what the estimators hear
-ORACLE_ATTRIBUTES = ("tempo", "register", "mode")  # what the oracle reward scores (drums: kit words are coarse)
+ORACLE_ATTRIBUTES = ATTRIBUTES  # what the oracle reward scores: all four (without drums, RL traded drums for mode)
 
 
 def matches(attr: str, heard: str, asked: str) -> bool:
@@ -54,7 +54,7 @@ def oracle_rewards(reward_cfg: dict) -> dict[str, "AdherenceReward"]:
 
 
 class AdherenceReward:
-    """Oracle adherence: how many of `attributes` the prompt names and the clip has (0 to 3 by default).
+    """Oracle adherence: how many of `attributes` the prompt names and the clip has (0 to 4 by default).
 
     Called like any reward (audio [B, 1, S], sample_rate, prompts) -> [B].
     """

@@ -105,11 +105,11 @@ def tiny_tokenizer(n_captions: int = 4000, seed: int = 0, words: str = "all") ->
     return RobertaTokenizer(vocab=state["vocab"], merges=merges, add_prefix_space=True)
 
 
-def tiny_feature_extractor() -> ClapFeatureExtractor:
-    """16 kHz, 32 Slaney mel bins 0-8 kHz, FFT 1024 / hop 512, 4 s -> [1, 126, 32] per clip."""
+def tiny_feature_extractor(mel_bins: int = 32, fft_size: int = 1024, hop_length: int = 512) -> ClapFeatureExtractor:
+    """16 kHz, Slaney mel bins 0-8 kHz, 4 s; by default 32 bins, FFT 1024 / hop 512 -> [1, 126, 32] per clip."""
     return ClapFeatureExtractor(
-        feature_size=32, sampling_rate=SAMPLE_RATE, hop_length=512, max_length_s=CLIP_S,
-        fft_window_size=1024, frequency_min=0, frequency_max=SAMPLE_RATE // 2,
+        feature_size=mel_bins, sampling_rate=SAMPLE_RATE, hop_length=hop_length, max_length_s=CLIP_S,
+        fft_window_size=fft_size, frequency_min=0, frequency_max=SAMPLE_RATE // 2,
         truncation="rand_trunc", padding="repeatpad",
     )
 
@@ -125,15 +125,18 @@ def save_random_clap(path, seed: int = 0, n_captions: int = 4000):
     return path
 
 
-def tiny_clap_config(vocab_size: int) -> ClapConfig:
-    """~1.1 M parameters: a 3-layer 128-d RoBERTa, a 3-stage Swin audio tower, a 128-d joint space."""
+def tiny_clap_config(vocab_size: int, mel_bins: int = 32) -> ClapConfig:
+    """~1.1 M parameters: a 3-layer 128-d RoBERTa, a 3-stage Swin audio tower, a 128-d joint space.
+
+    The audio tower sees a 64x64 image: 32 mel bins x 128 frames folded in two (freq_ratio 2), or
+    64 bins x 64 frames as they are."""
     text = dict(
         vocab_size=vocab_size, hidden_size=128, num_hidden_layers=3, num_attention_heads=4,
         intermediate_size=384, max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
         eos_token_id=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )
     audio = dict(
-        num_mel_bins=32, spec_size=64, window_size=4, patch_size=4, patch_stride=[4, 4],
+        num_mel_bins=mel_bins, spec_size=64, window_size=4, patch_size=4, patch_stride=[4, 4],
         patch_embeds_hidden_size=32, depths=[1, 2, 2], num_attention_heads=[2, 4, 8],
         hidden_size=128,  # = patch_embeds_hidden_size * 2 ** (stages - 1), what the projection reads
         enable_fusion=False, num_hidden_layers=3, hidden_dropout_prob=0.0,
@@ -193,6 +196,17 @@ class ClapTrainConfig:
     freeze_text: bool = True
     """Keep the pretrained text tower frozen in contrastive training (only its projection learns),
     so words never paired with audio keep the meaning text gave them."""
+    mel_bins: int = 32
+    """Mel bins of the front end (32 or 64; the audio tower's image stays 64x64). 32 bins over 0-8 kHz
+    are ~90 Hz wide below 1 kHz, too coarse to tell a minor third from a major one."""
+    fft_size: int = 1024
+    """STFT window; with 64 bins, 2048 (7.8 Hz per FFT bin) feeds the finer filter bank."""
+    hop_length: int = 512
+    """STFT hop; with 64 bins, 1024 gives the 64 frames the tower's 64x64 image holds."""
+    hard_negatives: bool = False
+    """Also show each clip its caption with one attribute flipped (`musicrl.tiny.prompts.flip_attribute`)
+    as an extra text to tell apart: the audio must then carry every attribute its caption names,
+    which is what an RL reward needs to rank two clips of one prompt."""
     seed: int = 0
     """Model init, shuffling, captions and augmentation all derive from it."""
     num_threads: int = 1
@@ -210,6 +224,8 @@ class ClapTrainConfig:
             raise UserError(f"ClapTrainConfig.text_pretrain_steps must be >= 0, got {self.text_pretrain_steps}")
         if not 0.0 <= self.codec_prob <= 1.0 or (self.codec_prob > 0 and not self.codec):
             raise UserError(f"ClapTrainConfig.codec_prob must be in [0, 1] (and > 0 needs a codec), got {self.codec_prob}")
+        if (self.mel_bins, self.fft_size, self.hop_length) not in ((32, 1024, 512), (64, 2048, 1024)):
+            raise UserError("ClapTrainConfig front end: (mel_bins, fft_size, hop_length) must be (32, 1024, 512) or (64, 2048, 1024)")
         if self.batch_size < 2 or self.pool_clips < self.batch_size:
             raise UserError(f"need 2 <= batch_size <= pool_clips, got {self.batch_size}, {self.pool_clips}")
 
@@ -293,9 +309,12 @@ def contrastive_loss(logits_per_text: torch.Tensor, logits_per_audio: torch.Tens
 
     logits_per_text [T, A], logits_per_audio [A, T], match [T, A] bool with a true diagonal.
     With `match` the identity: CLIP's loss, (CE(text -> audio) + CE(audio -> text)) / 2.
+    Texts beyond the A captions (T > A: hard negatives) join every audio's softmax; in the text ->
+    audio direction only the texts that fit some clip count.
     """
     t = match.float()
-    text_loss = -(F.log_softmax(logits_per_text, -1) * (t / t.sum(1, keepdim=True))).sum(-1).mean()
+    has = t.sum(1) > 0  # [T]
+    text_loss = -(F.log_softmax(logits_per_text[has], -1) * (t[has] / t[has].sum(1, keepdim=True))).sum(-1).mean()
     a = t.t()
     audio_loss = -(F.log_softmax(logits_per_audio, -1) * (a / a.sum(1, keepdim=True))).sum(-1).mean()
     return (text_loss + audio_loss) / 2
@@ -315,9 +334,16 @@ def _train_step(model, opt, tokenizer, mels, attrs, step: int, cfg: ClapTrainCon
     if coded_mels is not None:
         feats = torch.where(coded[:, None, None, None], coded_mels[idx], feats)
     feats = (feats + gain[:, None, None, None]).clamp_min(-100.0)  # level change in dB
+    batch_attrs = [attrs[i] for i in idx]
+    match = match_matrix(captions, batch_attrs)  # [B, B]
+    if cfg.hard_negatives:  # each caption with one attribute flipped: fits its clip no more
+        from musicrl.tiny.prompts import flip_attribute
+
+        flips = [f for f in (flip_attribute(c) for c in captions) if f is not None]
+        captions = captions + flips
+        match = torch.cat([match, fit_matrix(flips, batch_attrs)])  # [B + F, B]
     tok = tokenizer(captions, padding=True, return_tensors="pt")
     out = model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"], input_features=feats)
-    match = match_matrix(captions, [attrs[i] for i in idx])
     loss = contrastive_loss(out.logits_per_text, out.logits_per_audio, match)
     if not torch.isfinite(loss):
         raise RuntimeError(f"CLAP training diverged at step {step} (loss {loss.item()})")
@@ -330,7 +356,7 @@ def _train_step(model, opt, tokenizer, mels, attrs, step: int, cfg: ClapTrainCon
     with torch.no_grad():  # CLIP's clamp of the temperature
         for p in (model.logit_scale_a, model.logit_scale_t):
             p.clamp_(max=math.log(cfg.max_logit_scale))
-    positives = match.float().sum(1).mean().item()  # fitting clips per caption, own included
+    positives = match[: len(idx)].float().sum(1).mean().item()  # fitting clips per caption, own included
     return {"loss": loss.item(), "scale": model.logit_scale_t.exp().item(), "pos": positives}
 
 
@@ -361,9 +387,9 @@ def train_clap(out_dir: str | Path, cfg: ClapTrainConfig = ClapTrainConfig(), pr
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_dir / CHECKPOINT
     torch.set_num_threads(cfg.num_threads)
-    tokenizer, fe = tiny_tokenizer(words=cfg.text_words), tiny_feature_extractor()
+    tokenizer, fe = tiny_tokenizer(words=cfg.text_words), tiny_feature_extractor(cfg.mel_bins, cfg.fft_size, cfg.hop_length)
     torch.manual_seed(cfg.seed)
-    model = ClapModel(tiny_clap_config(len(tokenizer))).train()
+    model = ClapModel(tiny_clap_config(len(tokenizer), cfg.mel_bins)).train()
     if cfg.text_pretrain_steps and not ckpt.exists():  # (a checkpoint holds the pretrained tower)
         from musicrl.tiny.text import pretrain_text_encoder
 

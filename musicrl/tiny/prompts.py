@@ -11,6 +11,8 @@ Any other name is a prompt file or a shipped prompt list (`musicrl.presets.load_
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from musicrl.presets import load_prompts
@@ -40,3 +42,37 @@ def resolve_prompts(spec: str, n: int = N_TRAIN, seed: int = 0) -> list[str]:
 def rl_prompts(cfg) -> tuple[list[str], list[str]]:
     """An `RLConfig`'s training prompts and its `eval_prompts_count` evaluation prompts."""
     return resolve_prompts(cfg.prompts), resolve_prompts(cfg.eval_prompts, cfg.eval_prompts_count, cfg.seed)[: cfg.eval_prompts_count]
+
+
+# What a flipped attribute becomes. Medium tempo has two opposites, as has no drums; one is picked by hash.
+_OPPOSITE = {"tempo": {"slow": ("fast",), "fast": ("slow",), "medium": ("slow", "fast")},
+             "mode": {"major": ("minor",), "minor": ("major",)},
+             "register": {"low": ("high",), "high": ("low",)},
+             "drums": {"none": ("full", "kick-hat"), "kick-hat": ("none",), "full": ("none",)}}
+
+
+def flip_attribute(prompt: str, attribute: str | None = None) -> str | None:
+    """The same prompt with one of tempo, mode, register or drums (or `attribute`) turned to an
+    opposite value (the other words untouched, the same form of words: adjective for adjective,
+    phrase for phrase), or None when it names none of them.
+
+    Deterministic: the attribute, the opposite and its words are picked by a hash of the prompt. The
+    RL trainer's prompt contrast scores each clip under its prompt and under this counterfactual one.
+    """
+    named = synth.parse_prompt(prompt)
+    options = [a for a in _OPPOSITE if a in named and attribute in (None, a)]
+    if not options:
+        return None
+    h = zlib.crc32(prompt.encode())
+    attr = options[h % len(options)]
+    new_value = _OPPOSITE[attr][named[attr]][(h >> 8) % len(_OPPOSITE[attr][named[attr]])]
+    for start, end, a, value in synth.mentions(prompt):
+        if (a, value) != (attr, named[attr]):
+            continue
+        phrase = prompt[start:end].lower()
+        table = synth.SYNONYMS if any(phrase in ws for ws in synth.SYNONYMS[attr][value].values()) else synth.PHRASES
+        words = table[attr][new_value]["train"]
+        flipped = prompt[:start] + words[(h >> 16) % len(words)] + prompt[end:]
+        if synth.parse_prompt(flipped) == {**named, attr: new_value}:
+            return flipped
+    return None

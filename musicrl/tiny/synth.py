@@ -550,10 +550,14 @@ def parse_prompt(text: str) -> dict[str, str]:
     'moody'...). Where phrases overlap the longer one wins; the first mention of an attribute wins.
     """
     found: dict[str, str] = {}
-    for m in _PROMPT_RE.finditer(re.sub(r"\s+", " ", text.lower())):
-        attr, value = LEXICON[m.group(1)]
+    for _, _, attr, value in mentions(re.sub(r"\s+", " ", text)):
         found.setdefault(attr, value)
     return found
+
+
+def mentions(text: str) -> list[tuple[int, int, str, str]]:
+    """(start, end, attribute, value) of each phrase of the lexicon in `text`, in order (case-blind)."""
+    return [(m.start(1), m.end(1), *LEXICON[m.group(1)]) for m in _PROMPT_RE.finditer(text.lower())]
 
 
 # -------------------------------------------------------------------------------------- examples
