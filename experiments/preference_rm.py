@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     from musicrl.logs import quiet_transformers
     from musicrl.tiny.simulate import Panel, simulate_votes
     from musicrl.rewards import backbone as bb
-    from musicrl.rewards.train_preference import PreferenceTrainConfig, load_votes, train_preference
+    from musicrl.rewards.train_preference import PreferenceTrainConfig, train_preference
+    from musicrl.votes.rows import load_votes
 
     quiet_transformers()
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="preference_rm_"))

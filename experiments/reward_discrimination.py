@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=11, help="picks the fresh (unseen) prompts")
-    ap.add_argument("--clap", default="tiny")
+    ap.add_argument("--clap", default="tiny", help="the CLAP reward's model")
+    ap.add_argument("--quality", default="tiny", help="the quality model (a head on its own CLAP)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out")
     args = ap.parse_args(argv)
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     quiet_transformers()
     policy = MusicGenPolicy.from_pretrained("tiny")
     prompts = resolve_prompts("synth-unseen", args.prompts, seed=args.seed)
-    reward = build_reward({"components": {"clap": {"model": args.clap}, "quality": {}}})
+    reward = build_reward({"components": {"clap": {"model": args.clap}, "quality": {"model": args.quality}}})
     scores = defaultdict(list)
     tables, heard, rows = [], [], []
     with torch.no_grad():

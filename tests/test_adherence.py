@@ -1,4 +1,5 @@
-"""The tiny world's adherence measure and the oracle adherence reward built on it."""
+"""The tiny world's adherence measure, the oracle adherence reward built on it, and counterfactual
+prompts (one attribute flipped)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from musicrl.tiny import synth
 from musicrl.tiny.adherence import ATTRIBUTES, AdherenceReward, heard_matches
 from musicrl.tiny.attributes import estimate_all
+from musicrl.tiny.prompts import flip_attribute, resolve_prompts
 
 DRUM_WORDS = {"none": "no drums", "kick-hat": "kick and hat drums", "full": "full drums"}
 OTHER = {"tempo": {"slow": "fast", "medium": "slow", "fast": "medium"}, "register": {"low": "high", "high": "low"},
@@ -95,3 +97,21 @@ def test_adherence_report_rates_changes_and_plot(tmp_path):
     assert all(-0.5 <= c["diff"] <= 0 for a, c in change.items() if a != "mean_rise") and change["mean_rise"] < 0
     png = plot_adherence(report, tmp_path / "a.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == round((1.6 + 1.5 * 4) * 110)
+
+
+def test_flip_attribute_changes_exactly_one_named_attribute():
+    prompts = resolve_prompts("synth")[:400]
+    flipped = {}
+    for p in prompts:
+        q = flip_attribute(p)
+        a, b = synth.parse_prompt(p), synth.parse_prompt(q)
+        changed = [k for k in a if a[k] != b[k]]
+        assert set(a) == set(b) and len(changed) == 1 and changed[0] in ("tempo", "mode", "register", "drums"), (p, q)
+        flipped[changed[0]] = flipped.get(changed[0], 0) + 1
+    assert set(flipped) == {"tempo", "mode", "register", "drums"}  # each attribute gets flipped
+    assert flip_attribute(prompts[0]) == flip_attribute(prompts[0])  # deterministic
+    sad = flip_attribute("a happy piano tune, high register", "mode")
+    assert sad.startswith("a ") and sad.endswith(" piano tune, high register") and synth.parse_prompt(sad)["mode"] == "minor"
+    assert synth.parse_prompt(flip_attribute("a happy piano tune, high register", "register"))["register"] == "low"
+    assert flip_attribute("a piano tune") is None  # names none of the four
+    assert flip_attribute("a happy piano tune", "tempo") is None

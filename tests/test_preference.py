@@ -39,14 +39,15 @@ def clap_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory, clap_dir):
-    """A rater who only cares for a high register (which even a random CLAP hears), and a model trained on it."""
+def planted(tmp_path_factory):
+    """A rater who only cares for a high register, and a model trained on it, on the shipped tiny CLAP
+    (which hears register on 100% of held-out clips: what is tested is the head's learning)."""
     votes_dir = tmp_path_factory.mktemp("votes")
     rater = Rater({"register": {"high": 1.5}}, noise=0.5, seed=0)
     path = simulate_votes(200, rater, 0, votes_dir, duration_s=2.0, clips_per_prompt=4, keep_prob=0.0)
     out = tmp_path_factory.mktemp("pref")
     metrics = train_preference(load_votes(path), out, PreferenceTrainConfig(val_fraction=0.4),
-                               backbone=str(clap_dir), progress=False)
+                               backbone="tiny", progress=False)
     return path, out, metrics
 
 

@@ -14,13 +14,15 @@ through one code path; only the config and the files beside it differ:
   front, RoBERTa's first-token pooler starts from an arbitrary letter. The text config's
   `vocab_size` is the tokenizer's length; `max_position_embeddings=130` (positions start at
   pad+1) takes prompts of up to 128 tokens.
-- feature extractor: `ClapFeatureExtractor` at 16 kHz (the tiny world's rate), 32 mel bins
-  (Slaney, 0-8 kHz), FFT 1024, hop 512, 4 s inputs (126 frames), `truncation="rand_trunc"` (no
+- feature extractor: `ClapFeatureExtractor` at 16 kHz (the tiny world's rate), 64 mel bins
+  (Slaney, 0-8 kHz), FFT 2048, hop 1024, 4 s inputs (63 frames), `truncation="rand_trunc"` (no
   fusion: the model has `enable_fusion=False`), `padding="repeatpad"`. Saved as a `ClapProcessor`
   (feature extractor + tokenizer, as LAION's), so `AutoProcessor.from_pretrained(dir)` works too.
-- audio tower: spec_size 64 over 32 mel bins (freq_ratio 2: the 128-frame spectrogram is folded into
-  a 64x64 image), patches 4x4, window 4, three stages of width 32/64/128 (the last stage's 4x4 grid
-  equals the window, as transformers requires).
+- audio tower: spec_size 64 over 64 mel bins (freq_ratio 1: the spectrogram, stretched to 64
+  frames, is the 64x64 image), patches 4x4, window 4, three stages of width 32/64/128 (the last
+  stage's 4x4 grid equals the window, as transformers requires). Why 64 bins and not the 32 of the
+  first model: 32 bins over 0-8 kHz are ~90 Hz wide below 1 kHz, too coarse for a minor third
+  against a major one (zero-shot mode 0.79; 0.93 with 64 bins, at the same cost per step).
 
 Training, in two stages:
 
@@ -42,6 +44,10 @@ Training, in two stages:
    model that only heard clean renders scores them by artifacts (measured below). Not ClapModel's
    `return_loss`: besides being diagonal-only, it transposes `logits_per_audio`, so both of its
    terms rank audio per text (transformers 5.x).
+   Hard negatives (`hard_negatives`): each clip also has to rank its caption above the same caption
+   with one attribute flipped (`musicrl.tiny.prompts.flip_attribute`). RL compares clips of one
+   prompt, so the reward must hear every attribute the prompt names, not only the one that sets a
+   clip apart in a random batch.
 
 Features are computed by `musicrl.rewards.clap.ClapLogMel`, the very function the reward uses at inference.
 
@@ -51,8 +57,9 @@ through the tiny codec (`codec_prob`). `evaluate_clap` measures it on held-out c
 in groups of 32; docs/tiny.md gives its figures.
 
 Known limits:
-- mode is heard, but least well: a mel front-end this coarse (~90 Hz per bin below 1 kHz) barely
-  separates a minor from a major third. Use `musicrl.tiny.attributes` to measure mode.
+- mode is heard least well: among two clips of one prompt, the shipped model prefers the one in the
+  asked mode 68% of the time (tempo 72%, drums 72%; docs/results/rl-adherence.md). Use
+  `musicrl.tiny.attributes` to measure mode.
 - the ceiling is what a perfect model gets choosing at random among clips that fit the caption.
 """
 
@@ -105,8 +112,8 @@ def tiny_tokenizer(n_captions: int = 4000, seed: int = 0, words: str = "all") ->
     return RobertaTokenizer(vocab=state["vocab"], merges=merges, add_prefix_space=True)
 
 
-def tiny_feature_extractor(mel_bins: int = 32, fft_size: int = 1024, hop_length: int = 512) -> ClapFeatureExtractor:
-    """16 kHz, Slaney mel bins 0-8 kHz, 4 s; by default 32 bins, FFT 1024 / hop 512 -> [1, 126, 32] per clip."""
+def tiny_feature_extractor(mel_bins: int = 64, fft_size: int = 2048, hop_length: int = 1024) -> ClapFeatureExtractor:
+    """16 kHz, Slaney mel bins 0-8 kHz, 4 s; by default 64 bins, FFT 2048 / hop 1024 -> [1, 63, 64] per clip."""
     return ClapFeatureExtractor(
         feature_size=mel_bins, sampling_rate=SAMPLE_RATE, hop_length=hop_length, max_length_s=CLIP_S,
         fft_window_size=fft_size, frequency_min=0, frequency_max=SAMPLE_RATE // 2,
@@ -125,11 +132,11 @@ def save_random_clap(path, seed: int = 0, n_captions: int = 4000):
     return path
 
 
-def tiny_clap_config(vocab_size: int, mel_bins: int = 32) -> ClapConfig:
+def tiny_clap_config(vocab_size: int, mel_bins: int = 64) -> ClapConfig:
     """~1.1 M parameters: a 3-layer 128-d RoBERTa, a 3-stage Swin audio tower, a 128-d joint space.
 
-    The audio tower sees a 64x64 image: 32 mel bins x 128 frames folded in two (freq_ratio 2), or
-    64 bins x 64 frames as they are."""
+    The audio tower sees a 64x64 image: 64 mel bins x 64 frames as they are, or (the earlier front
+    end) 32 bins x 128 frames folded in two (freq_ratio 2)."""
     text = dict(
         vocab_size=vocab_size, hidden_size=128, num_hidden_layers=3, num_attention_heads=4,
         intermediate_size=384, max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
@@ -196,14 +203,15 @@ class ClapTrainConfig:
     freeze_text: bool = True
     """Keep the pretrained text tower frozen in contrastive training (only its projection learns),
     so words never paired with audio keep the meaning text gave them."""
-    mel_bins: int = 32
-    """Mel bins of the front end (32 or 64; the audio tower's image stays 64x64). 32 bins over 0-8 kHz
-    are ~90 Hz wide below 1 kHz, too coarse to tell a minor third from a major one."""
-    fft_size: int = 1024
-    """STFT window; with 64 bins, 2048 (7.8 Hz per FFT bin) feeds the finer filter bank."""
-    hop_length: int = 512
-    """STFT hop; with 64 bins, 1024 gives the 64 frames the tower's 64x64 image holds."""
-    hard_negatives: bool = False
+    mel_bins: int = 64
+    """Mel bins of the front end, 64 or 32 (the audio tower's image is 64x64 either way). 64 bins are
+    ~47 Hz wide below 1 kHz; 32 (~90 Hz) are too coarse to tell a minor third from a major one:
+    zero-shot mode 0.79 with 32 bins, 0.93 with 64 (docs/results/rl-adherence.md)."""
+    fft_size: int = 2048
+    """STFT window: 2048 (7.8 Hz per FFT bin) feeds 64 bins; 1024 with 32."""
+    hop_length: int = 1024
+    """STFT hop: 1024 gives the 64 frames of 4 s that 64 bins fill the image with; 512 with 32."""
+    hard_negatives: bool = True
     """Also show each clip its caption with one attribute flipped (`musicrl.tiny.prompts.flip_attribute`)
     as an extra text to tell apart: the audio must then carry every attribute its caption names,
     which is what an RL reward needs to rank two clips of one prompt."""

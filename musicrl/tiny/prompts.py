@@ -57,7 +57,7 @@ def flip_attribute(prompt: str, attribute: str | None = None) -> str | None:
     phrase for phrase), or None when it names none of them.
 
     Deterministic: the attribute, the opposite and its words are picked by a hash of the prompt. The
-    RL trainer's prompt contrast scores each clip under its prompt and under this counterfactual one.
+    reward-discrimination experiment and the tiny CLAP's hard negatives use it.
     """
     named = synth.parse_prompt(prompt)
     options = [a for a in _OPPOSITE if a in named and attribute in (None, a)]

@@ -49,19 +49,6 @@ class RLConfig:
     """'batch': divide advantages by their standard deviation over the batch; 'prompt': by their
     standard deviation over each prompt's k samples (GRPO's), so every prompt weighs the same
     whatever its reward spread; 'none'."""
-    contrast_coef: float = 0.0
-    """> 0: add the prompt-contrast loss with this weight. Each clip y of prompt x is also scored
-    under a contrasting prompt x' (`contrast_prompts`); where the reward says y fits x better (or
-    x' better), a DPO-style loss raises (lowers) log pi(y|x) - log pi(y|x') against the reference's
-    same difference. What a clip has regardless of its prompt cancels in that difference, so the
-    update is only about following the prompt; and it asks the reward to compare texts on one clip,
-    which a contrastive CLAP does far better than comparing clips of one text."""
-    contrast_beta: float = 0.1
-    """DPO's beta for the prompt contrast: the scale of the log-ratio margin in the sigmoid."""
-    contrast_prompts: str = "batch"
-    """Where x' comes from: 'batch', another prompt of the same step (works for any prompts); 'flip',
-    the prompt with one named attribute turned to an opposite (tiny-world captions only:
-    `musicrl.tiny.prompts.flip_attribute`, handed to the trainer by the command)."""
     ppo_epochs: int = 1
     """Optimisation passes over each batch; > 1 uses the PPO clipped ratio."""
     clip_eps: float = 0.2
@@ -126,12 +113,6 @@ class RLConfig:
             bad("the RLOO baseline needs samples_per_prompt >= 2")
         if self.engine not in ("fast", "reference"):
             bad(f"engine must be 'fast' or 'reference', got {self.engine!r}")
-        if self.contrast_coef < 0 or not self.contrast_beta > 0:
-            bad(f"contrast_coef must be >= 0 and contrast_beta > 0, got {self.contrast_coef}, {self.contrast_beta}")
-        if self.contrast_prompts not in ("batch", "flip"):
-            bad(f"contrast_prompts must be 'batch' or 'flip', got {self.contrast_prompts!r}")
-        if self.contrast_coef and self.contrast_prompts == "batch" and self.prompts_per_step < 2:
-            bad("contrast_prompts=batch needs prompts_per_step >= 2 (another prompt of the step)")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             bad(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         for name in ("steps", "prompts_per_step", "samples_per_prompt", "ppo_epochs", "grad_accum",

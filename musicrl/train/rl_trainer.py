@@ -9,10 +9,7 @@ One step, top to bottom (`RLTrainer.step`):
      baseline on the prompt (the paper's), or none;
   4. update: policy-gradient (PPO-clipped when `ppo_epochs` > 1) + `kl_coef` * KL(pi || ref), the KL
      exact over the full codebook at every step (the paper's) or the sampled estimator folded into
-     the reward; gradient accumulation over micro-batches;
-  5. with `contrast_coef` > 0, the prompt contrast (beyond the paper): each clip is scored again under
-     a contrasting prompt, and a DPO-style loss teaches the policy which of the two prompts the clip
-     fits (see `RLConfig.contrast_coef`).
+     the reward; gradient accumulation over micro-batches.
 The reference is a frozen copy of the initial policy, `reference` when given (MusicRL-RU: the R
 checkpoint), or, with LoRA, the same network with its adapters disabled (no second copy).
 
@@ -32,11 +29,9 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from musicrl.errors import UserError
@@ -71,17 +66,14 @@ def exact_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 class RLTrainer:
     def __init__(self, cfg: RLConfig, prompts: list[str], eval_prompts: list[str], policy: MusicGenPolicy | None = None,
-                 reward=None, reference=None, contrast: Callable[[str], str | None] | None = None):
+                 reward=None, reference=None):
         """`prompts`: the training prompts (each step draws `prompts_per_step` of them); `eval_prompts`:
-        those of the periodic evaluation. `reward`: built from `cfg.reward` when not given.
-        `contrast`: prompt -> its contrasting prompt (or None), for `contrast_prompts='flip'`."""
+        those of the periodic evaluation. `reward`: built from `cfg.reward` when not given."""
         if not prompts or not eval_prompts:
             raise UserError("the trainer needs at least one training and one evaluation prompt")
         if len(prompts) < cfg.prompts_per_step:
             raise UserError(f"prompts_per_step={cfg.prompts_per_step} but only {len(prompts)} training prompts")
-        if cfg.contrast_coef and cfg.contrast_prompts == "flip" and contrast is None:
-            raise UserError("contrast_prompts=flip needs a flip function (musicrl train hands the tiny world's to synth prompts)")
-        self.cfg, self.contrast = cfg, contrast
+        self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.out = Path(cfg.out_dir)
         if reward is None:  # first: a missing reward model fails before minutes of model loading
@@ -168,18 +160,6 @@ class RLTrainer:
             with self.policy.model.decoder.disable_adapter():
                 return self.policy.distributions(prompts, codes, self.cfg.sampling)
 
-    @contextmanager
-    def frozen_reward(self):
-        """The reward in eval mode inside the block (running normalisation frozen), then as it was."""
-        was_training = getattr(self.reward, "training", None)
-        if hasattr(self.reward, "eval"):
-            self.reward.eval()
-        try:
-            yield self.reward
-        finally:
-            if was_training and hasattr(self.reward, "train"):
-                self.reward.train()
-
     def prompts_for(self, step: int) -> list[str]:
         rng = np.random.default_rng([self.cfg.seed, step])
         return [self.train_prompts[i] for i in rng.choice(len(self.train_prompts), self.cfg.prompts_per_step, replace=False)]
@@ -202,7 +182,6 @@ class RLTrainer:
         with torch.no_grad():
             reward, components = self.reward(audio, pol.sample_rate, roll.prompts)  # [B]
         reward = reward.to(self.device).float()
-        alts, pref = self.contrast_preference(audio, reward, roll.prompts) if cfg.contrast_coef else (None, None)
         times["reward"], t = time.perf_counter() - t, time.perf_counter()
 
         B, mb = len(roll.prompts), len(roll.prompts) // cfg.grad_accum
@@ -213,11 +192,9 @@ class RLTrainer:
             reward = reward - cfg.kl_coef * kl_sampled
         adv = self.advantages(reward, roll.prompts)  # [B]
         stats = {"kl": 0.0, "entropy": 0.0, "loss": 0.0, "clip_frac": 0.0}
-        if pref is not None:
-            stats.update({"contrast/loss": 0.0, "contrast/acc": 0.0})
         for _ in range(cfg.ppo_epochs):
             for i in range(0, B, mb):
-                s = self._micro_step(roll, adv, reward, i, i + mb, alts, pref)
+                s = self._micro_step(roll, adv, reward, i, i + mb)
                 for key in stats:
                     stats[key] += s[key] / (cfg.grad_accum * cfg.ppo_epochs)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
@@ -230,10 +207,6 @@ class RLTrainer:
             stats["kl"] = kl_sampled.mean().item() / (roll.codes.shape[1] * roll.codes.shape[2])
         metrics = {"step": step + 1, "reward": reward.mean().item(), "grad_norm": float(grad_norm), **stats}
         metrics.update({f"reward/{n}": v.float().mean().item() for n, v in components.items()})
-        if pref is not None:  # how often the reward hears a clip fit its own prompt better than the contrast
-            decisive = pref != 0
-            metrics["contrast/decisive"] = decisive.float().mean().item()
-            metrics["contrast/own_wins"] = (pref[decisive] > 0).float().mean().item() if decisive.any() else float("nan")
         metrics["diversity"] = self._diversity(audio, k)
         metrics["lr"] = self.opt.param_groups[0]["lr"]
         metrics.update({f"time/{n}": v for n, v in times.items()})
@@ -241,7 +214,7 @@ class RLTrainer:
             metrics["mem/peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return metrics
 
-    def _micro_step(self, roll, adv, reward, i: int, j: int, alts=None, pref=None) -> dict:
+    def _micro_step(self, roll, adv, reward, i: int, j: int) -> dict:
         cfg, pol = self.cfg, self.policy
         prompts, codes = roll.prompts[i:j], roll.codes[i:j]
         with self._autocast():
@@ -252,64 +225,18 @@ class RLTrainer:
         a = adv[i:j, None, None]
         pg = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)  # [b, K, T]
         loss = pg.mean()
-        kl_tok, ref_dist = torch.zeros_like(logp), None
+        kl_tok = torch.zeros_like(logp)
         if cfg.kl_estimator == "exact":
-            ref_dist = self.reference_distributions(prompts, codes).float()
-            kl_tok = exact_kl(dist, ref_dist)  # [b, K, T]
+            kl_tok = exact_kl(dist, self.reference_distributions(prompts, codes).float())  # [b, K, T]
             loss = loss + cfg.kl_coef * kl_tok.mean()
         if self.value is not None:
             states, mask = pol.encode_text(prompts)
             loss = loss + 0.5 * (self.value(states, mask) - reward[i:j]).pow(2).mean()
-        out = {}
-        if pref is not None:
-            closs, out = self._contrast_loss(prompts, alts[i:j], codes, logp, ref_dist, pref[i:j])
-            loss = loss + cfg.contrast_coef * closs
         (loss / cfg.grad_accum).backward()
         with torch.no_grad():
             entropy = -(torch.where(dist > -torch.inf, dist.exp() * dist, torch.zeros_like(dist))).sum(-1)
             clipped = ((ratio - 1).abs() > cfg.clip_eps).float().mean()
-        return {"kl": kl_tok.mean().item(), "entropy": entropy.mean().item(), "loss": loss.item(),
-                "clip_frac": clipped.item(), **out}  # fmt: skip
-
-    # ---- the prompt contrast ----------------------------------------------------------------------
-    def contrast_prompts_of(self, prompts: list[str]) -> list[str | None]:
-        """One contrasting prompt per row: the flip function's, or the next distinct prompt of the step."""
-        if self.cfg.contrast_prompts == "flip":
-            return [self.contrast(p) for p in prompts]
-        distinct = list(dict.fromkeys(prompts))
-        return [distinct[(distinct.index(p) + 1) % len(distinct)] for p in prompts]
-
-    @torch.no_grad()
-    def contrast_preference(self, audio, reward, prompts: list[str]) -> tuple[list[str | None], torch.Tensor]:
-        """Each clip scored again under its contrasting prompt, with the normalisation the step's own
-        scores used: (contrast prompts [B], +1 where the clip fits its own prompt better, -1 where
-        the contrast, 0 on a tie or without a contrast) [B]."""
-        alts = self.contrast_prompts_of(prompts)
-        rows = [n for n, a in enumerate(alts) if a is not None]
-        pref = torch.zeros_like(reward)
-        if rows:
-            with self.frozen_reward() as frozen:
-                other, _ = frozen(audio[rows], self.policy.sample_rate, [alts[n] for n in rows])
-            pref[rows] = torch.sign(reward[rows] - other.to(reward.device).float())
-        return alts, pref
-
-    def _contrast_loss(self, prompts, alts, codes, logp, ref_dist, pref) -> tuple[torch.Tensor, dict]:
-        """-log sigmoid(beta * pref * margin), margin = log pi(y|x)/ref(y|x) - log pi(y|x')/ref(y|x'),
-        summed over the decisive rows and divided by all rows (a tie adds nothing)."""
-        rows = (pref != 0).nonzero()[:, 0]
-        if not len(rows):
-            return logp.sum() * 0, {"contrast/loss": 0.0, "contrast/acc": 0.0}
-        own_p = [prompts[n] for n in rows.tolist()]
-        alt_p = [alts[n] for n in rows.tolist()]
-        y = codes[rows]  # [r, K, T]
-        alt = self.policy.distributions(alt_p, y, self.cfg.sampling).float().gather(-1, y[..., None])[..., 0]
-        with torch.no_grad():
-            ref_own = (ref_dist[rows] if ref_dist is not None else self.reference_distributions(own_p, y).float()).gather(-1, y[..., None])[..., 0]
-            ref_alt = self.reference_distributions(alt_p, y).float().gather(-1, y[..., None])[..., 0]
-        margin = (logp[rows] - ref_own).sum((1, 2)) - (alt - ref_alt).sum((1, 2))  # [r]
-        loss = -F.logsigmoid(self.cfg.contrast_beta * pref[rows] * margin).sum() / len(pref)
-        acc = (torch.sign(margin) == pref[rows]).float().mean().item()
-        return loss, {"contrast/loss": loss.item(), "contrast/acc": acc}
+        return {"kl": kl_tok.mean().item(), "entropy": entropy.mean().item(), "loss": loss.item(), "clip_frac": clipped.item()}
 
     def _ref_token_logp(self, roll, i: int, j: int) -> torch.Tensor:
         dist = self.reference_distributions(roll.prompts[i:j], roll.codes[i:j])
@@ -358,10 +285,14 @@ class RLTrainer:
         from musicrl.audio import write_wav
 
         cfg, pol = self.cfg, self.policy
+        was_training = getattr(self.reward, "training", None)
+        if hasattr(self.reward, "eval"):
+            self.reward.eval()
         roll = pol.sample(self.eval_prompts, 1, cfg.duration_s, sampling=cfg.sampling, seed=10**9 + cfg.seed)
         audio = pol.decode(roll.codes)
-        with self.frozen_reward() as reward:
-            _, components = reward(audio, pol.sample_rate, roll.prompts)
+        _, components = self.reward(audio, pol.sample_rate, roll.prompts)
+        if was_training and hasattr(self.reward, "train"):
+            self.reward.train()
         dist = pol.distributions(roll.prompts, roll.codes, cfg.sampling)
         kl = exact_kl(dist, self.reference_distributions(roll.prompts, roll.codes)).sum((1, 2)).mean().item()
         sample_dir = self.out / "samples" / f"step-{step:06d}"
