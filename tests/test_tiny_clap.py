@@ -58,10 +58,21 @@ def test_hard_negative_texts_join_each_audios_softmax_and_only_fitting_texts_ran
     assert hard > plain + 0.05
 
 
-def test_a_hard_negative_step_trains_on_the_finer_front_end(tmp_path):
+def test_a_hard_negative_step_trains_on_the_finer_front_end(tmp_path, monkeypatch):
     cfg = ClapTrainConfig(pool_clips=8, epochs=1, batch_size=4, eval_every=100, eval_clips=32, checkpoint_every=100,
                           text_pretrain_steps=0, mel_bins=64, fft_size=2048, hop_length=1024, hard_negatives=True)
+    seen = []
+    real_loss = tiny_clap.contrastive_loss
+
+    def record(logits_per_text, logits_per_audio, match):
+        seen.append((logits_per_audio.shape, match))
+        return real_loss(logits_per_text, logits_per_audio, match)
+
+    monkeypatch.setattr(tiny_clap, "contrastive_loss", record)
     out = train_clap(tmp_path / "clap", cfg, progress=False)
+    for shape, match in seen:  # every train caption names a flippable attribute: 4 captions + 4 flips
+        assert tuple(shape) == (4, 8) and match.shape == (8, 4)
+        assert match[:4].diagonal().all() and not match[4:].diagonal().any()  # a flip never fits its own clip
     assert ClapModel.from_pretrained(out).config.audio_config.num_mel_bins == 64
     fe = AutoFeatureExtractor.from_pretrained(out)
     assert (fe.feature_size, fe.fft_window_size, fe.hop_length) == (64, 2048, 1024)
