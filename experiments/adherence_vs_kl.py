@@ -4,7 +4,7 @@
     python experiments/adherence_vs_kl.py A.json B.json ... --out adherence_vs_kl.png [--labels a,b,...]
 
 Every later model of every report is one point per attribute panel; --labels names them in order
-(default: the last two parts of each model's path).
+(default: the last two parts of each model's path), and a label '-' leaves that model out.
 """
 
 from __future__ import annotations
@@ -41,19 +41,24 @@ def main(argv=None) -> int:
     labels = args.labels.split(",") if args.labels else ["/".join(Path(m).parts[-2:]) for m, *_ in pts]
     if len(labels) != len(pts):
         raise SystemExit(f"--labels: {len(labels)} labels for {len(pts)} models")
+    kept = [(p, label) for p, label in zip(pts, labels) if label != "-"]
     fig, axes = plt.subplots(1, len(ATTRIBUTES), figsize=(4.2 * len(ATTRIBUTES), 3.8), sharey=True)
     for ax, a in zip(axes, ATTRIBUTES):
-        for i, ((_, kl, kl_ci, change), label) in enumerate(zip(pts, labels)):
+        for i, ((_, kl, kl_ci, change), label) in enumerate(kept):
             c = change[a]
-            ax.errorbar(kl, 100 * c["diff"], xerr=kl_ci, yerr=100 * c["ci95"], fmt="o", color=f"C{i % 10}", capsize=3, label=label)
+            ax.errorbar(kl, 100 * c["diff"], xerr=kl_ci, yerr=100 * c["ci95"], fmt="os^Dv"[i // 10], color=f"C{i % 10}",
+                        capsize=3, label=label)  # fmt: skip
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_xscale("log")
+        ax.set_xticks([20, 50, 100, 200, 400], ["20", "50", "100", "200", "400"])
+        ax.minorticks_off()
         ax.set_xlabel("KL to the base, nats per clip")
         ax.set_title(f"{a} (of {pts[0][3][a]['clips']} clips)")
     axes[0].set_ylabel("adherence change, points (95% CI)")
-    axes[-1].legend(fontsize=7, loc="best")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
+    fig.savefig(args.out, dpi=110, bbox_inches="tight")
     print(args.out)
     return 0
 

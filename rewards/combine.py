@@ -179,8 +179,7 @@ class ComponentConfig:
     'adherence' (the tiny world's oracle: how many attributes the prompt names the audio has; no model,
     built by the command from `musicrl.tiny.adherence` and handed in as a ready reward)."""
     model: str = "tiny"
-    """'tiny', a local directory or (clap only) a hub id; a preference model is always a directory. For
-    'adherence': 'tiny' (a point per matched attribute) or 'margins' (soft points: how clearly each is heard)."""
+    """'tiny', a local directory or (clap only) a hub id; a preference model is always a directory."""
     weight: float = 1.0
     """Weight in the sum (after normalisation when `normalize`)."""
 

@@ -10,7 +10,7 @@ import torch
 from musicrl.tiny import synth
 from musicrl.tiny.adherence import ATTRIBUTES, AdherenceReward, heard_matches
 from musicrl.tiny.attributes import estimate_all
-from musicrl.tiny.prompts import flip_attribute, opposite_prompt, resolve_prompts
+from musicrl.tiny.prompts import flip_attribute, resolve_prompts
 
 DRUM_WORDS = {"none": "no drums", "kick-hat": "kick and hat drums", "full": "full drums"}
 OTHER = {"tempo": {"slow": "fast", "medium": "slow", "fast": "medium"}, "register": {"low": "high", "high": "low"},
@@ -51,27 +51,6 @@ def test_oracle_reward_counts_exactly_the_matched_attributes():
     assert three.tolist() == [3 - len(set(ATTRIBUTES[: i % 5]) - {"drums"}) for i in range(10)]
     only_mode = AdherenceReward(("mode",))(audio, synth.SAMPLE_RATE, prompts)
     assert only_mode.tolist() == [float("mode" not in ATTRIBUTES[: i % 5]) for i in range(10)]
-
-
-def test_soft_points_are_above_a_half_exactly_for_the_matched_attributes():
-    """Each soft point is sigmoid(margin / scale), and the margin is > 0 exactly when the estimator's
-    word is the asked one: so a soft point is above 1/2 for a matched attribute, below for a missed one."""
-    from musicrl.tiny.attributes import margin
-
-    clips = clips_heard_as_made(10)
-    audio = torch.as_tensor(np.stack([e.audio for e in clips]))[:, None]  # [B, 1, S]
-    for a in ATTRIBUTES:
-        prompts, matched = [], []
-        for i, e in enumerate(clips):
-            truth = e.attrs.to_dict()
-            asked = OTHER[a][truth[a]] if i % 2 else truth[a]
-            prompts.append(prompt_for({**truth, a: asked}))
-            matched.append(i % 2 == 0)
-            heard = estimate_all(e.audio, synth.SAMPLE_RATE)
-            assert (margin(a, heard, asked) > 0) == matched[-1], (a, asked, heard)
-        soft = AdherenceReward((a,), soft=True)(audio, synth.SAMPLE_RATE, prompts)
-        assert ((soft > 0.5).tolist() == matched) and bool(((soft > 0) & (soft < 1)).all()), (a, soft)
-        assert AdherenceReward((a,))(audio, synth.SAMPLE_RATE, prompts).tolist() == [float(m) for m in matched]
 
 
 def test_only_named_attributes_count_and_unknown_ones_are_refused():
@@ -136,14 +115,3 @@ def test_flip_attribute_changes_exactly_one_named_attribute():
     assert synth.parse_prompt(flip_attribute("a happy piano tune, high register", "register"))["register"] == "low"
     assert flip_attribute("a piano tune") is None  # names none of the four
     assert flip_attribute("a happy piano tune", "tempo") is None
-
-
-def test_opposite_prompt_turns_every_named_attribute_and_nothing_else():
-    for p in resolve_prompts("synth")[:400]:
-        q = opposite_prompt(p)
-        a, b = synth.parse_prompt(p), synth.parse_prompt(q)
-        scored = {"tempo", "mode", "register", "drums"}
-        assert set(a) == set(b) and all((a[k] != b[k]) == (k in scored) for k in a), (p, q)
-    turned = synth.parse_prompt(opposite_prompt("a fast happy piano tune, no drums"))
-    assert turned["tempo"] == "slow" and turned["mode"] == "minor" and turned["drums"] != "none"
-    assert opposite_prompt("a piano tune") is None

@@ -208,28 +208,6 @@ def test_bad_configs_get_one_line_errors(tmp_path, override, message):
     assert len(lines) == 1 and message in lines[0], r.stderr[-2000:]
 
 
-def test_paired_prompts_draw_each_prompt_beside_its_opposite(tmp_path, random_musicgen_dir):
-    from musicrl.tiny import synth
-    from musicrl.tiny.prompts import opposite_prompt
-
-    with pytest.raises(UserError, match="paired_prompts needs prompts that have opposites"):
-        make(tmp_path, random_musicgen_dir, paired_prompts=True)
-    cfg = RLConfig(reward=REWARD_CFG, model=str(random_musicgen_dir), out_dir=str(tmp_path / "run"), prompts_per_step=6,
-                   paired_prompts=True, eval_prompts_count=2)  # fmt: skip
-    tr = RLTrainer(cfg, *rl_prompts(cfg), policy=make(tmp_path, random_musicgen_dir).policy, reward=loudness,
-                   opposite=opposite_prompt)  # fmt: skip
-    drawn = tr.prompts_for(3)
-    assert len(drawn) == 6 and drawn == tr.prompts_for(3) and drawn != tr.prompts_for(4)
-    for x, y in zip(drawn[::2], drawn[1::2]):
-        assert y == opposite_prompt(x) and x in tr.train_prompts
-    modes = [synth.parse_prompt(p).get("mode") for p in drawn]
-    assert modes.count("minor") == modes.count("major")  # what one prompt asks, its pair asks the opposite
-    with pytest.raises(UserError, match="even prompts_per_step"):
-        RLConfig(reward=REWARD_CFG, prompts_per_step=3, paired_prompts=True)
-    with pytest.raises(UserError, match="paired_prompts must be true or false"):
-        RLConfig(reward=REWARD_CFG, paired_prompts="yes")
-
-
 def test_config_validation_in_python():
     with pytest.raises(UserError):
         RLConfig(reward=REWARD_CFG, samples_per_prompt=1)

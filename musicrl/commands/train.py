@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from musicrl.model.device import resolve_device
     from musicrl.rewards.combine import build_reward
     from musicrl.tiny.adherence import oracle_rewards
-    from musicrl.tiny.prompts import opposite_prompt, rl_prompts
+    from musicrl.tiny.prompts import rl_prompts
     from musicrl.train.rl_config import RLConfig
     from musicrl.train.rl_trainer import RLTrainer
 
@@ -29,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
     quiet_transformers()
     prompts, eval_prompts = rl_prompts(cfg)
     reward = build_reward(cfg.reward, resolve_device(cfg.device), rewards=oracle_rewards(cfg.reward))
-    opposite = opposite_prompt if cfg.prompts == "synth" else None  # only the tiny world's captions have opposites
-    last = RLTrainer(cfg, prompts, eval_prompts, reward=reward, opposite=opposite).train(resume=args.resume)
+    last = RLTrainer(cfg, prompts, eval_prompts, reward=reward).train(resume=args.resume)
     print(f"final checkpoint: {last}")
     return 0

@@ -18,15 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musicrl.errors import UserError
 from musicrl.tiny import synth
-from musicrl.tiny.attributes import DRUMS_PRESENT, estimate_all, margin
+from musicrl.tiny.attributes import DRUMS_PRESENT, estimate_all
 
 ATTRIBUTES = ("tempo", "register", "mode", "drums")  # what the estimators hear
 ORACLE_ATTRIBUTES = ATTRIBUTES  # what the oracle reward scores: all four (without drums, RL traded drums for mode)
-# Soft points: sigmoid(margin / scale), scale about half the base model's median |margin| on its own clips
-# (tempo 0.29 in log-tempo, register 1.3 octaves, mode 0.16 in key score, drums 0.66 in log10 share).
-MARGIN_SCALE = {"tempo": 0.15, "register": 0.5, "mode": 0.08, "drums": 0.3}
 
 
 def matches(attr: str, heard: str, asked: str) -> bool:
@@ -54,37 +50,24 @@ def oracle_rewards(reward_cfg: dict) -> dict[str, "AdherenceReward"]:
 
     cfg = parse_config(reward_cfg)
     stages = [w for _, w in cfg.stages] if isinstance(cfg, SequentialConfig) else [cfg]
-    oracles = {name: c for w in stages for name, c in w.components.items() if c.type == "adherence"}
-    for name, c in oracles.items():
-        if c.model not in ("tiny", "margins"):
-            raise UserError(f"reward.components.{name}.model must be 'tiny' (points) or 'margins' for the adherence oracle, got {c.model!r}")
-    return {name: AdherenceReward(soft=c.model == "margins") for name, c in oracles.items()}
+    return {name: AdherenceReward() for w in stages for name, c in w.components.items() if c.type == "adherence"}
 
 
 class AdherenceReward:
     """Oracle adherence: how many of `attributes` the prompt names and the clip has (0 to 4 by default).
-    `soft`: each point is sigmoid(margin / MARGIN_SCALE) instead (`attributes.margin`: how clearly the
-    clip is heard as asked), so that of two clips that both miss, the nearer one scores higher.
 
     Called like any reward (audio [B, 1, S], sample_rate, prompts) -> [B].
     """
 
-    def __init__(self, attributes: tuple[str, ...] = ORACLE_ATTRIBUTES, soft: bool = False):
+    def __init__(self, attributes: tuple[str, ...] = ORACLE_ATTRIBUTES):
         unknown = set(attributes) - set(ATTRIBUTES)
         if unknown:
             raise ValueError(f"unknown attributes {sorted(unknown)}; choose from {ATTRIBUTES}")
-        self.attributes, self.soft = tuple(attributes), soft
+        self.attributes = tuple(attributes)
 
     def __call__(self, audio: torch.Tensor, sample_rate: int, prompts: list[str]) -> torch.Tensor:
-        if not self.soft:
-            table = adherence_table(prompts, audio, sample_rate)
-            return torch.tensor([float(sum(m.get(a, False) for a in self.attributes)) for m in table])
-        out = []
-        for prompt, a in zip(prompts, audio):
-            asked = {k: v for k, v in synth.parse_prompt(prompt).items() if k in self.attributes}
-            heard = estimate_all(a[0].float().cpu().numpy(), sample_rate) if asked else {}
-            out.append(sum(1 / (1 + np.exp(-margin(k, heard, v) / MARGIN_SCALE[k])) for k, v in asked.items()))
-        return torch.tensor(out, dtype=torch.float32)
+        table = adherence_table(prompts, audio, sample_rate)
+        return torch.tensor([float(sum(m.get(a, False) for a in self.attributes)) for m in table])
 
 
 def adherence_report(samples: list) -> dict:

@@ -105,13 +105,10 @@ def estimate_tempo(audio, sr: int) -> float:
 
 def tempo_word(bpm: float) -> str:
     """The TEMPO_WORDS range nearest to bpm (in log-tempo)."""
-    return min(TEMPO_WORDS, key=lambda w: _tempo_distance(bpm, w))
-
-
-def _tempo_distance(bpm: float, word: str) -> float:
-    """Log-tempo distance of bpm from the TEMPO_WORDS range of `word` (0 inside it)."""
-    lo, hi = TEMPO_WORDS[word]
-    return 0.0 if lo <= bpm <= hi else min(abs(np.log(bpm / lo)), abs(np.log(bpm / hi)))
+    def dist(rng: tuple[int, int]) -> float:
+        lo, hi = rng
+        return 0.0 if lo <= bpm <= hi else min(abs(np.log(bpm / lo)), abs(np.log(bpm / hi)))
+    return min(TEMPO_WORDS, key=lambda w: dist(TEMPO_WORDS[w]))
 
 
 # ------------------------------------------------------------------------- register and mode
@@ -178,20 +175,19 @@ def _bass_chroma(mag: np.ndarray, freqs: np.ndarray) -> np.ndarray:
     return out / max(out.sum(), 1e-12)
 
 
-def _key_table(c: np.ndarray, bass: np.ndarray | None = None) -> np.ndarray:
-    """Scores [2, 12] of the 24 keys ((major, minor) x tonic): correlation of the chroma with the
-    rotated Krumhansl-Kessler profile, plus a nudge (_BASS_PRIOR x the bass's share of the tonic) that
-    settles relative-key confusions (C major vs A minor share their notes; the bass usually sits on
-    the tonic)."""
-    table = np.stack([[np.corrcoef(c, np.roll(profile, tonic))[0, 1] for tonic in range(12)]
-                      for profile in (_KK_MAJOR, _KK_MINOR)])  # fmt: skip
-    return table + (_BASS_PRIOR * bass[None, :] if bass is not None else 0.0)
-
-
 def _key(c: np.ndarray, bass: np.ndarray | None = None) -> tuple[int, str]:
-    """The best of the 24 keys (`_key_table`): (tonic, mode)."""
-    mode, tonic = np.unravel_index(np.argmax(_key_table(c, bass)), (2, 12))
-    return int(tonic), ("major", "minor")[mode]
+    """Best of the 24 keys: correlation of the chroma with the rotated Krumhansl-Kessler profile,
+    plus a nudge (_BASS_PRIOR x the bass's share of the tonic) that settles relative-key confusions
+    (C major vs A minor share their notes; the bass usually sits on the tonic)."""
+    best, best_r = (0, "major"), -np.inf
+    for mode, profile in (("major", _KK_MAJOR), ("minor", _KK_MINOR)):
+        for tonic in range(12):
+            r = np.corrcoef(c, np.roll(profile, tonic))[0, 1]
+            if bass is not None:
+                r += _BASS_PRIOR * bass[tonic]
+            if r > best_r:
+                best, best_r = (tonic, mode), r
+    return best
 
 
 def estimate_key(audio, sr: int) -> tuple[int, str]:
@@ -231,40 +227,14 @@ def percussive_level(audio, sr: int) -> float:
 
 def estimate_drums(audio, sr: int) -> str:
     """'none' or DRUMS_PRESENT ('drums'): whether a clip has drums (not which kit; see above)."""
-    return _drums_word(percussive_level(audio, sr))
-
-
-def _drums_word(level: float) -> str:
-    return "none" if level < _DRUMS_ON else DRUMS_PRESENT
+    return "none" if percussive_level(audio, sr) < _DRUMS_ON else DRUMS_PRESENT
 
 
 def estimate_all(audio, sr: int) -> dict:
     """{'bpm': float, 'tempo': word, 'register': 'low'|'high', 'mode': 'major'|'minor', 'key': 0..11,
-    'drums': 'none'|'drums'}, and the raw measures behind the words: 'register_hz', 'mode_scores'
-    ({'major', 'minor'}: the best key score of each) and 'drums_level' (`percussive_level`)."""
+    'drums': 'none'|'drums'}."""
     bpm = estimate_tempo(audio, sr)
     mag, freqs = _tonal_spectrum(audio, sr)  # shared by register and mode
-    table = _key_table(_chroma(mag, freqs), _bass_chroma(mag, freqs))  # [2, 12]
-    mode, key = np.unravel_index(np.argmax(table), table.shape)
-    hz, level = _register_hz(mag, freqs), percussive_level(audio, sr)
-    return {"bpm": bpm, "tempo": tempo_word(bpm), "register": _register_word(hz), "mode": ("major", "minor")[mode],
-            "key": int(key), "drums": _drums_word(level), "register_hz": hz,
-            "mode_scores": {"major": float(np.nanmax(table[0], initial=-np.inf)), "minor": float(np.nanmax(table[1], initial=-np.inf))},
-            "drums_level": level}
-
-
-def margin(attribute: str, heard: dict, asked: str) -> float:
-    """How far inside the asked value a clip is heard, in each estimator's own units: > 0 when
-    `estimate_all`'s word is the asked one (drums: any kit for 'kick-hat' or 'full'), larger the
-    clearer. tempo: log-tempo distance to the nearest other range minus that to the asked one;
-    register: octaves from the split; mode: the asked mode's best key score minus the other's; drums:
-    log10 percussive share from the threshold."""
-    if attribute == "tempo":
-        return min(_tempo_distance(heard["bpm"], w) for w in TEMPO_WORDS if w != asked) - _tempo_distance(heard["bpm"], asked)
-    if attribute == "register":
-        return float(np.log2(heard["register_hz"] / _REGISTER_SPLIT_HZ)) * (1 if asked == "high" else -1)
-    if attribute == "mode":
-        return heard["mode_scores"][asked] - heard["mode_scores"]["major" if asked == "minor" else "minor"]
-    if attribute == "drums":
-        return (heard["drums_level"] - _DRUMS_ON) * (-1 if asked == "none" else 1)
-    raise ValueError(f"no margin for {attribute!r}")
+    key, mode = _key(_chroma(mag, freqs), _bass_chroma(mag, freqs))
+    return {"bpm": bpm, "tempo": tempo_word(bpm), "register": _register_word(_register_hz(mag, freqs)),
+            "mode": mode, "key": key, "drums": estimate_drums(audio, sr)}

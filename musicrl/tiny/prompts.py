@@ -76,20 +76,3 @@ def flip_attribute(prompt: str, attribute: str | None = None) -> str | None:
         if synth.parse_prompt(flipped) == {**named, attr: new_value}:
             return flipped
     return None
-
-
-def opposite_prompt(prompt: str) -> str | None:
-    """The prompt with every one of tempo, mode, register and drums that it names turned to an
-    opposite value (`flip_attribute` on each in turn), or None when it names none of them.
-
-    RL with `paired_prompts` trains on each prompt beside its opposite, so that in every step as
-    many clips are pushed toward minor as toward major, toward drums as away from them: what an
-    update does regardless of the text then cancels within the step instead of across steps."""
-    named = synth.parse_prompt(prompt)
-    out = prompt
-    for attr in _OPPOSITE:
-        if attr in named:
-            out = flip_attribute(out, attr)
-            if out is None:
-                return None
-    return None if out == prompt else out

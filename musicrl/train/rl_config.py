@@ -33,11 +33,6 @@ class RLConfig:
     prompts_per_step: int = 4
     samples_per_prompt: int = 4
     """k samples per prompt (RLOO needs k >= 2)."""
-    paired_prompts: bool = False
-    """Draw prompts_per_step / 2 prompts a step and add each one's opposite (the command supplies the
-    pairing; the tiny world's turns every attribute the prompt names to an opposite value). A step then
-    asks for as much minor as major, as many drums as none, so the part of its update that does not
-    depend on the text cancels within the step."""
     duration_s: float = 4.0
     temperature: float = 1.0
     top_k: int = 0
@@ -102,8 +97,6 @@ class RLConfig:
                 bad(f"{f.name} must be a number, got {value!r}")
             if f.type == "int" and not isinstance(value, int):
                 bad(f"{f.name} must be a whole number, got {value!r}")
-            if f.type == "bool" and not isinstance(value, bool):
-                bad(f"{f.name} must be true or false, got {value!r}")
         if not self.reward:
             bad("reward is required (e.g. reward: {components: {clap: {}, quality: {}}})")
         if self.kl_coef < 0:
@@ -126,8 +119,6 @@ class RLConfig:
                      "eval_every", "checkpoint_every", "keep_checkpoints"):  # fmt: skip
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.paired_prompts and self.prompts_per_step % 2:
-            bad(f"paired_prompts needs an even prompts_per_step, got {self.prompts_per_step}")
         if (self.prompts_per_step * self.samples_per_prompt) % self.grad_accum:
             bad("prompts_per_step * samples_per_prompt must be divisible by grad_accum")
         if not self.lr > 0 or not self.duration_s > 0:

@@ -66,20 +66,12 @@ def exact_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 class RLTrainer:
     def __init__(self, cfg: RLConfig, prompts: list[str], eval_prompts: list[str], policy: MusicGenPolicy | None = None,
-                 reward=None, reference=None, opposite=None):
+                 reward=None, reference=None):
         """`prompts`: the training prompts (each step draws `prompts_per_step` of them); `eval_prompts`:
-        those of the periodic evaluation. `reward`: built from `cfg.reward` when not given.
-        `opposite`: with `cfg.paired_prompts`, prompt -> the prompt asking for the opposite (or None:
-        that prompt is not drawn)."""
+        those of the periodic evaluation. `reward`: built from `cfg.reward` when not given."""
         if not prompts or not eval_prompts:
             raise UserError("the trainer needs at least one training and one evaluation prompt")
-        self.pairs = None
-        if cfg.paired_prompts:
-            if opposite is None:
-                raise UserError("paired_prompts needs prompts that have opposites (the tiny world's synth prompts)")
-            self.pairs = [(p, q) for p in prompts if (q := opposite(p)) is not None]
-            prompts = [p for p, _ in self.pairs]
-        if len(prompts) < cfg.prompts_per_step // (2 if self.pairs is not None else 1):
+        if len(prompts) < cfg.prompts_per_step:
             raise UserError(f"prompts_per_step={cfg.prompts_per_step} but only {len(prompts)} training prompts")
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
@@ -170,10 +162,7 @@ class RLTrainer:
 
     def prompts_for(self, step: int) -> list[str]:
         rng = np.random.default_rng([self.cfg.seed, step])
-        if self.pairs is None:
-            return [self.train_prompts[i] for i in rng.choice(len(self.train_prompts), self.cfg.prompts_per_step, replace=False)]
-        chosen = rng.choice(len(self.pairs), self.cfg.prompts_per_step // 2, replace=False)
-        return [p for i in chosen for p in self.pairs[i]]  # [x1, x1', x2, x2', ...]
+        return [self.train_prompts[i] for i in rng.choice(len(self.train_prompts), self.cfg.prompts_per_step, replace=False)]
 
     # ---- the step -------------------------------------------------------------------------------
     def step(self, step: int) -> dict:
