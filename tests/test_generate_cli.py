@@ -65,3 +65,29 @@ def test_every_subcommand_has_help():
     for name in COMMANDS:
         r = run_cli(name, "--help")
         assert r.returncode == 0 and "usage: musicrl " + name in r.stdout
+
+
+@pytest.mark.parametrize("command, args", [
+    ("generate", ["x", "--duration", "0.2"]),
+    ("eval", ["--models", "tiny", "--num-prompts", "1", "--duration", "0.2"]),
+    ("simulate-votes", ["--num", "1", "--duration", "0.2"]),
+])  # fmt: skip
+def test_model_commands_take_threads_and_refuse_a_negative_count(tmp_path, command, args):
+    r = run_cli(command, *args, "--out", str(tmp_path / "out"), "--threads", "-1")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--threads must be >= 0" in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_generate_threads_reach_torch(random_musicgen_dir, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["generate", "x", "--model", str(random_musicgen_dir), "--duration", "0.2", "--out", str(tmp_path),
+                     "--threads", "1"]) == 0  # fmt: skip
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

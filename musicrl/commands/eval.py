@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from musicrl.commands.common import add_device
+from musicrl.commands.common import add_device, add_threads, apply_threads
 from musicrl.errors import UserError
 from musicrl.model.device import resolve_device
 
@@ -38,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write the report as JSON here, and a plot of each reward vs KL beside it (.png)")
     p.add_argument("--run", help="plot reward vs KL of a training run directory instead (writes RUN/reward_vs_kl.png)")
     add_device(p)
+    add_threads(p)
 
 
 def _judges(spec: str, raters: int, device):
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from musicrl.tiny.prompts import resolve_prompts
     from musicrl.model.sampling import SamplingConfig
 
+    apply_threads(args.threads)
     quiet_transformers()
     device = resolve_device(args.device)
     judges = _judges(args.rewards, args.raters, device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from musicrl.commands.common import add_device, writable_dir
+from musicrl.commands.common import add_device, add_threads, apply_threads, writable_dir
 from musicrl.errors import UserError
 from musicrl.model.device import resolve_device
 
@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=0.0, help="0 = off (default)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale; 1 = off (default 3)")
     add_device(p)
+    add_threads(p)
 
 
 
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--duration must be > 0, got {args.duration:g}")
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
+    apply_threads(args.threads)
     out = writable_dir(args.out)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from musicrl.commands.common import add_device
+from musicrl.commands.common import add_device, add_threads, apply_threads
 from musicrl.errors import UserError
 
 
@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "raters then hear tempo, register and mode through musicrl.tiny.attributes")
     p.add_argument("--guidance", type=float, default=3.0, help="with --model: guidance scale (default 3)")
     add_device(p, default="cpu")
+    add_threads(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--noise must be >= 0, got {args.noise}")
     if not 0 < args.duration <= 30:
         raise UserError(f"--duration must be in (0, 30] seconds, got {args.duration}")
+    apply_threads(args.threads)
     panel = Panel.default(args.raters, args.noise, args.seed)
     generate = model_clips(args.model, args.duration, args.guidance, args.device) if args.model else None
     path = simulate_votes(args.num, panel, args.seed, args.out, duration_s=args.duration,
