@@ -194,6 +194,7 @@ def test_train_modules_naming_nothing_is_a_one_line_error(tmp_path, random_music
         ("normalize_advantages=yes", "normalize_advantages must be 'batch', 'prompt' or 'none'"),
         ("lr=fast", "lr must be a number, got 'fast'"),
         ("steps=2.5", "steps must be a whole number"),
+        ("gradient_checkpointing=maybe", "gradient_checkpointing must be true or false, got 'maybe'"),
         ("--threads=-1", "--threads must be >= 0"),
     ],
 )

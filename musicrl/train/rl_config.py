@@ -97,6 +97,8 @@ class RLConfig:
                 bad(f"{f.name} must be a number, got {value!r}")
             if f.type == "int" and not isinstance(value, int):
                 bad(f"{f.name} must be a whole number, got {value!r}")
+            if f.type == "bool" and not isinstance(value, bool):
+                bad(f"{f.name} must be true or false, got {value!r}")
         if not self.reward:
             bad("reward is required (e.g. reward: {components: {clap: {}, quality: {}}})")
         if self.kl_coef < 0:
