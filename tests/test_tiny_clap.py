@@ -60,7 +60,7 @@ def test_hard_negative_texts_join_each_audios_softmax_and_only_fitting_texts_ran
 
 def test_a_hard_negative_step_trains_on_the_finer_front_end(tmp_path, monkeypatch):
     cfg = ClapTrainConfig(pool_clips=8, epochs=1, batch_size=4, eval_every=100, eval_clips=32, checkpoint_every=100,
-                          text_pretrain_steps=0, mel_bins=64, fft_size=2048, hop_length=1024, hard_negatives=True)
+                          text_pretrain_steps=0, mel_bins=64, hard_negatives=True)
     seen = []
     real_loss = tiny_clap.contrastive_loss
 
@@ -76,8 +76,10 @@ def test_a_hard_negative_step_trains_on_the_finer_front_end(tmp_path, monkeypatc
     assert ClapModel.from_pretrained(out).config.audio_config.num_mel_bins == 64
     fe = AutoFeatureExtractor.from_pretrained(out)
     assert (fe.feature_size, fe.fft_window_size, fe.hop_length) == (64, 2048, 1024)
+    coarse = tiny_clap.tiny_feature_extractor(32)  # the earlier front end keeps its own STFT
+    assert (coarse.feature_size, coarse.fft_window_size, coarse.hop_length) == (32, 1024, 512)
     with pytest.raises(UserError, match="front end"):
-        ClapTrainConfig(mel_bins=32)  # 32 bins need the FFT and hop of their own front end
+        ClapTrainConfig(mel_bins=48)  # only the front ends whose STFT fills the tower's 64x64 image
 
 
 def test_match_matrix_follows_the_named_attributes():

@@ -112,8 +112,15 @@ def tiny_tokenizer(n_captions: int = 4000, seed: int = 0, words: str = "all") ->
     return RobertaTokenizer(vocab=state["vocab"], merges=merges, add_prefix_space=True)
 
 
-def tiny_feature_extractor(mel_bins: int = 64, fft_size: int = 2048, hop_length: int = 1024) -> ClapFeatureExtractor:
-    """16 kHz, Slaney mel bins 0-8 kHz, 4 s; by default 64 bins, FFT 2048 / hop 1024 -> [1, 63, 64] per clip."""
+# Each front end's STFT: (FFT window, hop) for its mel bins. 2048 (7.8 Hz per FFT bin) feeds 64 bins,
+# and its hop of 1024 gives the 64 frames of 4 s that fill the audio tower's 64x64 image; 32 bins take
+# FFT 1024 and hop 512 (128 frames, folded in two).
+FRONT_ENDS = {64: (2048, 1024), 32: (1024, 512)}
+
+
+def tiny_feature_extractor(mel_bins: int = 64) -> ClapFeatureExtractor:
+    """16 kHz, Slaney mel bins 0-8 kHz, 4 s, the STFT of FRONT_ENDS; 64 bins -> [1, 63, 64] per clip."""
+    fft_size, hop_length = FRONT_ENDS[mel_bins]
     return ClapFeatureExtractor(
         feature_size=mel_bins, sampling_rate=SAMPLE_RATE, hop_length=hop_length, max_length_s=CLIP_S,
         fft_window_size=fft_size, frequency_min=0, frequency_max=SAMPLE_RATE // 2,
@@ -204,13 +211,10 @@ class ClapTrainConfig:
     """Keep the pretrained text tower frozen in contrastive training (only its projection learns),
     so words never paired with audio keep the meaning text gave them."""
     mel_bins: int = 64
-    """Mel bins of the front end, 64 or 32 (the audio tower's image is 64x64 either way). 64 bins are
-    ~47 Hz wide below 1 kHz; 32 (~90 Hz) are too coarse to tell a minor third from a major one:
-    zero-shot mode 0.79 with 32 bins, 0.93 with 64 (docs/results/rl-adherence.md)."""
-    fft_size: int = 2048
-    """STFT window: 2048 (7.8 Hz per FFT bin) feeds 64 bins; 1024 with 32."""
-    hop_length: int = 1024
-    """STFT hop: 1024 gives the 64 frames of 4 s that 64 bins fill the image with; 512 with 32."""
+    """Mel bins of the front end, 64 or 32 (the audio tower's image is 64x64 either way; the STFT
+    follows, FRONT_ENDS). 64 bins are ~47 Hz wide below 1 kHz; 32 (~90 Hz) are too coarse to tell a
+    minor third from a major one: zero-shot mode 0.79 with 32 bins, 0.93 with 64
+    (docs/results/rl-adherence.md)."""
     hard_negatives: bool = True
     """Also show each clip its caption with one attribute flipped (`musicrl.tiny.prompts.flip_attribute`)
     as an extra text to tell apart: the audio must then carry every attribute its caption names,
@@ -232,8 +236,8 @@ class ClapTrainConfig:
             raise UserError(f"ClapTrainConfig.text_pretrain_steps must be >= 0, got {self.text_pretrain_steps}")
         if not 0.0 <= self.codec_prob <= 1.0 or (self.codec_prob > 0 and not self.codec):
             raise UserError(f"ClapTrainConfig.codec_prob must be in [0, 1] (and > 0 needs a codec), got {self.codec_prob}")
-        if (self.mel_bins, self.fft_size, self.hop_length) not in ((32, 1024, 512), (64, 2048, 1024)):
-            raise UserError("ClapTrainConfig front end: (mel_bins, fft_size, hop_length) must be (32, 1024, 512) or (64, 2048, 1024)")
+        if self.mel_bins not in FRONT_ENDS:
+            raise UserError(f"ClapTrainConfig front end: mel_bins must be one of {sorted(FRONT_ENDS)}, got {self.mel_bins}")
         if self.batch_size < 2 or self.pool_clips < self.batch_size:
             raise UserError(f"need 2 <= batch_size <= pool_clips, got {self.batch_size}, {self.pool_clips}")
 
@@ -395,7 +399,7 @@ def train_clap(out_dir: str | Path, cfg: ClapTrainConfig = ClapTrainConfig(), pr
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_dir / CHECKPOINT
     torch.set_num_threads(cfg.num_threads)
-    tokenizer, fe = tiny_tokenizer(words=cfg.text_words), tiny_feature_extractor(cfg.mel_bins, cfg.fft_size, cfg.hop_length)
+    tokenizer, fe = tiny_tokenizer(words=cfg.text_words), tiny_feature_extractor(cfg.mel_bins)
     torch.manual_seed(cfg.seed)
     model = ClapModel(tiny_clap_config(len(tokenizer), cfg.mel_bins)).train()
     if cfg.text_pretrain_steps and not ckpt.exists():  # (a checkpoint holds the pretrained tower)
