@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from musicrl.cli import main
 from musicrl.errors import UserError
-from musicrl.votes.store import SECRET_FILE, Vote, VoteStore, effective_votes
+from musicrl.votes.store import SECRET_FILE, AlreadyVoted, Vote, VoteStore, effective_votes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,14 +138,14 @@ def test_store_is_append_only_in_the_api_and_in_the_database(db_url, tmp_path):
     assert store.votes() == [v] and store.ratings()[0]["rating"] == 4
 
 
-def test_correction_is_a_new_row_and_export_applies_it(db_url, tmp_path):
+def test_correction_is_a_new_row_and_export_keeps_the_blind_vote(db_url, tmp_path):
     store = VoteStore(db_url, tmp_path)
     a, b, c = _clips(store, 3)
     v1 = store.record_vote(clip_a=a.id, clip_b=b.id, choice="a", session="s1")
-    v2 = store.record_vote(clip_a=a.id, clip_b=b.id, choice="tie", session="s1", supersedes=v1.id)
-    store.record_vote(clip_a=a.id, clip_b=c.id, choice="b", session="s1")
-    store.record_vote(clip_a=a.id, clip_b=c.id, choice="b", session="s1")  # a double submission
-    store.record_vote(clip_a=b.id, clip_b=c.id, choice="both_bad", session="s2")
+    store.record_vote(clip_a=a.id, clip_b=b.id, choice="tie", session="s1", supersedes=v1.id)
+    v3 = store.record_vote(clip_a=a.id, clip_b=c.id, choice="b", session="s1")
+    store.record_vote(clip_a=a.id, clip_b=c.id, choice="a", session="s1")  # a second vote: the first counts
+    v5 = store.record_vote(clip_a=b.id, clip_b=c.id, choice="both_bad", session="s2")
     with pytest.raises(UserError, match="only be corrected by its session"):
         store.record_vote(clip_a=a.id, clip_b=b.id, choice="b", session="mallory", supersedes=v1.id)
     with pytest.raises(UserError, match="does not exist"):
@@ -154,33 +154,117 @@ def test_correction_is_a_new_row_and_export_applies_it(db_url, tmp_path):
     n = store.export(tmp_path / "votes.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "votes.jsonl").read_text().splitlines()]
     assert n == len(rows) == 3
-    assert [(r["choice"], r["supersedes"]) for r in rows] == [("tie", v1.id), ("b", None), ("both_bad", None)]
-    assert rows[0]["vote_id"] == v2.id and rows[0]["prompt"] == "calm piano"
+    # the correction came after the reveal: stored, not counted; the blind vote stands
+    assert [(r["vote_id"], r["choice"], r["supersedes"]) for r in rows] == [
+        (v1.id, "a", None), (v3.id, "b", None), (v5.id, "both_bad", None)]  # fmt: skip
+    assert rows[0]["prompt"] == "calm piano"
     assert Path(rows[0]["clip_a"]).is_absolute() and Path(rows[0]["clip_a"]).is_file()
     assert {"model_a", "model_b", "session", "created_at"} <= set(rows[0])
     assert store.export(tmp_path / "capped.jsonl", per_session_cap=1) == 2  # s1 keeps its first, s2 its one
     st = store.stats()
     assert (st["votes_raw"], st["votes_effective"], st["sessions"], st["corrections"]) == (5, 3, 2, 1)
-    assert st["choices"] == {"a": 0, "b": 1, "tie": 1, "both_bad": 1}
+    assert st["choices"] == {"a": 1, "b": 1, "tie": 0, "both_bad": 1}
 
 
-def test_effective_votes_chains_and_cap():
+def test_effective_votes_keep_each_pairs_first_blind_vote():
     def v(i, session, pair, choice, sup=None):
         return Vote(i, None, "p", *pair, "m", "1", "n", "2", "a", choice, None, None, session, sup)
 
     votes = [
         v(1, "s", ("x", "y"), "a"),
         v(2, "s", ("x", "y"), "b", 1),
-        v(3, "s", ("x", "y"), "tie", 2),  # chain 1 <- 2 <- 3: 3 wins
-        v(4, "s", ("y", "x"), "tie"),  # same pair in the other order, same choice: a duplicate of 3
+        v(3, "s", ("x", "y"), "tie", 2),  # corrections 1 <- 2 <- 3, cast after the reveal: 1 counts
+        v(4, "s", ("y", "x"), "tie"),  # same pair in the other order: a second vote of s, not counted
         v(5, "s", ("x", "z"), "a"),
         v(6, "t", ("x", "z"), "a"),  # another session: kept
         v(7, "s", ("z", "w"), "b"),
     ]
-    assert [e.id for e in effective_votes(votes)] == [4, 5, 6, 7]
-    assert [e.id for e in effective_votes(votes, per_session_cap=2)] == [4, 5, 6]
+    assert [e.id for e in effective_votes(votes)] == [1, 5, 6, 7]
+    assert [e.id for e in effective_votes(votes, per_session_cap=2)] == [1, 5, 6]
     with pytest.raises(UserError):
         effective_votes(votes, per_session_cap=0)
+
+
+def test_a_served_pair_takes_one_vote_and_the_database_enforces_it(db_url, tmp_path):
+    from sqlalchemy.exc import IntegrityError
+
+    from musicrl.votes.schema import votes_table
+
+    store = VoteStore(db_url, tmp_path)
+    a, b = _clips(store)
+    v = store.record_vote(clip_a=a.id, clip_b=b.id, choice="a", session="s1", pair_id="p1")
+    for session in ("s1", "s2"):  # the same voter or anyone else holding the pair
+        with pytest.raises(AlreadyVoted, match=f"vote {v.id}") as e:
+            store.record_vote(clip_a=a.id, clip_b=b.id, choice="b", session=session, pair_id="p1")
+        assert e.value.vote_id == v.id and "\n" not in str(e.value)
+    fix = store.record_vote(clip_a=a.id, clip_b=b.id, choice="b", session="s1", pair_id="p1", supersedes=v.id)
+    for session, pair in (("s2", "p1"), ("s1", "p2")):  # another session, or another served pair
+        with pytest.raises(UserError, match="only be corrected by its session"):
+            store.record_vote(clip_a=a.id, clip_b=b.id, choice="b", session=session, pair_id=pair, supersedes=v.id)
+    other = store.record_vote(clip_a=a.id, clip_b=b.id, choice="tie", session="s2", pair_id="p2")
+    assert [(x.pair_id, x.supersedes) for x in store.votes()] == [("p1", None), ("p1", v.id), ("p2", None)]
+    assert [x.id for x in store.votes(effective=True)] == [v.id, other.id]  # the correction fix is not counted
+    row = {k: getattr(fix, k) for k in votes_table.c.keys() if k not in ("id", "supersedes")}
+    with pytest.raises(IntegrityError):  # past the store's own check: the unique index refuses it
+        with store._engine.begin() as conn:
+            conn.execute(votes_table.insert().values(**row))
+    for bad in ({"supersedes": True}, {"supersedes": 2**70}, {"listen_ms_a": 1.5}, {"listen_ms_b": True},
+                {"listen_ms_a": -1}, {"pair_id": "x" * 33}):  # fmt: skip
+        with pytest.raises(UserError):
+            store.record_vote(clip_a=a.id, clip_b=b.id, choice="a", session="s3", **bad)
+    assert len(store.votes()) == 3
+
+
+def test_concurrent_votes_on_one_pair_store_exactly_one(db_url, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = VoteStore(db_url, tmp_path)
+    a, b = _clips(store)
+
+    def vote(i):
+        try:
+            return store.record_vote(clip_a=a.id, clip_b=b.id, choice="a", session=f"s{i}", pair_id="p").id
+        except AlreadyVoted as e:
+            return -e.vote_id
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(vote, range(12)))
+    (winner,) = [x for x in got if x > 0]
+    assert got.count(-winner) == 11 and [v.id for v in store.votes()] == [winner]
+
+
+def test_an_old_database_gains_the_pair_column_on_open(db_url, tmp_path):
+    """A store made before pair ids: opening it adds the column and the index; old rows stay as they were."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import MetaData, Table, create_engine
+
+    from musicrl.votes.schema import clips_table, parse_db_url, votes_table
+
+    old = MetaData()
+    clips_table.to_metadata(old)
+    old_votes = Table("votes", old, *[c._copy() for c in votes_table.columns if c.name != "pair_id"])
+    engine = create_engine(parse_db_url(db_url))
+    old.create_all(engine)
+    now = datetime.now(timezone.utc)
+    with engine.begin() as conn:
+        for i in (1, 2):
+            conn.execute(old.tables["clips"].insert().values(
+                id=f"{i}" * 64, created_at=now, model_id=f"m{i}", model_version="v", prompt="p", seed=i,
+                settings={}, duration_s=1.0, sample_rate=16000))  # fmt: skip
+        conn.execute(old_votes.insert().values(
+            created_at=now, prompt="p", clip_a="1" * 64, clip_b="2" * 64, model_a="m1", model_a_version="v",
+            model_b="m2", model_b_version="v", left="a", choice="a", session="h"))  # fmt: skip
+    engine.dispose()
+    store = VoteStore(db_url, tmp_path)
+    (v,) = store.votes()
+    assert v.pair_id is None and v.choice == "a"
+    new = store.record_vote(clip_a="1" * 64, clip_b="2" * 64, choice="b", session="s", pair_id="p")
+    with pytest.raises(AlreadyVoted):
+        store.record_vote(clip_a="1" * 64, clip_b="2" * 64, choice="b", session="t", pair_id="p")
+    store.close()
+    again = VoteStore(db_url, tmp_path)  # opening an up-to-date store migrates nothing twice
+    assert [x.id for x in again.votes(effective=True)] == [v.id, new.id]
 
 
 def test_hf_export_is_a_self_contained_directory(tmp_path):

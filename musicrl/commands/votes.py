@@ -3,8 +3,9 @@
     musicrl votes export --db URL --data-dir DIR --format jsonl|hf --out PATH [--per-session-cap N]
     musicrl votes stats  --db URL [--data-dir DIR] [--min-votes N] [--json]
 
-Exports hold the effective votes: corrections applied (the latest wins), exact duplicate
-submissions dropped, optionally at most N votes per session (its first N).
+Exports hold the effective votes: the first, blind vote of each pair (corrections, cast after
+the models were revealed, are kept in the store but not counted), duplicate submissions dropped,
+optionally at most N votes per session (its first N).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _stats(store, args) -> int:
         print(json.dumps({**stats, "leaderboard": lb.table(), "provisional": lb.provisional}))
         return 0
     print(f"clips {stats['clips']} · votes {stats['votes_effective']} effective of {stats['votes_raw']} rows "
-          f"({stats['corrections']} corrections) · sessions {stats['sessions']} · ratings {stats['ratings']}")
+          f"({stats['corrections']} corrections, not counted) · sessions {stats['sessions']} · ratings {stats['ratings']}")
     print("choices: " + ", ".join(f"{k} {v}" for k, v in stats["choices"].items()))
     if lb.ratings:
         print(f"{'model':<32} {'rating':>7} {'95% CI':>16} {'games':>6} {'W-L-T':>12}")

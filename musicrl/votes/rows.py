@@ -225,7 +225,7 @@ def _hf_info(n: int, per_session_cap: int | None) -> dict:
     ints = ("vote_id", "listen_ms_a", "listen_ms_b", "supersedes")
     features = {k: {"dtype": "int64" if k in ints else "string", "_type": "Value"} for k in EXPORT_COLUMNS} if n else {}
     return {
-        "description": "musicrl A/B votes (effective: corrections applied, duplicates dropped)",
+        "description": "musicrl A/B votes (effective: the first blind vote of each pair; corrections and duplicates dropped)",
         "features": features,
         "splits": {"train": {"name": "train", "num_examples": n}},
         "loading": 'datasets.load_dataset("json", data_files="train.jsonl"); clip paths are relative to this dir',

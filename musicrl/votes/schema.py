@@ -3,6 +3,11 @@
 A SQLite file by default (`sqlite:///path/votes.db`), PostgreSQL by URL
 (`postgresql+psycopg://user@host/db`). Database triggers refuse UPDATE/DELETE on all three tables,
 so a stray write from another tool or a bad migration fails instead of rewriting history.
+
+One vote per served pair: `votes.pair_id` is the id the app gives each pair it serves, and a
+partial unique index admits one first vote (a row with no `supersedes`) per pair id, so the
+database itself refuses a replay, whichever app process or replica receives it. A database made
+before that column existed gets it (and the index) on open; its older rows have no pair id.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -70,11 +77,17 @@ votes_table = Table(
     Column("listen_ms_b", Integer, nullable=True),
     Column("session", String(64), nullable=False),
     Column("supersedes", _ID, ForeignKey("votes.id"), nullable=True),
+    Column("pair_id", String(32), nullable=True),  # the served pair (app); NULL: a vote stored without one
     CheckConstraint(sql_in("choice", CHOICES), name="ck_votes_choice"),
     CheckConstraint(sql_in('"left"', SIDES), name="ck_votes_left"),
     CheckConstraint("clip_a <> clip_b", name="ck_votes_distinct_clips"),
     Index("ix_votes_session", "session"),
 )
+# the one first vote of a served pair (NULL pair ids never collide); also created by `_migrate`
+PAIR_INDEX = "ux_votes_pair_first"
+_PAIR_WHERE = "supersedes IS NULL"
+Index(PAIR_INDEX, votes_table.c.pair_id, unique=True,
+      sqlite_where=text(_PAIR_WHERE), postgresql_where=text(_PAIR_WHERE))  # fmt: skip
 
 ratings_table = Table(
     "ratings",
@@ -172,8 +185,27 @@ def open_engine(u: URL) -> Engine:
         engine = create_engine(u, pool_pre_ping=True)
     try:
         metadata.create_all(engine)
+        _migrate(engine)
     except SQLAlchemyError as e:
         engine.dispose()
         shown = u.render_as_string(hide_password=True)
         raise UserError(f"cannot open database {shown}: {_first_line(e)}") from e
     return engine
+
+
+def _migrate(engine: Engine) -> None:
+    """Bring a votes table made by an older version up to date: the `pair_id` column and its index.
+
+    Adding a nullable column rewrites no row, so the append-only triggers stay as they are. Two
+    processes opening one old database at once both get here: each step tolerates the other's.
+    """
+    if "pair_id" not in {c["name"] for c in inspect(engine).get_columns("votes")}:
+        postgres = engine.dialect.name == "postgresql"
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE votes ADD COLUMN {'IF NOT EXISTS ' if postgres else ''}pair_id VARCHAR(32)"))
+        except SQLAlchemyError as e:
+            if "duplicate column" not in str(e):  # SQLite: another process added it first
+                raise
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE UNIQUE INDEX IF NOT EXISTS {PAIR_INDEX} ON votes (pair_id) WHERE {_PAIR_WHERE}"))

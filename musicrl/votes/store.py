@@ -11,7 +11,11 @@ the UI may confirm a vote as soon as the call returns.
 Vote semantics: `clip_a`/`clip_b` are the canonical pair, `choice` (one of
 `musicrl.votes.choices.CHOICES`) refers to them, and `left` says which of the two was shown on the
 left (screen position, for bias analysis). `session` is a salted hash of the caller's session key
-(salt from `MUSICRL_SALT` or a per-store secret file `data_dir/.musicrl-secret`).
+(salt from `MUSICRL_SALT` or a per-store secret file `data_dir/.musicrl-secret`). `pair_id` is the
+served pair: its first vote is the only one that counts, checked inside the write transaction and
+by a unique index (`musicrl.votes.schema`), so it holds across processes; a second first vote is
+`AlreadyVoted`. A correction (`supersedes`) is stored but never counted: the voter has seen the
+models by then (`effective_votes`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from musicrl.votes.schema import (
 )
 
 SECRET_FILE = ".musicrl-secret"
+MAX_LISTEN_MS = 7 * 24 * 3600 * 1000  # a week: the longest a pair lives (the app's token lifetime cap)
 _CLIP_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -78,6 +83,15 @@ class Vote:
     listen_ms_b: int | None
     session: str  # salted hash
     supersedes: int | None
+    pair_id: str | None = None  # the served pair; None for votes stored without one (older versions)
+
+
+class AlreadyVoted(UserError):
+    """The served pair has its vote already (HTTP 409); `vote_id` is that vote."""
+
+    def __init__(self, pair_id: str, vote_id: int):
+        super().__init__(f"this pair was voted on already (vote {vote_id}): a served pair counts once; generate a new pair")
+        self.pair_id, self.vote_id = pair_id, vote_id
 
 
 def _utcnow() -> datetime:
@@ -93,6 +107,43 @@ def _check_clip_id(clip_id: object) -> None:
     if not isinstance(clip_id, str) or not _CLIP_ID.match(clip_id):
         raise UserError(f"not a clip id: {str(clip_id)[:80]!r}")
 
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _check_vote_args(choice, left, clip_a, clip_b, listen_ms_a, listen_ms_b, supersedes, pair_id) -> None:
+    """The checks of `record_vote` that need no database, each a one-line error."""
+    if choice not in CHOICES:
+        raise UserError(f"unknown choice {str(choice)[:40]!r}: expected one of {', '.join(CHOICES)}")
+    if left not in SIDES:
+        raise UserError(f"left must be one of {', '.join(SIDES)}, got {str(left)[:40]!r}")
+    if clip_a == clip_b:
+        raise UserError("a vote compares two different clips")
+    for ms in (listen_ms_a, listen_ms_b):
+        if ms is not None and not (_is_int(ms) and 0 <= ms <= MAX_LISTEN_MS):
+            raise UserError(f"listen time must be an integer of ms from 0 to {MAX_LISTEN_MS}, got {str(ms)[:40]}")
+    if supersedes is not None and not (_is_int(supersedes) and 1 <= supersedes < 2**63):
+        raise UserError(f"supersedes must be a vote id (a positive integer), got {str(supersedes)[:40]}")
+    if pair_id is not None and not (isinstance(pair_id, str) and 0 < len(pair_id) <= 32):
+        raise UserError(f"a pair id is a string of 1 to 32 characters, got {str(pair_id)[:40]!r}")
+
+
+def _first_vote(conn, pair_id: str) -> int | None:
+    """The id of the served pair's counted vote, if it has one."""
+    q = select(votes_table.c.id).where(votes_table.c.pair_id == pair_id, votes_table.c.supersedes.is_(None))
+    first = conn.execute(q).scalar()
+    return None if first is None else int(first)
+
+
+def _check_correction(conn, supersedes: int, session_hash: str, clips: set, pair_id: str | None) -> None:
+    """A correction names an existing vote of the same session on the same pair."""
+    old = conn.execute(select(votes_table).where(votes_table.c.id == supersedes)).mappings().first()
+    if old is None:
+        raise UserError(f"vote {supersedes} to correct does not exist")
+    same_pair = old["pair_id"] == pair_id if old["pair_id"] is not None else {old["clip_a"], old["clip_b"]} == clips
+    if old["session"] != session_hash or not same_pair:
+        raise UserError(f"vote {supersedes} can only be corrected by its session, on the same pair")
 
 
 def _jsonable(settings: dict | None) -> dict:
@@ -130,35 +181,24 @@ def _read_or_create_secret(path: Path) -> bytes:
 
 
 def effective_votes(votes: Iterable[Vote], per_session_cap: int | None = None) -> list[Vote]:
-    """Deduplicate raw vote rows into the votes that count, in id order.
+    """The votes that count, in id order: the first, blind vote of each pair.
 
-    1. Corrections: a vote that another row `supersedes` is dropped; of several corrections of the
-       same original the latest wins.
-    2. One vote per (session, unordered clip pair): the latest wins, which drops exact duplicate
-       submissions (a double click, a retried request).
+    1. Corrections never count: a row that `supersedes` another is cast after the reveal named the
+       models (as Chatbot Arena drops votes cast once identities are known), so the vote it
+       corrects stands. Corrections stay in the store and in `VoteStore.stats`.
+    2. One vote per (session, unordered clip pair): the first counts, so neither a double
+       submission nor a vote cast after seeing the models is counted twice.
     3. `per_session_cap`: a session keeps at most its first N remaining votes, so one voter
        cannot dominate the set.
     """
-    rows = sorted(votes, key=lambda v: v.id)
-    by_id = {v.id: v for v in rows}
-
-    def root(v: Vote) -> int:
-        seen = set()
-        while v.supersedes is not None and v.supersedes in by_id and v.id not in seen:
-            seen.add(v.id)
-            v = by_id[v.supersedes]
-        return v.id
-
-    latest: dict[tuple, Vote] = {}
-    for v in rows:  # id order, so later rows overwrite earlier ones
-        latest[("root", root(v))] = v
-    latest_pair: dict[tuple, Vote] = {}
-    for v in sorted(latest.values(), key=lambda v: v.id):
-        latest_pair[(v.session, frozenset((v.clip_a, v.clip_b)))] = v
-    kept = sorted(latest_pair.values(), key=lambda v: v.id)
+    if per_session_cap is not None and int(per_session_cap) < 1:
+        raise UserError(f"per-session cap must be at least 1, got {per_session_cap}")
+    first: dict[tuple, Vote] = {}
+    for v in sorted(votes, key=lambda v: v.id):
+        if v.supersedes is None:
+            first.setdefault((v.session, frozenset((v.clip_a, v.clip_b))), v)
+    kept = sorted(first.values(), key=lambda v: v.id)
     if per_session_cap is not None:
-        if int(per_session_cap) < 1:
-            raise UserError(f"per-session cap must be at least 1, got {per_session_cap}")
         counts: dict[str, int] = {}
         capped = []
         for v in kept:
@@ -297,57 +337,58 @@ class VoteStore:
         listen_ms_a: int | None = None,
         listen_ms_b: int | None = None,
         supersedes: int | None = None,
+        pair_id: str | None = None,
     ) -> Vote:
         """Append a vote; returns after COMMIT. Models and prompt are taken from the clip rows.
 
-        A correction passes `supersedes=<vote id>`: the same session and the same clip pair.
+        `pair_id` names the served pair: without `supersedes` it must have no vote yet, else
+        `AlreadyVoted` (the unique index decides a race between processes). A correction passes
+        `supersedes=<vote id>`: the same session and the same pair (its pair id, or its clips).
         """
-        if choice not in CHOICES:
-            raise UserError(f"unknown choice {str(choice)[:40]!r}: expected one of {', '.join(CHOICES)}")
-        if left not in SIDES:
-            raise UserError(f"left must be one of {', '.join(SIDES)}, got {str(left)[:40]!r}")
-        if clip_a == clip_b:
-            raise UserError("a vote compares two different clips")
-        for ms in (listen_ms_a, listen_ms_b):
-            if ms is not None and (not isinstance(ms, (int, np.integer)) or ms < 0):
-                raise UserError(f"listen time must be a non-negative integer of ms, got {ms!r}")
+        _check_vote_args(choice, left, clip_a, clip_b, listen_ms_a, listen_ms_b, supersedes, pair_id)
         session_hash = self.hash_session(session)
-        with self._engine.begin() as conn:
-            rows = {
-                r["id"]: r
-                for r in conn.execute(
-                    select(clips_table).where(clips_table.c.id.in_([str(clip_a), str(clip_b)]))
-                ).mappings()
-            }
-            for c in (clip_a, clip_b):
-                if c not in rows:
-                    raise UserError(f"unknown clip {str(c)[:80]}")
-            if supersedes is not None:
-                old = conn.execute(select(votes_table).where(votes_table.c.id == int(supersedes))).mappings().first()
-                if old is None:
-                    raise UserError(f"vote {supersedes} to correct does not exist")
-                if old["session"] != session_hash or {old["clip_a"], old["clip_b"]} != {clip_a, clip_b}:
-                    raise UserError(f"vote {supersedes} can only be corrected by its session, on the same pair")
-            a, b = rows[clip_a], rows[clip_b]
-            values = dict(
-                created_at=_utcnow(),
-                prompt=a["prompt"],
-                clip_a=clip_a,
-                clip_b=clip_b,
-                model_a=a["model_id"],
-                model_a_version=a["model_version"],
-                model_b=b["model_id"],
-                model_b_version=b["model_version"],
-                left=left,
-                choice=choice,
-                listen_ms_a=None if listen_ms_a is None else int(listen_ms_a),
-                listen_ms_b=None if listen_ms_b is None else int(listen_ms_b),
-                session=session_hash,
-                supersedes=None if supersedes is None else int(supersedes),
-            )
-            vote_id = conn.execute(votes_table.insert().values(**values)).inserted_primary_key[0]
+        try:
+            with self._engine.begin() as conn:
+                a, b = self._vote_clips(conn, clip_a, clip_b)
+                if supersedes is not None:
+                    _check_correction(conn, int(supersedes), session_hash, {clip_a, clip_b}, pair_id)
+                elif pair_id is not None and (first := _first_vote(conn, pair_id)) is not None:
+                    raise AlreadyVoted(pair_id, first)
+                values = dict(
+                    created_at=_utcnow(),
+                    prompt=a["prompt"],
+                    clip_a=clip_a,
+                    clip_b=clip_b,
+                    model_a=a["model_id"],
+                    model_a_version=a["model_version"],
+                    model_b=b["model_id"],
+                    model_b_version=b["model_version"],
+                    left=left,
+                    choice=choice,
+                    listen_ms_a=None if listen_ms_a is None else int(listen_ms_a),
+                    listen_ms_b=None if listen_ms_b is None else int(listen_ms_b),
+                    session=session_hash,
+                    supersedes=None if supersedes is None else int(supersedes),
+                    pair_id=pair_id,
+                )
+                vote_id = conn.execute(votes_table.insert().values(**values)).inserted_primary_key[0]
+        except IntegrityError:
+            if pair_id is not None and supersedes is None:  # another process stored this pair's vote first
+                with self._engine.connect() as conn:
+                    if (first := _first_vote(conn, pair_id)) is not None:
+                        raise AlreadyVoted(pair_id, first) from None
+            raise
         # the `with` block has committed: only now is the vote reported back
         return Vote(id=int(vote_id), **values)
+
+    def _vote_clips(self, conn, clip_a: str, clip_b: str) -> tuple:
+        """The clip rows of a vote, a then b; an unknown clip is a one-line error."""
+        q = select(clips_table).where(clips_table.c.id.in_([str(clip_a), str(clip_b)]))
+        rows = {r["id"]: r for r in conn.execute(q).mappings()}
+        for c in (clip_a, clip_b):
+            if c not in rows:
+                raise UserError(f"unknown clip {str(c)[:80]}")
+        return rows[clip_a], rows[clip_b]
 
     def add_rating(self, clip_id: str, rating: int, *, session: str, vote_id: int | None = None) -> int:
         """Append a 1-5 quality rating of one clip; returns its row id after COMMIT."""
@@ -429,6 +470,8 @@ def vote_pairs(votes: Iterable[Vote]) -> list[tuple[str, str, str]]:
 __all__ = [
     "CHOICES",
     "EXPORT_FORMATS",
+    "MAX_LISTEN_MS",
+    "AlreadyVoted",
     "SECRET_FILE",
     "ClipRecord",
     "Vote",
