@@ -2,9 +2,9 @@
 
     POST /api/generate      {"prompt": str, "duration_s"?: float}
                             -> {"pair": token, "prompt", "duration_s", "clips": [{"slot": "a"|"b", "id", "url"}]}
-    POST /api/vote          {"pair": token, "choice": "a"|"b"|"tie"|"both_bad", "session"?: str,
-                             "listen_ms_a"?: int, "listen_ms_b"?: int, "supersedes"?: int}
-                            -> {"vote_id", "choice", "models": {"a": name, "b": name}}  (after COMMIT)
+    POST /api/vote          {"pair": token, "choice": "a"|"b"|"tie"|"both_bad", "listen_ms_a": int,
+                             "listen_ms_b": int, "supersedes"?: int}
+                            -> {"vote_id", "choice", "counted", "models": {"a": name, "b": name}}  (after COMMIT)
     GET  /api/clips/{id}.wav  the clip's WAV (ids are content hashes; nothing else is served)
     GET  /api/leaderboard   ratings with CIs, win-rate matrix, counts
     GET  /api/health
@@ -12,28 +12,37 @@
                             POST /api/admin/export {"format"?: "jsonl"|"hf", "per_session_cap"?: int}
 
 The pair token is signed by the server, so a client cannot vote on a pair it was not served or
-claim which models made it. Clips are listed a then b, and the API records `left` = "a". The
-session defaults to the client address. Errors: {"error": one line} with 400 (bad input), 403
-(admin), 404 (no such clip), 503 (too many generations queued).
+claim which models made it; nothing before the stored vote names a model. Clips are listed a then
+b, and the API records `left` = "a". Sessions are the server's: the session cookie
+(`musicrl.app.tokens`), or a new session when the client sends none, is bound into the pair token
+at generate, and a vote's session is the token's. A `session` field in a vote is refused.
+A pair token takes one vote: a second is a 409, unless it is a correction (`supersedes`: the
+pair's vote id), which is stored but not counted ("counted": false), since the models were
+revealed with the vote. Listening times are required, integers, at least the minimum listen time.
+Errors: {"error": one line} with 400 (bad input), 403 (admin), 404 (no such clip), 409 (the pair
+has its vote), 410 (the pair expired), 503 (too many generations queued).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict
 
-from musicrl.app.arena import Arena, Busy
+from musicrl.app.arena import Arena, Busy, Expired
+from musicrl.app.tokens import SCOPE_KEY, new_id
 from musicrl.errors import UserError
-from musicrl.votes.store import model_key
+from musicrl.votes.store import AlreadyVoted, model_key
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+    # a misspelt field is an error, not silently ignored; strict: true, "900" or 900.0 is no integer
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class GenerateBody(_Body):
@@ -44,7 +53,7 @@ class GenerateBody(_Body):
 class VoteBody(_Body):
     pair: str
     choice: str
-    session: str | None = None
+    session: Any = None  # refused with its own message: sessions are the server's
     listen_ms_a: int | None = None
     listen_ms_b: int | None = None
     supersedes: int | None = None
@@ -91,7 +100,7 @@ def _voting_routes(router: APIRouter, arena: Arena) -> None:
     """POST /generate, POST /vote."""
 
     @router.post("/generate")
-    def generate(body: GenerateBody):  # sync: FastAPI runs it in its thread pool
+    def generate(body: GenerateBody, request: Request):  # sync: FastAPI runs it in its thread pool
         try:
             pair = dataclasses.replace(arena.generate_pair(body.prompt, body.duration_s), left="a")
         except Busy as e:
@@ -99,30 +108,31 @@ def _voting_routes(router: APIRouter, arena: Arena) -> None:
         except UserError as e:
             return _error(400, str(e))
         return {
-            "pair": arena.token(pair),
+            "pair": arena.token(pair, request.scope.get(SCOPE_KEY) or new_id()),
             "prompt": pair.prompt,
             "duration_s": pair.a.duration_s,
             "clips": [{"slot": k, "id": pair.clip(k).id, "url": f"/api/clips/{pair.clip(k).id}.wav"} for k in "ab"],
         }
 
     @router.post("/vote")
-    def vote(body: VoteBody, request: Request):
-        session = body.session or f"api:{request.client.host if request.client else 'unknown'}"
+    def vote(body: VoteBody):
+        if body.session is not None:
+            return _error(400, "the session is the server's (a cookie, bound into the pair token); "
+                               "drop the 'session' field")  # fmt: skip
         try:
-            pair = arena.pair_from_token(body.pair)
-            v = arena.vote(
-                pair,
-                body.choice,
-                session,
-                listen_ms_a=body.listen_ms_a,
-                listen_ms_b=body.listen_ms_b,
-                supersedes=body.supersedes,
-            )
+            pair, session = arena.pair_from_token(body.pair)
+            v = arena.vote(pair, body.choice, session, listen_ms_a=body.listen_ms_a, listen_ms_b=body.listen_ms_b,
+                           supersedes=body.supersedes)  # fmt: skip
+        except AlreadyVoted as e:
+            return _error(409, str(e))
+        except Expired as e:
+            return _error(410, str(e))
         except UserError as e:
             return _error(400, str(e))
-        return {
+        return {  # the vote is committed: only now are the models named
             "vote_id": v.id,
             "choice": v.choice,
+            "counted": v.supersedes is None,
             "models": {"a": model_key(v.model_a, v.model_a_version), "b": model_key(v.model_b, v.model_b_version)},
         }
 

@@ -3,14 +3,15 @@
 One `Arena` per app: the served generators, the vote store, request limits, a generation lock
 (a torch model is not re-entrant, so one generation runs at a time) and an admission bound (at most
 `queue_size` generations waiting or running through this object; more get a clear "busy" error).
+
+Every vote, from the UI or the API, passes `Arena.vote`: the pair must be younger than
+`token_ttl_s`, and each clip must have played at least `listen_needed_s` (an integer of ms, no
+longer than the time since the pair was served); the store then admits one vote per served pair.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
-import json
 import random
 import threading
 import time
@@ -19,9 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
+from musicrl.app.tokens import Signer, Ticket, decode_ticket, encode_ticket, new_id, session_from_cookie
 from musicrl.errors import UserError
 from musicrl.votes.leaderboard import Leaderboard, leaderboard
-from musicrl.votes.store import ClipRecord, Vote, VoteStore, model_key, vote_pairs
+from musicrl.votes.store import MAX_LISTEN_MS, ClipRecord, Vote, VoteStore, model_key, vote_pairs
+
+CLOCK_SLACK_S = 0.25  # clock differences between replicas, when a vote is checked against its pair's age
 
 
 class GeneratorLike(Protocol):
@@ -38,9 +42,13 @@ class Busy(Exception):
     """Too many generations queued; the message says so (HTTP 503)."""
 
 
+class Expired(UserError):
+    """The pair was served longer ago than the token lifetime (HTTP 410)."""
+
+
 @dataclass(frozen=True)
 class ArenaConfig:
-    min_listen_s: float = 2.0  # each clip must play this long (or 90% of it, if shorter) before a UI vote
+    min_listen_s: float = 2.0  # each clip must play this long (or 90% of it, if shorter) before any vote
     max_prompt_chars: int = 300
     max_duration_s: float = 10.0  # capped further by every served generator's own limit
     default_duration_s: float = 5.0
@@ -50,6 +58,7 @@ class ArenaConfig:
     leaderboard_min_votes: int = 5  # fewer informative games: listed as provisional, not rated
     n_boot: int = 200
     seed: int | None = None  # seeds pair/seed choices (tests); None: OS randomness
+    token_ttl_s: float = 4 * 3600.0  # a served pair (and its API token) takes a vote this long
 
     def __post_init__(self):
         if self.min_listen_s < 0:
@@ -60,16 +69,20 @@ class ArenaConfig:
             raise UserError(f"max duration must be > 0 s, got {self.max_duration_s}")
         if self.queue_size < 1:
             raise UserError(f"queue size must be >= 1, got {self.queue_size}")
+        if not 0 < self.token_ttl_s <= MAX_LISTEN_MS / 1000:
+            raise UserError(f"token lifetime must be in (0, {MAX_LISTEN_MS // 1000}] s (a week), got {self.token_ttl_s}")
 
 
 @dataclass(frozen=True)
 class Pair:
-    """Two stored clips of one prompt. `left` is which of a/b the UI shows on the left."""
+    """Two stored clips of one prompt, as served once. `left` is which of a/b the UI shows on the left."""
 
     prompt: str
     a: ClipRecord
     b: ClipRecord
     left: str
+    id: str  # the served pair's random id: its first vote is the one that counts
+    issued_at: float  # Unix seconds when it was served
 
     def clip(self, key: str) -> ClipRecord:
         return self.a if key == "a" else self.b
@@ -121,7 +134,9 @@ class Arena:
         self._reload_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(config.queue_size)
         self._rng = random.Random(config.seed) if config.seed is not None else random.SystemRandom()
-        self._key = store.derive_key("pair-token")
+        self._pair_signer = Signer(store.derive_key("pair-token"))
+        self.session_signer = Signer(store.derive_key("session-cookie"))
+        self._clock = time.time  # wall clock: pair ages are compared across replicas
         self._lb_lock = threading.Lock()
         self._lb: tuple[int, Leaderboard] | None = None
 
@@ -199,7 +214,8 @@ class Arena:
                         raise UserError("The model produced the same audio twice; nothing to compare.")
         finally:
             self._slots.release()
-        return Pair(prompt=prompt, a=records[0], b=records[1], left=self._rng.choice("ab"))
+        return Pair(prompt=prompt, a=records[0], b=records[1], left=self._rng.choice("ab"), id=new_id(),
+                    issued_at=self._clock())  # fmt: skip
 
     def _store_clip(self, g: GeneratorLike, clip, prompt: str) -> ClipRecord:
         return self.store.add_clip(
@@ -218,11 +234,22 @@ class Arena:
         choice: str,
         session: str,
         *,
-        listen_ms_a: int | None = None,
-        listen_ms_b: int | None = None,
+        listen_ms_a: int | None,
+        listen_ms_b: int | None,
         supersedes: int | None = None,
     ) -> Vote:
-        """Record a vote on a pair (a/b canonical); returns after the store's COMMIT."""
+        """Record a vote on a pair (a/b canonical); returns after the store's COMMIT.
+
+        Refused (one line): an expired pair (`Expired`), a listening time that is missing, not an
+        integer, under the minimum or longer than the pair has existed (`UserError`), a second vote
+        on the pair (`musicrl.votes.store.AlreadyVoted`).
+        """
+        age_s = self._clock() - pair.issued_at
+        if age_s > self.config.token_ttl_s:
+            raise Expired(f"this pair was served {age_s / 60:.0f} min ago and has expired "
+                          f"(pairs take votes for {self.config.token_ttl_s / 60:g} min); generate a new pair")  # fmt: skip
+        for key, ms in (("a", listen_ms_a), ("b", listen_ms_b)):
+            self._check_listening(pair, key, ms, age_s)
         return self.store.record_vote(
             clip_a=pair.a.id,
             clip_b=pair.b.id,
@@ -232,31 +259,41 @@ class Arena:
             listen_ms_a=listen_ms_a,
             listen_ms_b=listen_ms_b,
             supersedes=supersedes,
+            pair_id=pair.id,
         )
+
+    def _check_listening(self, pair: Pair, key: str, ms: object, age_s: float) -> None:
+        """listen_ms of clip `key`: an integer, at least the minimum, at most the pair's age."""
+        if ms is None:
+            raise UserError(f"listen_ms_{key} is required: how long clip {key} was played, in ms")
+        if isinstance(ms, bool) or not isinstance(ms, int):
+            raise UserError(f"listen_ms_{key} must be an integer number of ms, got {str(ms)[:40]}")
+        need_ms = int(1000 * self.listen_needed_s(pair.clip(key)))
+        if ms < need_ms:
+            raise UserError(f"Listen to clip {key} for at least {need_ms / 1000:g} s before voting "
+                            f"(listen_ms_{key} is {ms}).")  # fmt: skip
+        if ms > 1000 * (max(age_s, 0.0) + CLOCK_SLACK_S):
+            raise UserError(f"listen_ms_{key}={ms} is longer than the {max(age_s, 0.0):.1f} s since the pair was served")
 
     def listen_needed_s(self, clip: ClipRecord) -> float:
         """A clip shorter than min_listen_s needs 90% of its length (play events are not exact)."""
         return min(self.config.min_listen_s, 0.9 * clip.duration_s)
 
-    # -- pair tokens (the HTTP API is stateless: the pair travels signed with the client) --------
-    def token(self, pair: Pair) -> str:
-        body = json.dumps({"a": pair.a.id, "b": pair.b.id, "l": pair.left, "t": int(time.time())}).encode()
-        payload = base64.urlsafe_b64encode(body).decode().rstrip("=")
-        sig = hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()[:32]
-        return f"{payload}.{sig}"
+    # -- sessions and pair tokens (the HTTP API is stateless: the pair travels signed with the client)
+    def session_from_cookie(self, value: object) -> str | None:
+        """The session id in a signed session cookie of this app (or a replica sharing its secret)."""
+        return session_from_cookie(self.session_signer, value)
 
-    def pair_from_token(self, token: str) -> Pair:
-        try:
-            payload, sig = str(token).split(".")
-            want = hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()[:32]
-            if not hmac.compare_digest(sig, want):
-                raise ValueError("bad signature")
-            body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            a, b, left = body["a"], body["b"], body["l"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise UserError("invalid pair token: use the 'pair' value /api/generate returned") from e
-        ca, cb = self.store.clip(a), self.store.clip(b)
-        return Pair(prompt=ca.prompt, a=ca, b=cb, left=left)
+    def token(self, pair: Pair, session: str) -> str:
+        """The pair token handed to an API client: the served pair and its session, signed."""
+        ticket = Ticket(pair.id, pair.a.id, pair.b.id, pair.left, pair.issued_at, session)
+        return encode_ticket(self._pair_signer, ticket)
+
+    def pair_from_token(self, token: object) -> tuple[Pair, str]:
+        """(the served pair, the session it was served to) from a pair token; one-line errors."""
+        t = decode_ticket(self._pair_signer, token)
+        ca, cb = self.store.clip(t.a), self.store.clip(t.b)
+        return Pair(prompt=ca.prompt, a=ca, b=cb, left=t.left, id=t.pair_id, issued_at=t.issued_at), t.session
 
     # -- leaderboard and admin ------------------------------------------------------------------
     def leaderboard(self) -> Leaderboard:

@@ -15,6 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from musicrl.app.arena import Arena, Busy, Listening, Pair
+from musicrl.app.tokens import SESSION_COOKIE, new_id
 from musicrl.errors import UserError
 from musicrl.votes.store import CHOICES, model_key
 
@@ -32,9 +33,12 @@ class UiSession:
     """Per browser session (a gr.State): the pair on screen, what was heard, the vote so far.
 
     A plain class, not a dataclass: gradio serialises dataclass-valued props into the page config.
+    `session` is issued here, on the server, at page load; `Handlers.on_generate` replaces it by
+    the signed session cookie's id when the browser sent one (so it outlives a page reload).
     """
 
     def __init__(self) -> None:
+        self.session = new_id()
         self.pair: Pair | None = None
         self.listening = Listening()
         self.vote_id: int | None = None
@@ -68,11 +72,11 @@ class Handlers:
         """(status line, may vote, timer needed) from what has been heard so far."""
         if s.pair is None:
             return "Type a prompt (or pick an example) and press **Generate**.", False, False
+        if s.vote_id is not None:  # one vote per pair: the reveal closes it
+            return "Vote saved. Generate a new pair to vote again.", False, False
         got, need = self.heard_s(s)
         heard = all(got[x] >= need[x] for x in "AB")
-        if s.vote_id is not None:
-            msg = "Vote saved. Press another button to correct it, or generate a new pair."
-        elif heard:
+        if heard:
             msg = "Both clips heard. **Which one fits the prompt better?**"
         else:
             parts = [f"{x} {min(got[x], need[x]):.1f} / {need[x]:.1f} s{' ✓' if got[x] >= need[x] else ''}" for x in "AB"]
@@ -99,11 +103,14 @@ class Handlers:
         return fn
 
     # -- generate and vote -----------------------------------------------------------------------
-    def on_generate(self, prompt, duration, s: UiSession):
+    def on_generate(self, prompt, duration, s: UiSession, request: gr.Request):
         try:
             pair = self.arena.generate_pair(prompt, duration)
         except (UserError, Busy) as e:
             raise _ui_error(e) from None
+        cookies = getattr(request, "cookies", None) or {}  # a dict, or gradio's dict-like Obj (no .get)
+        cookie = cookies[SESSION_COOKIE] if SESSION_COOKIE in cookies else None
+        s.session = self.arena.session_from_cookie(cookie) or s.session
         s.pair, s.listening, s.vote_id, s.rated = pair, Listening(), None, set()
         paths = [str(pair.clip(s.key(slot)).path) for slot in "AB"]
         return *paths, None, None, "", *self.gate(s)
@@ -114,15 +121,16 @@ class Handlers:
             raise UserError(f"unknown vote choice {screen_choice!r}: expected one of {', '.join(CHOICES)}")
         reveal_word = _LABELS[screen_choice][1]
 
-        def fn(s: UiSession, rating_a, rating_b, request: gr.Request):
+        def fn(s: UiSession, rating_a, rating_b):
             if s.pair is None:
                 raise gr.Error("Generate a pair first.", print_exception=False)
+            if s.vote_id is not None:  # the models are revealed: a knowing vote would not count
+                raise gr.Error("You voted on this pair already; generate a new pair.", print_exception=False)
             got, need = self.heard_s(s)
             if any(got[x] < need[x] for x in "AB"):
                 raise gr.Error("Listen to both clips before voting.", print_exception=False)
-            session = f"ui:{request.session_hash or (request.client.host if request.client else 'unknown')}"
             try:
-                vote_id = self._record(s, screen_choice, session, got, {"A": rating_a, "B": rating_b})
+                vote_id = self._record(s, screen_choice, got, {"A": rating_a, "B": rating_b})
             except UserError as e:
                 raise _ui_error(e) from None
             reveal = [f"### Revealed — you chose **{reveal_word}** (vote #{vote_id})"]
@@ -133,22 +141,21 @@ class Handlers:
 
         return fn
 
-    def _record(self, s: UiSession, screen_choice: str, session: str, got: dict, ratings: dict) -> int:
-        """Store the vote (a correction if this pair was voted on already), then any new ratings."""
+    def _record(self, s: UiSession, screen_choice: str, got: dict, ratings: dict) -> int:
+        """Store the pair's vote (its listening times as the server measured them), then any ratings."""
         choice = s.key(screen_choice.upper()) if screen_choice in ("a", "b") else screen_choice
         slot_of = {s.key(x): x for x in "AB"}
         vote = self.arena.vote(
             s.pair,
             choice,
-            session,
+            s.session,
             listen_ms_a=int(1000 * got[slot_of["a"]]),
             listen_ms_b=int(1000 * got[slot_of["b"]]),
-            supersedes=s.vote_id,
         )
         s.vote_id = vote.id  # committed: only now may the UI say so
         for slot, r in ratings.items():
             if r and (slot, int(r)) not in s.rated:
-                self.arena.store.add_rating(s.pair.clip(s.key(slot)).id, int(r), session=session, vote_id=vote.id)
+                self.arena.store.add_rating(s.pair.clip(s.key(slot)).id, int(r), session=s.session, vote_id=vote.id)
                 s.rated.add((slot, int(r)))
         return vote.id
 

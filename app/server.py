@@ -14,8 +14,11 @@ the same again, so a re-enabled button in devtools does not get a vote through.
 
 Blindness: screen slot A (left) shows clip a or b at random (`left` in the vote row); the two
 models are drawn at random; clip files are named by their content hash; the reveal comes only
-after the vote is committed. Clicking another vote button after the reveal records a correction
-(a new row that `supersedes` the previous one).
+after the vote is committed, and it closes the pair: the buttons stay off until a new pair (a
+knowing vote would not count; see `musicrl.votes.store.effective_votes`).
+
+Sessions: `SessionMiddleware` (`musicrl.app.tokens`) gives every client a signed session cookie;
+the UI and the API take the session from it (or from the pair token), never from a request field.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from musicrl.app.api import api_router, validation_error
 from musicrl.app.arena import Arena, ArenaConfig, GeneratorLike
 from musicrl.app.handlers import Handlers
 from musicrl.app.layout import build_blocks
+from musicrl.app.tokens import SessionMiddleware
 from musicrl.votes.store import SECRET_FILE, VoteStore
 
 CSS = ".musicrl-vote button { min-height: 3em; font-size: 1.05em; }"
@@ -51,12 +55,13 @@ def build_app(
     n_boot: int = 200,
     seed: int | None = None,
     title: str = "musicrl arena",
+    token_ttl_s: float = 4 * 3600.0,
 ) -> gr.Blocks:
     """The voting UI over `generators` (one or more) and `store`. See the module doc for behaviour.
 
     `examples`: the prompts offered under the prompt box (the caller picks them for the served
     models; none by default). `reload` is the hook for serving new checkpoints (admin "Reload
-    models", POST /api/admin/reload).
+    models", POST /api/admin/reload). `token_ttl_s`: how long a served pair takes its vote.
     """
     cap = min([max_duration_s] + [float(g.max_duration_s) for g in generators])
     config = ArenaConfig(
@@ -70,6 +75,7 @@ def build_app(
         leaderboard_min_votes=leaderboard_min_votes,
         n_boot=n_boot,
         seed=seed,
+        token_ttl_s=token_ttl_s,
     )
     arena = Arena(generators, store, config, reload)
     demo = build_blocks(Handlers(arena), title)
@@ -90,6 +96,7 @@ def create_server(blocks: gr.Blocks):
     app = FastAPI(title="musicrl arena", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(api_router(arena))
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_middleware(SessionMiddleware, signer=arena.session_signer)
     clips = store.clips_dir
     clips.mkdir(parents=True, exist_ok=True)
     blocked = [str(store.data_dir / SECRET_FILE)]

@@ -19,6 +19,7 @@ pytest.importorskip("gradio")
 
 from musicrl.app.arena import Listening  # noqa: E402
 from musicrl.app.server import build_app, start_server  # noqa: E402
+from musicrl.app.tokens import SESSION_COOKIE  # noqa: E402
 from musicrl.model.generator import Generator  # noqa: E402
 from musicrl.votes.store import SECRET_FILE, VoteStore, model_key  # noqa: E402
 
@@ -47,7 +48,7 @@ def served(model_dir, tmp_path_factory):
         return [Generator.from_pretrained(model_dir)]
 
     demo = build_app([gen], store, admin_secret=SECRET, reload=reload, max_prompt_chars=50, max_duration_s=3.0,
-                     queue_size=2, leaderboard_min_votes=1, n_boot=50, seed=0)  # fmt: skip
+                     queue_size=2, leaderboard_min_votes=1, n_boot=50, seed=0, min_listen_s=0.2)  # fmt: skip
     with start_server(demo) as srv:
         with httpx.Client(base_url=srv.url, timeout=60) as client:
             yield client, store, demo.musicrl_arena, gen, reloads
@@ -71,16 +72,17 @@ def test_generate_serves_two_stored_clips_and_vote_reveals_after_commit(served):
     wav = client.get(a["url"])
     assert wav.status_code == 200 and wav.content[:4] == b"RIFF" and wav.content == clips[0].path.read_bytes()
     assert "model" not in json.dumps(g)  # blind: nothing in the answer names the model
-    r = client.post("/api/vote", json={"pair": g["pair"], "choice": "b", "session": "bot-1", "listen_ms_a": 900})
+    r = client.post("/api/vote", json={"pair": g["pair"], "choice": "b", "listen_ms_a": 250, "listen_ms_b": 240})
     assert r.status_code == 200, r.text
     body = r.json()
     stored = store.votes()
     assert len(stored) == before + 1 and stored[-1].id == body["vote_id"]  # committed when the answer came
-    assert (stored[-1].choice, stored[-1].clip_b, stored[-1].listen_ms_a, stored[-1].left) == ("b", b["id"], 900, "a")
-    assert body["models"]["a"].startswith(gen.model_id)
-    fix = client.post("/api/vote", json={"pair": g["pair"], "choice": "tie", "session": "bot-1", "supersedes": body["vote_id"]})
-    assert fix.status_code == 200 and store.votes()[-1].supersedes == body["vote_id"]
-    assert [v.choice for v in store.votes(effective=True) if v.clip_a == a["id"]] == ["tie"]
+    assert (stored[-1].choice, stored[-1].clip_b, stored[-1].listen_ms_a, stored[-1].left) == ("b", b["id"], 250, "a")
+    assert body["models"]["a"].startswith(gen.model_id) and body["counted"] is True
+    fix = client.post("/api/vote", json={"pair": g["pair"], "choice": "tie", "listen_ms_a": 250, "listen_ms_b": 240,
+                                         "supersedes": body["vote_id"]})  # fmt: skip
+    assert fix.status_code == 200 and store.votes()[-1].supersedes == body["vote_id"] and not fix.json()["counted"]
+    assert [v.choice for v in store.votes(effective=True) if v.clip_a == a["id"]] == ["b"]  # the blind vote counts
     lb = client.get("/api/leaderboard").json()
     assert lb["n_votes"] == 0 and lb["models"] == []  # two seeds of one model: no rating information
 
@@ -92,7 +94,8 @@ def test_bad_requests_get_clear_messages(served):
         ("/api/generate", {"prompt": "x" * 51}, 400, "limit is 50"),
         ("/api/generate", {"prompt": "   "}, 400, "Type a prompt"),
         ("/api/generate", {"prompt": "piano", "duration_s": 60}, 400, "between 0.5 and 3"),
-        ("/api/vote", {"pair": g["pair"], "choice": "left"}, 400, "unknown choice"),
+        ("/api/vote", {"pair": g["pair"], "choice": "left", "listen_ms_a": 200, "listen_ms_b": 200}, 400, "unknown choice"),
+        ("/api/vote", {"pair": g["pair"], "choice": "a", "session": "me"}, 400, "session is the server's"),
         ("/api/vote", {"pair": g["pair"][:-2] + "00", "choice": "a"}, 400, "invalid pair token"),
         ("/api/vote", {"pair": "garbage", "choice": "a"}, 400, "invalid pair token"),
         ("/api/generate", {"prompt": "piano", "duration": 2}, 400, "duration: Extra inputs are not permitted"),
@@ -202,6 +205,8 @@ def test_browser_generate_listen_vote_reveal_leaderboard(model_dir, tmp_path):
             page.locator("#vote-a").click()
             expect(page.locator("#reveal")).to_contain_text("you chose A", timeout=10_000)
             reveal = page.locator("#reveal").inner_text()
+            expect(page.locator("#vote-b")).to_be_disabled()  # the reveal closes the pair
+            cookie = next(c["value"] for c in page.context.cookies() if c["name"] == SESSION_COOKIE)
             assert "tiny-rival@" in reveal and f"{g1.model_id}@" in reveal
             page.get_by_role("tab", name="Leaderboard").click()
             expect(page.locator("#leaderboard-note")).to_contain_text("1 informative votes")
@@ -215,6 +220,7 @@ def test_browser_generate_listen_vote_reveal_leaderboard(model_dir, tmp_path):
     (v,) = store.votes()
     left_clip = store.clip(v.clip_a if v.left == "a" else v.clip_b)
     assert v.choice == v.left  # "A is better" = the clip shown on the left
+    assert v.session == store.hash_session(demo.musicrl_arena.session_from_cookie(cookie))  # the server's cookie
     assert f"A was {model_key(left_clip.model_id, left_clip.model_version)} (seed {left_clip.seed})" in reveal
     assert v.listen_ms_a >= 900 and v.listen_ms_b >= 900
     (rating,) = store.ratings()

@@ -129,7 +129,7 @@ def test_swap_waits_for_the_generation_in_flight_and_loads_off_the_request_path(
         return [new]
 
     store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
-    arena = Arena([old], store, ArenaConfig(seed=0), reload)
+    arena = Arena([old], store, ArenaConfig(seed=0, min_listen_s=0.0), reload)
     out = {}
     gen = threading.Thread(target=lambda: out.setdefault("pair", arena.generate_pair("slow piano", 0.5)))
     gen.start()
@@ -148,7 +148,8 @@ def test_swap_waits_for_the_generation_in_flight_and_loads_off_the_request_path(
     assert {before.a.model_version, before.b.model_version} == {old.version}  # finished on the old model
     after = arena.generate_pair("slow piano", 0.5)
     assert {after.a.model_version, after.b.model_version} == {new.version}
-    v = arena.vote(before, "a", "voter")  # a vote on a pair from before the swap is kept, for the old version
+    # a vote on a pair from before the swap is kept, for the old version
+    v = arena.vote(before, "a", "voter", listen_ms_a=0, listen_ms_b=0)
     assert store.votes()[-1].id == v.id and (v.model_a_version, v.model_b_version) == (old.version, old.version)
 
 
@@ -194,7 +195,9 @@ def test_app_serves_the_newest_checkpoint_and_keeps_votes_across_the_swap(random
     monkeypatch.setenv("MUSICRL_ADMIN_SECRET", SECRET)
     base = str(random_musicgen_dir)
     args = build_parser().parse_args(["app", "--model", base, "--models-dir", str(run), "--reload-every", "0.1",
-                                      "--data-dir", str(tmp_path / "data"), "--min-votes", "1"])  # fmt: skip
+                                      "--data-dir", str(tmp_path / "data"), "--min-votes", "1",
+                                      "--min-listen", "0.2"])  # fmt: skip
+    heard = {"listen_ms_a": 200, "listen_ms_b": 200}  # each clip played the minimum (0.2 s)
     demo, store, poller = prepare(args)
     admin = {"X-Admin-Secret": SECRET}
     with start_server(demo) as srv, httpx.Client(base_url=srv.url, timeout=60) as client, poller:
@@ -217,12 +220,12 @@ def test_app_serves_the_newest_checkpoint_and_keeps_votes_across_the_swap(random
         assert v2 != v1
         now = _wait(lambda: (m := served()[str(run)])["version"] == v2 and m)
         assert now["checkpoint"].endswith("step-000002")
-        r = client.post("/api/vote", json={"pair": before["pair"], "choice": "a", "session": "s1"})
+        r = client.post("/api/vote", json={"pair": before["pair"], "choice": "a", **heard})
         assert r.status_code == 200, r.text  # the pair from before the swap: its vote counts for v1
         assert model_key(str(run), v1) in r.json()["models"].values()
         after, models = pair()
         assert models[str(run)] == v2
-        r = client.post("/api/vote", json={"pair": after["pair"], "choice": "b", "session": "s1"})
+        r = client.post("/api/vote", json={"pair": after["pair"], "choice": "b", **heard})
         assert r.status_code == 200 and model_key(str(run), v2) in r.json()["models"].values()
         lb = client.get("/api/leaderboard").json()
         assert {model_key(str(run), v1), model_key(str(run), v2)} <= set(lb["models"]) and lb["n_votes"] == 2

@@ -7,7 +7,8 @@ Several models: each pair comes from two different models drawn at random; one: 
 A --models-dir (a `musicrl train` out_dir) serves its newest complete checkpoint (`final/`, else
 the highest `checkpoints/step-N`), checked every --reload-every seconds and swapped in between two
 generations; the new weights rate as a new `RUN@version` row on the leaderboard. Admin actions
-(model list, reload now, export) need MUSICRL_ADMIN_SECRET in the environment.
+(model list, reload now, export) need MUSICRL_ADMIN_SECRET in the environment. Pair tokens and
+session cookies are signed with the store secret: replicas on one database share MUSICRL_SALT.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device(p)
     add_threads(p)
     p.add_argument("--min-listen", type=float, default=2.0, help="seconds each clip must play before a vote (default 2)")
+    p.add_argument("--token-ttl", type=float, default=4 * 3600.0, metavar="S",
+                   help="seconds a served pair (and its API pair token) takes its one vote (default 14400: 4 h; at most a week)")  # fmt: skip
     p.add_argument("--max-duration", type=float, default=10.0, help="longest clip a user may ask for, s (default 10)")
     p.add_argument("--max-prompt-chars", type=int, default=300, help="longest prompt (default 300)")
     p.add_argument("--queue-size", type=int, default=16, help="generations that may wait at once (default 16)")
@@ -115,6 +118,8 @@ def prepare(args: argparse.Namespace):
         raise UserError("each --model may be given once (one model is compared with itself by seed anyway)")
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port must be 1..65535, got {args.port}")
+    if not 0 < args.token_ttl <= 7 * 24 * 3600:
+        raise UserError(f"--token-ttl must be in (0, 604800] s (a week at most), got {args.token_ttl:g}")
     if not args.reload_every >= 0:
         raise UserError(f"--reload-every must be >= 0 s (0 = off), got {args.reload_every}")
     apply_threads(args.threads)
@@ -150,6 +155,7 @@ def prepare(args: argparse.Namespace):
         leaderboard_min_votes=args.min_votes,
         examples=examples,
         default_duration_s=duration,
+        token_ttl_s=args.token_ttl,
     )
     poller = Poller(demo.musicrl_arena.reload_models, args.reload_every) if args.reload_every > 0 else None
     return demo, store, poller
