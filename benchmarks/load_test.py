@@ -11,8 +11,13 @@ Two runs:
 - `kill-9`: after about half the votes the app is killed with SIGKILL and started again on the
   same store; voters ride it out (retrying refused connections, re-sending a vote whose answer was
   lost with the same signed pair token). Afterwards the store is opened by a new `VoteStore`:
-  every confirmed vote is there, and `PRAGMA integrity_check` says ok. A vote re-sent after a
-  lost answer may be stored twice; the effective votes (one per session and pair) drop the copy.
+  every confirmed vote is there, and `PRAGMA integrity_check` says ok. A pair token takes one
+  vote, so a re-sent vote whose first try was stored gets a 409: that vote is stored but was never
+  confirmed to the voter, who counts it as `answer_lost` and votes on a new pair instead.
+
+Each voter keeps the session cookie the app issues (one session per voter), and votes no sooner
+than a clip's length after the pair arrived, reporting that as its listening time (the app checks
+both against its minimum listen time).
 
 Prints a markdown table (votes/s, generate and vote latency p50/p95, 503s, lost votes); `--out`
 writes the report as JSON.
@@ -123,6 +128,7 @@ class Tally:
     busy: int = 0  # 503 answers
     conn_errors: int = 0  # refused / reset / timed out requests (retried)
     resent: int = 0  # votes sent again after their answer was lost
+    answer_lost: int = 0  # re-sent votes answered 409: the first try was stored, its answer lost
     gave_up: int = 0
     errors: list = field(default_factory=list)
 
@@ -175,7 +181,7 @@ def voter(i: int, rater, url: str, tally: Tally, duration_s: float, deadline: fl
     from musicrl.model.generator import Clip
 
     rng = np.random.default_rng([seed, i])
-    session = f"voter-{i:02d}"
+    session = f"voter-{i:02d}"  # the voter's name in reports; the app's session is its cookie
     with httpx.Client(base_url=url, timeout=60) as client:
         while time.monotonic() < deadline and tally.claim():
             try:
@@ -184,7 +190,7 @@ def voter(i: int, rater, url: str, tally: Tally, duration_s: float, deadline: fl
                                     json={"prompt": prompt, "duration_s": duration_s})  # fmt: skip
                 if r.status_code != 200:
                     raise GiveUp(f"generate: {r.status_code} {r.text[:200]}")
-                body = r.json()
+                served_at, body = time.monotonic(), r.json()
                 clips = []
                 for c in body["clips"]:
                     w, _, _ = _request(client, tally, "GET", c["url"], deadline)
@@ -193,9 +199,16 @@ def voter(i: int, rater, url: str, tally: Tally, duration_s: float, deadline: fl
                     audio, sr = sf.read(io.BytesIO(w.content), dtype="float32")
                     clips.append(Clip(audio, sr))
                 choice = rater.vote(body["prompt"], clips[0], clips[1])
-                vote = {"pair": body["pair"], "choice": choice, "session": session,
+                time.sleep(max(0.0, served_at + duration_s - time.monotonic()))  # both clips heard (in parallel)
+                vote = {"pair": body["pair"], "choice": choice,
                         "listen_ms_a": int(1000 * duration_s), "listen_ms_b": int(1000 * duration_s)}  # fmt: skip
                 r, vt, attempts = _request(client, tally, "POST", "/api/vote", deadline, json=vote)
+                if r.status_code == 409 and attempts > 1:  # stored by the try whose answer was lost
+                    with tally.lock:
+                        tally.claimed -= 1
+                        tally.answer_lost += 1
+                        tally.resent += attempts - 1
+                    continue
                 if r.status_code != 200:
                     raise GiveUp(f"vote: {r.status_code} {r.text[:200]}")
                 with tally.lock:
@@ -279,6 +292,7 @@ def run(model: str, work: Path, *, votes: int = 200, voters: int = 20, duration_
         "busy_503": tally.busy,
         "conn_errors": tally.conn_errors,
         "resent_votes": tally.resent,
+        "answer_lost": tally.answer_lost,
         "gave_up": tally.gave_up,
         "errors": tally.errors[:10],
         "startup_s": round(startup_s, 2),
