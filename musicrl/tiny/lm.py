@@ -133,21 +133,27 @@ def _lr(step: int, cfg: LMTrainConfig) -> float:
 
 
 def lm_loss(policy, prompts: list[str], codes: torch.Tensor, drop: torch.Tensor, prefix_frames: int = 0,
-            prefix_weight: float = 1.0) -> torch.Tensor:
+            prefix_weight: float = 1.0, start: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted mean cross-entropy over real positions. codes [B, K, T]; drop [B] bool -> null
-    condition; positions of the first `prefix_frames` decoding steps weigh `prefix_weight`."""
+    condition; positions of the first `prefix_frames` decoding steps weigh `prefix_weight`;
+    start [B] (optional): the first frame of each clip whose tokens count (earlier ones are context)."""
     states, mask = policy.encode_text(prompts)
     keep = (~drop).to(states.dtype)[:, None, None]
     states, mask = states * keep, torch.where(drop[:, None], torch.ones_like(mask), mask)
     logits = policy.teacher_forced_logits(codes, states, mask)  # [B, K, T+K-1, V]
     _, targets = dp.decoder_inputs(codes, policy.pad_id, policy.bos_id)  # [B, K, T+K-1]
-    valid = dp.valid_mask(codes.shape[1], codes.shape[2], device=codes.device)  # [K, T+K-1]
+    B, K, T = codes.shape
+    valid = dp.valid_mask(K, T, device=codes.device)  # [K, T+K-1]
     ce = torch.nn.functional.cross_entropy(
         logits.flatten(0, 2).float(), targets.clamp(max=policy.vocab_size - 1).flatten(), reduction="none"
     ).view(targets.shape)
     weight = valid.float()
     weight[:, :prefix_frames] *= prefix_weight
-    return (ce * weight).sum() / (weight.sum() * codes.shape[0])
+    weight = weight.expand(B, -1, -1)  # [B, K, T+K-1]
+    if start is not None:  # position j of codebook k holds frame j - k (the delay pattern)
+        frame = torch.arange(T + K - 1, device=codes.device) - torch.arange(K, device=codes.device)[:, None]
+        weight = weight * (frame[None] >= start.to(codes.device)[:, None, None])
+    return (ce * weight).sum() / weight.sum()
 
 
 @torch.no_grad()
@@ -335,11 +341,15 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="runs/tiny/musicgen")
     ap.add_argument("--steps", type=int, default=LMTrainConfig.steps)
     ap.add_argument("--num-clips", type=int, default=LMTrainConfig.num_clips)
+    ap.add_argument("--hidden-size", type=int, default=LMTrainConfig.hidden_size, help="decoder width")
+    ap.add_argument("--layers", type=int, default=LMTrainConfig.num_layers, help="decoder layers")
+    ap.add_argument("--heads", type=int, default=LMTrainConfig.heads, help="attention heads (divide the width)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval", action="store_true", help="only evaluate --out")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if not a.eval:
-        train_lm(a.codec, a.out, LMTrainConfig(steps=a.steps, num_clips=a.num_clips))
+        train_lm(a.codec, a.out, LMTrainConfig(steps=a.steps, num_clips=a.num_clips, hidden_size=a.hidden_size,
+                                               num_layers=a.layers, heads=a.heads))
     for g in (1.0, 3.0):
         print(f"guidance {g}:", evaluate_lm(a.out, guidance=g))
