@@ -27,23 +27,6 @@ from musicrl.tiny import synth
 from musicrl.tiny.lm import LMTrainConfig, encode_corpus, held_out_loss, lm_loss
 
 
-def splice(codes_all, idx, drop, share, by_key, attrs, rng):
-    """The batch `idx` of the corpus codes [N, K, T] -> (codes [B, K, T], start [B]): for a `share` of the captioned rows, frames before a random
-    start (10-100, 0.2-2 s) come from another clip in the same key. The LM then learns to steer back to
-    its caption when its own context has strayed, which teacher forcing on whole clips never asks."""
-    codes, start = codes_all[idx].clone(), torch.zeros(len(idx), dtype=torch.long)  # [B, K, T], [B]
-    if share <= 0:
-        return codes, start
-    for b, i in enumerate(idx):
-        if drop[b] or rng.random() >= share:
-            continue
-        other = by_key[attrs[i].key][rng.integers(len(by_key[attrs[i].key]))]
-        s = int(rng.integers(10, 101))
-        codes[b, :, :s] = codes_all[other, :, :s]
-        start[b] = s
-    return codes, start
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1000)
@@ -52,9 +35,6 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--work-dir", default="runs/lm-more-work", help="cache of the encoded corpus")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--splice", type=float, default=0.0,
-                    help="share of captioned examples whose first 0.2-2 s come from another clip in the same key "
-                         "(any other attributes); only the frames after the splice count in the loss")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     quiet_transformers()
@@ -64,7 +44,6 @@ def main(argv=None) -> int:
     data = encode_corpus(Codec.from_pretrained(assets / "codec"), cfg, Path(args.work_dir) / "codes.pt")
     codes_all = data["codes"].long()  # [N, K, T]
     attrs_all = [synth.Attributes.from_dict(a) for a in data["attrs"]]
-    by_key = {k: np.array([i for i, a in enumerate(attrs_all) if a.key == k]) for k in range(12)}
     policy = MusicGenPolicy.from_pretrained("tiny")
     model = policy.model
     model.audio_encoder.requires_grad_(False)
@@ -78,10 +57,10 @@ def main(argv=None) -> int:
     model.text_encoder.eval()
     for step in tqdm(range(1, args.steps + 1), desc="more LM steps"):
         idx = rng.integers(0, len(codes_all), cfg.batch_size)
+        codes = codes_all[idx]  # [B, K, T]: whole 4 s clips (crop_frames = T)
         prompts = [synth.caption(attrs_all[i], rng) for i in idx]
         drop = torch.from_numpy(rng.random(cfg.batch_size) < cfg.cond_dropout)
-        codes, start = splice(codes_all, idx, drop, args.splice, by_key, attrs_all, rng)
-        loss = lm_loss(policy, prompts, codes, drop, start=start)
+        loss = lm_loss(policy, prompts, codes, drop)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -8,7 +8,7 @@ Two measures per model, both about mode (the attribute every RL route stalls on)
 2. Mode adherence of each 2 s third of 6 s clips of fresh prompts, and how often consecutive thirds
    agree (a model that holds its mode agrees with itself; corpus clips, through the codec, ~95%).
 
-    python experiments/text_hold.py --models tiny,runs/lm-splice    # ~3 min a model on one thread
+    python experiments/text_hold.py --models tiny,runs/oracle4-ema/final    # ~3 min a model on one thread
 """
 
 from __future__ import annotations

@@ -18,28 +18,6 @@ def test_null_condition_ignores_the_caption(random_policy):
     assert (a - c).abs() > 0  # with a caption, the text does reach the decoder
 
 
-def test_start_counts_only_the_frames_from_it(random_policy):
-    """start [B]: earlier frames are context only. Each row's loss is the mean cross-entropy of the
-    tokens of frames >= its start, through the delay pattern, and rows weigh by their counted tokens."""
-    from musicrl.model import delay as dp
-
-    K, T = random_policy.num_codebooks, 8
-    torch.manual_seed(0)
-    codes = torch.randint(0, random_policy.vocab_size, (2, K, T))
-    prompts, drop = ["fast piano", "slow organ"], torch.zeros(2, dtype=torch.bool)
-    start = torch.tensor([0, 5])
-    with torch.no_grad():
-        got = lm_loss(random_policy, prompts, codes, drop, start=start)
-        assert torch.equal(lm_loss(random_policy, prompts, codes, drop, start=torch.zeros(2, dtype=torch.long)),
-                           lm_loss(random_policy, prompts, codes, drop))
-        states, mask = random_policy.encode_text(prompts)
-        logp = random_policy.teacher_forced_logits(codes, states, mask).log_softmax(-1)  # [B, K, T+K-1, V]
-    _, targets = dp.decoder_inputs(codes, random_policy.pad_id, random_policy.bos_id)
-    ce = [-logp[b, k, t + k, targets[b, k, t + k]] for b in range(2) for k in range(K) for t in range(int(start[b]), T)]
-    assert len(ce) == K * (T + T - 5)
-    torch.testing.assert_close(got, torch.stack(ce).mean())
-
-
 def test_loss_falls_when_fitting_a_batch(random_musicgen_dir):
     from musicrl.model.policy import MusicGenPolicy
 
@@ -109,3 +87,10 @@ def test_config_rejects_an_unknown_text_vocabulary():
     assert LMTrainConfig().text_words == "train"
     with pytest.raises(ValueError, match="text_words"):
         LMTrainConfig(text_words="heldout")
+
+
+@pytest.mark.parametrize("size", [dict(hidden_size=256, heads=6), dict(num_layers=0), dict(heads=0)])
+def test_config_rejects_a_decoder_shape_that_cannot_be_built(size):
+    LMTrainConfig(hidden_size=256, num_layers=6, heads=8)  # the larger LM of docs/results/rl-adherence.md
+    with pytest.raises(ValueError, match="heads dividing hidden_size"):
+        LMTrainConfig(**size)

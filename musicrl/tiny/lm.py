@@ -81,6 +81,9 @@ class LMTrainConfig:
             raise ValueError(f"text_words must be 'train' or 'all', got {self.text_words!r}")
         if self.prefix_steps and not self.prefix_frames:
             raise ValueError("prefix_steps needs prefix_frames >= 1")
+        if min(self.hidden_size, self.num_layers, self.heads) < 1 or self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size, num_layers, heads >= 1 with heads dividing hidden_size are required, "
+                             f"got {self.hidden_size}, {self.num_layers}, {self.heads}")
 
 
 def _encode(codec, examples, n: int, desc: str, progress: bool) -> tuple[torch.Tensor, list[dict]]:
@@ -133,27 +136,21 @@ def _lr(step: int, cfg: LMTrainConfig) -> float:
 
 
 def lm_loss(policy, prompts: list[str], codes: torch.Tensor, drop: torch.Tensor, prefix_frames: int = 0,
-            prefix_weight: float = 1.0, start: torch.Tensor | None = None) -> torch.Tensor:
+            prefix_weight: float = 1.0) -> torch.Tensor:
     """Weighted mean cross-entropy over real positions. codes [B, K, T]; drop [B] bool -> null
-    condition; positions of the first `prefix_frames` decoding steps weigh `prefix_weight`;
-    start [B] (optional): the first frame of each clip whose tokens count (earlier ones are context)."""
+    condition; positions of the first `prefix_frames` decoding steps weigh `prefix_weight`."""
     states, mask = policy.encode_text(prompts)
     keep = (~drop).to(states.dtype)[:, None, None]
     states, mask = states * keep, torch.where(drop[:, None], torch.ones_like(mask), mask)
     logits = policy.teacher_forced_logits(codes, states, mask)  # [B, K, T+K-1, V]
     _, targets = dp.decoder_inputs(codes, policy.pad_id, policy.bos_id)  # [B, K, T+K-1]
-    B, K, T = codes.shape
-    valid = dp.valid_mask(K, T, device=codes.device)  # [K, T+K-1]
+    valid = dp.valid_mask(codes.shape[1], codes.shape[2], device=codes.device)  # [K, T+K-1]
     ce = torch.nn.functional.cross_entropy(
         logits.flatten(0, 2).float(), targets.clamp(max=policy.vocab_size - 1).flatten(), reduction="none"
     ).view(targets.shape)
     weight = valid.float()
     weight[:, :prefix_frames] *= prefix_weight
-    weight = weight.expand(B, -1, -1)  # [B, K, T+K-1]
-    if start is not None:  # position j of codebook k holds frame j - k (the delay pattern)
-        frame = torch.arange(T + K - 1, device=codes.device) - torch.arange(K, device=codes.device)[:, None]
-        weight = weight * (frame[None] >= start.to(codes.device)[:, None, None])
-    return (ce * weight).sum() / weight.sum()
+    return (ce * weight).sum() / (weight.sum() * codes.shape[0])
 
 
 @torch.no_grad()
@@ -349,7 +346,11 @@ if __name__ == "__main__":
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if not a.eval:
-        train_lm(a.codec, a.out, LMTrainConfig(steps=a.steps, num_clips=a.num_clips, hidden_size=a.hidden_size,
-                                               num_layers=a.layers, heads=a.heads))
+        try:
+            cfg = LMTrainConfig(steps=a.steps, num_clips=a.num_clips, hidden_size=a.hidden_size, num_layers=a.layers,
+                                heads=a.heads)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        train_lm(a.codec, a.out, cfg)
     for g in (1.0, 3.0):
         print(f"guidance {g}:", evaluate_lm(a.out, guidance=g))
