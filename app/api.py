@@ -19,8 +19,10 @@ at generate, and a vote's session is the token's. A `session` field in a vote is
 A pair token takes one vote: a second is a 409, unless it is a correction (`supersedes`: the
 pair's vote id), which is stored but not counted ("counted": false), since the models were
 revealed with the vote. Listening times are required, integers, at least the minimum listen time.
-Errors: {"error": one line} with 400 (bad input), 403 (admin), 404 (no such clip), 409 (the pair
-has its vote), 410 (the pair expired), 503 (too many generations queued).
+Errors: {"error": one line} with 400 (bad input, e.g. a lone surrogate in the prompt or an integer
+out of range), 403 (admin), 404 (no such clip), 409 (the pair has its vote), 410 (the pair
+expired), 503 with Retry-After (too many generations queued; the vote database locked, full or
+unreachable), 500 (anything else: the details go to the server's log only).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict
 
 from musicrl.app.arena import Arena, Busy, Expired
+from musicrl.app.guards import error_response
 from musicrl.app.tokens import SCOPE_KEY, new_id
 from musicrl.errors import UserError
 from musicrl.votes.store import AlreadyVoted, model_key
@@ -64,8 +67,8 @@ class ExportBody(_Body):
     per_session_cap: int | None = None
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, retry_after_s: int | None = None) -> JSONResponse:
+    return error_response(status, message, retry_after_s)
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -93,6 +96,11 @@ def api_router(arena: Arena) -> APIRouter:
     _voting_routes(router, arena)
     _info_routes(router, arena)
     _admin_routes(router, arena)
+
+    @router.api_route("/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def not_found(rest: str):  # last: anything else under /api is this API's 404, not the UI's
+        return _error(404, f"not found: no such API route /api/{rest[:80]}")
+
     return router
 
 
@@ -104,7 +112,7 @@ def _voting_routes(router: APIRouter, arena: Arena) -> None:
         try:
             pair = dataclasses.replace(arena.generate_pair(body.prompt, body.duration_s), left="a")
         except Busy as e:
-            return _error(503, str(e))
+            return _error(503, str(e), retry_after_s=30)
         except UserError as e:
             return _error(400, str(e))
         return {
@@ -143,12 +151,10 @@ def _info_routes(router: APIRouter, arena: Arena) -> None:
     @router.get("/clips/{name}")
     def clip(name: str):
         clip_id = name[:-4] if name.endswith(".wav") else name
-        try:
-            path = arena.store.clip_path(clip_id)  # validates: 64 hex digits, so never a path outside
+        try:  # 64 hex digits, a regular file inside the clips dir: never a symlink or a path outside
+            path = arena.store.clip_file(clip_id)
         except UserError as e:
             return _error(404, str(e))
-        if not path.is_file():
-            return _error(404, f"no clip {clip_id}")
         return FileResponse(path, media_type="audio/wav", filename=f"{clip_id}.wav")
 
     @router.get("/leaderboard")

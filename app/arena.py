@@ -23,7 +23,7 @@ from typing import Callable, Protocol, Sequence
 from musicrl.app.tokens import Signer, Ticket, decode_ticket, encode_ticket, new_id, session_from_cookie
 from musicrl.errors import UserError
 from musicrl.votes.leaderboard import Leaderboard, leaderboard
-from musicrl.votes.store import MAX_LISTEN_MS, ClipRecord, Vote, VoteStore, model_key, vote_pairs
+from musicrl.votes.store import MAX_LISTEN_MS, ClipRecord, Vote, VoteStore, clean_text, model_key, vote_pairs
 
 CLOCK_SLACK_S = 0.25  # clock differences between replicas, when a vote is checked against its pair's age
 
@@ -178,12 +178,15 @@ class Arena:
 
     # -- requests -------------------------------------------------------------------------------
     def check_request(self, prompt: str | None, duration_s: float | None) -> tuple[str, float]:
-        prompt = (prompt or "").strip()
+        prompt = clean_text(prompt or "", "prompt").strip()
         if not prompt:
             raise UserError("Type a prompt first (or pick an example).")
         if len(prompt) > self.config.max_prompt_chars:
             raise UserError(f"The prompt is {len(prompt)} characters; the limit is {self.config.max_prompt_chars}.")
-        d = self.config.default_duration_s if duration_s is None else float(duration_s)
+        try:
+            d = self.config.default_duration_s if duration_s is None else float(duration_s)
+        except (TypeError, ValueError, OverflowError):  # e.g. an integer too large for a float
+            raise UserError(f"Duration must be a number of seconds, got {str(duration_s)[:40]}") from None
         if not 0.5 <= d <= self.max_duration_s:
             raise UserError(f"Duration must be between 0.5 and {self.max_duration_s:g} seconds, got {d:g}.")
         return prompt, d

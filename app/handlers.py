@@ -17,7 +17,7 @@ import pandas as pd
 from musicrl.app.arena import Arena, Busy, Listening, Pair
 from musicrl.app.tokens import SESSION_COOKIE, new_id
 from musicrl.errors import UserError
-from musicrl.votes.store import CHOICES, model_key
+from musicrl.votes.store import CHOICES, StoreUnavailable, model_key
 
 # Each vote choice's button label and how the reveal names it. The buttons "a"/"b" are screen slots
 # (left/right clip); the handler maps them to the canonical clip a/b. Ordered as the store's CHOICES,
@@ -106,13 +106,14 @@ class Handlers:
     def on_generate(self, prompt, duration, s: UiSession, request: gr.Request):
         try:
             pair = self.arena.generate_pair(prompt, duration)
-        except (UserError, Busy) as e:
+            paths = [str(self.arena.store.clip_file(pair.clip(k).id)) for k in "ab"]  # never a planted link
+        except (UserError, Busy, StoreUnavailable) as e:
             raise _ui_error(e) from None
         cookies = getattr(request, "cookies", None) or {}  # a dict, or gradio's dict-like Obj (no .get)
         cookie = cookies[SESSION_COOKIE] if SESSION_COOKIE in cookies else None
         s.session = self.arena.session_from_cookie(cookie) or s.session
         s.pair, s.listening, s.vote_id, s.rated = pair, Listening(), None, set()
-        paths = [str(pair.clip(s.key(slot)).path) for slot in "AB"]
+        paths = paths if pair.left == "a" else paths[::-1]  # screen order: left, right
         return *paths, None, None, "", *self.gate(s)
 
     def on_vote(self, screen_choice: str) -> Callable:
@@ -131,7 +132,7 @@ class Handlers:
                 raise gr.Error("Listen to both clips before voting.", print_exception=False)
             try:
                 vote_id = self._record(s, screen_choice, got, {"A": rating_a, "B": rating_b})
-            except UserError as e:
+            except (UserError, StoreUnavailable) as e:
                 raise _ui_error(e) from None
             reveal = [f"### Revealed — you chose **{reveal_word}** (vote #{vote_id})"]
             for slot in "AB":
@@ -161,8 +162,13 @@ class Handlers:
 
     # -- leaderboard -----------------------------------------------------------------------------
     def leaderboard_outputs(self):
-        """(note, ratings table, win-rate matrix) for the Leaderboard tab."""
-        lb = self.arena.leaderboard()
+        """(note, ratings table, win-rate matrix) for the Leaderboard tab; a database that cannot
+        serve now is said in the note (so a vote already stored still shows its reveal)."""
+        try:
+            lb = self.arena.leaderboard()
+        except StoreUnavailable as e:
+            empty = pd.DataFrame(columns=list(LB_COLUMNS))
+            return f"The leaderboard is unavailable right now: {e}", empty, pd.DataFrame(columns=["model"])
         table = pd.DataFrame(lb.table(), columns=list(LB_COLUMNS))
         rows = []
         for i, m in enumerate(lb.models):
@@ -189,7 +195,7 @@ class Handlers:
             try:
                 self.arena.check_admin(secret)
                 return action()
-            except (PermissionError, UserError) as e:
+            except (PermissionError, UserError, StoreUnavailable) as e:
                 raise _ui_error(e) from None
 
         return run

@@ -31,10 +31,11 @@ import gradio as gr
 
 from musicrl.app.api import api_router, validation_error
 from musicrl.app.arena import Arena, ArenaConfig, GeneratorLike
+from musicrl.app.guards import HiddenRoutes, http_error, internal_error, store_unavailable
 from musicrl.app.handlers import Handlers
 from musicrl.app.layout import build_blocks
 from musicrl.app.tokens import SessionMiddleware
-from musicrl.votes.store import SECRET_FILE, VoteStore
+from musicrl.votes.store import SECRET_FILE, StoreUnavailable, VoteStore
 
 CSS = ".musicrl-vote button { min-height: 3em; font-size: 1.05em; }"
 
@@ -84,19 +85,30 @@ def build_app(
     return demo
 
 
-def create_server(blocks: gr.Blocks):
-    """A FastAPI app: the JSON API under /api and the Gradio UI at /, serving files only from the clips dir."""
+def create_server(blocks: gr.Blocks, *, expose_api_docs: bool = False, monitoring: bool = False):
+    """A FastAPI app: the JSON API under /api and the Gradio UI at /, serving files only from the clips dir.
+
+    `expose_api_docs`: Gradio's API description (/gradio_api/info, /gradio_api/openapi.json, the
+    "view API" footer link) and this API's own (/api/openapi.json, /api/docs); `monitoring`:
+    Gradio's monitoring dashboard (/monitoring). Both 404 unless asked for (`musicrl.app.guards`).
+    """
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from gradio.utils import get_upload_folder, is_in_or_equal
 
     arena: Arena = blocks.musicrl_arena
     store = arena.store
-    app = FastAPI(title="musicrl arena", docs_url=None, redoc_url=None, openapi_url=None)
+    docs_url, openapi_url = ("/api/docs", "/api/openapi.json") if expose_api_docs else (None, None)
+    app = FastAPI(title="musicrl arena", docs_url=docs_url, redoc_url=None, openapi_url=openapi_url)
     app.include_router(api_router(arena))
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(StoreUnavailable, store_unavailable)
+    app.add_exception_handler(Exception, internal_error)
     app.add_middleware(SessionMiddleware, signer=arena.session_signer)
+    app.add_middleware(HiddenRoutes, expose_api_docs=expose_api_docs, monitoring=monitoring)
     clips = store.clips_dir
     clips.mkdir(parents=True, exist_ok=True)
     blocked = [str(store.data_dir / SECRET_FILE)]
@@ -109,25 +121,28 @@ def create_server(blocks: gr.Blocks):
         path="/",
         allowed_paths=[str(clips)],
         blocked_paths=blocked,
-        footer_links=["gradio"],
+        footer_links=["api", "gradio"] if expose_api_docs else ["gradio"],
+        enable_monitoring=monitoring,
         ssr_mode=False,
         css=CSS,
     )
 
 
-def serve(blocks: gr.Blocks, host: str = "127.0.0.1", port: int = 7860) -> None:
+def serve(blocks: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, **options) -> None:
+    """Serve with uvicorn; `options` go to `create_server` (expose_api_docs, monitoring)."""
     import uvicorn
 
-    uvicorn.run(create_server(blocks), host=host, port=port, log_level="warning")
+    uvicorn.run(create_server(blocks, **options), host=host, port=port, log_level="warning")
 
 
 class RunningServer:
     """An app served by uvicorn on a background thread (tests, load tests). `port=0`: a free port."""
 
-    def __init__(self, blocks: gr.Blocks, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, blocks: gr.Blocks, host: str = "127.0.0.1", port: int = 0, **options):
         import uvicorn
 
-        self._server = uvicorn.Server(uvicorn.Config(create_server(blocks), host=host, port=port, log_level="warning"))
+        app = create_server(blocks, **options)
+        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, name="musicrl-app", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 30
@@ -150,5 +165,5 @@ class RunningServer:
         self.close()
 
 
-def start_server(blocks: gr.Blocks, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
-    return RunningServer(blocks, host, port)
+def start_server(blocks: gr.Blocks, host: str = "127.0.0.1", port: int = 0, **options) -> RunningServer:
+    return RunningServer(blocks, host, port, **options)

@@ -9,6 +9,8 @@ the highest `checkpoints/step-N`), checked every --reload-every seconds and swap
 generations; the new weights rate as a new `RUN@version` row on the leaderboard. Admin actions
 (model list, reload now, export) need MUSICRL_ADMIN_SECRET in the environment. Pair tokens and
 session cookies are signed with the store secret: replicas on one database share MUSICRL_SALT.
+Gradio's API description and monitoring routes are off (404) unless --expose-api-docs / --monitoring.
+A damaged SQLite database (PRAGMA quick_check) stops the app before it serves.
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--examples", metavar="FILE",
                    help="example prompts: a file, one per line, or a packaged list (examples, tiny-examples; "
                         "default: tiny-examples when the tiny world is served, else examples)")  # fmt: skip
+    p.add_argument("--db-lock-timeout", type=float, default=3.0, metavar="S",
+                   help="seconds a write waits for a database lock held elsewhere before the request is "
+                        "answered 503 with Retry-After (default 3)")  # fmt: skip
+    p.add_argument("--expose-api-docs", action="store_true",
+                   help="serve Gradio's API description (/gradio_api/info, /gradio_api/openapi.json, 'view API') "
+                        "and /api/openapi.json, /api/docs (default: 404)")  # fmt: skip
+    p.add_argument("--monitoring", action="store_true", help="serve Gradio's monitoring dashboard at /monitoring (default: 404)")
     p.add_argument("--duration", type=float, default=None,
                    help="clip length the prompt box starts at, s (default 4 for the tiny world, its training length; else 5)")  # fmt: skip
 
@@ -120,6 +129,8 @@ def prepare(args: argparse.Namespace):
         raise UserError(f"--port must be 1..65535, got {args.port}")
     if not 0 < args.token_ttl <= 7 * 24 * 3600:
         raise UserError(f"--token-ttl must be in (0, 604800] s (a week at most), got {args.token_ttl:g}")
+    if not 0 < args.db_lock_timeout <= 600:
+        raise UserError(f"--db-lock-timeout must be in (0, 600] s, got {args.db_lock_timeout:g}")
     if not args.reload_every >= 0:
         raise UserError(f"--reload-every must be >= 0 s (0 = off), got {args.reload_every}")
     apply_threads(args.threads)
@@ -138,7 +149,7 @@ def prepare(args: argparse.Namespace):
     from musicrl.votes.store import VoteStore
 
     quiet_transformers()
-    store = VoteStore(db, data_dir)
+    store = VoteStore(db, data_dir, lock_timeout_s=args.db_lock_timeout)
     device = resolve_device(args.device)
     served = model_set(models, models_dirs, device)
     generators = served.refresh(strict=True)
@@ -173,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"checking for new checkpoints / weights every {args.reload_every:g} s")
         poller.start()
     try:
-        serve(demo, host=args.host, port=args.port)
+        serve(demo, host=args.host, port=args.port, expose_api_docs=args.expose_api_docs, monitoring=args.monitoring)
     finally:
         if poller is not None:
             poller.stop()

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from musicrl.votes.schema import existing_db_url
-    from musicrl.votes.store import VoteStore
+    from musicrl.votes.store import StoreUnavailable, VoteStore
 
     existing_db_url(args.db)  # reading: a missing SQLite file is an error, not a new empty store
     store = VoteStore(args.db, args.data_dir)
@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {n} votes to {args.out} ({args.format})")
             return 0
         return _stats(store, args)
+    except StoreUnavailable as e:  # locked, full or unreachable: one line, like any other error
+        raise UserError(str(e)) from None
     finally:
         store.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -50,3 +51,14 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(dfd)  # the rename itself is durable
     finally:
         os.close(dfd)
+
+
+def regular_file_in(path: Path, root: Path) -> bool:
+    """`path` is a regular file, not a symlink, whose real location is inside `root`'s (so neither
+    it nor a directory on the way was swapped for a link to somewhere else)."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))

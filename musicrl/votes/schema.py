@@ -8,6 +8,11 @@ One vote per served pair: `votes.pair_id` is the id the app gives each pair it s
 partial unique index admits one first vote (a row with no `supersedes`) per pair id, so the
 database itself refuses a replay, whichever app process or replica receives it. A database made
 before that column existed gets it (and the index) on open; its older rows have no pair id.
+
+Failing cleanly: a SQLite file that fails `PRAGMA quick_check` is refused at open (one line); a
+statement waits at most the lock timeout for a lock held by another connection (SQLite
+busy_timeout, PostgreSQL lock_timeout); `unavailable` turns a locked, full, lost or damaged
+database into `StoreUnavailable` (one line, no SQL or path), which the app answers with a 503.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, SQLAlchemyError
 
 from musicrl.errors import UserError
 from musicrl.votes.choices import CHOICES, SIDES, sql_in
@@ -162,13 +167,46 @@ def existing_db_url(url: str) -> URL:
     return u
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")  # a COMMIT survives power loss, not only a crash
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
+DEFAULT_LOCK_TIMEOUT_S = 3.0  # a write waits this long for a lock; a write takes ms, so this is a real lock
+
+
+class StoreUnavailable(Exception):
+    """The database cannot serve now (locked, full, connection lost, damaged): one line, no SQL or
+    path; the app answers 503 with `Retry-After: retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int = 5):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def unavailable(e: SQLAlchemyError) -> StoreUnavailable | None:
+    """The `StoreUnavailable` a database error means, or None for an error of the request itself
+    (an integrity or data error: the caller's to handle)."""
+    if isinstance(e, OperationalError):
+        text = str(getattr(e, "orig", e)).lower()
+        code = getattr(getattr(e, "orig", None), "sqlstate", None) or ""
+        if "locked" in text or "busy" in text or code in ("55P03", "57014", "40P01"):
+            return StoreUnavailable("the vote database is busy (locked by another connection); try again in a few seconds", 2)
+        if "full" in text or code == "53100":
+            return StoreUnavailable("the vote database cannot take writes (its disk is full); try again later", 60)
+        if e.connection_invalidated or code.startswith(("08", "57P")):
+            return StoreUnavailable("lost the connection to the vote database; try again in a few seconds", 5)
+        return StoreUnavailable("the vote database is unavailable; try again later", 30)
+    if type(e) is DatabaseError:  # SQLite: "database disk image is malformed", "file is not a database"
+        return StoreUnavailable("the vote database is damaged; the operator must restore it", 300)
+    return None
+
+
+def _sqlite_pragmas(lock_timeout_s: float):
+    def on_connect(dbapi_conn, _record) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")  # a COMMIT survives power loss, not only a crash
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={int(lock_timeout_s * 1000)}")
+        cur.close()
+
+    return on_connect
 
 
 def _first_line(e: BaseException) -> str:
@@ -176,20 +214,39 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def open_engine(u: URL) -> Engine:
-    """An engine on `u` with the tables created if missing; SQLite in WAL mode with synchronous=FULL."""
+def _quick_check(engine: Engine, shown: str) -> None:
+    """Refuse a damaged SQLite file (`PRAGMA quick_check`) before anything reads or writes it."""
+    with engine.connect() as conn:
+        problems = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise UserError(f"the vote database {shown} is corrupted (PRAGMA quick_check: {problems[0][:120]}); "
+                        "restore it from a backup")  # fmt: skip
+
+
+def open_engine(u: URL, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Engine:
+    """An engine on `u` with the tables created if missing; SQLite in WAL mode with synchronous=FULL,
+    checked by `PRAGMA quick_check`. A statement waits at most `lock_timeout_s` for a lock held by
+    another connection, then fails (`unavailable` makes that a 503), instead of hanging requests."""
+    if not 0 < lock_timeout_s <= 600:
+        raise UserError(f"the database lock timeout must be in (0, 600] s, got {lock_timeout_s}")
+    shown = u.render_as_string(hide_password=True)
     if u.get_backend_name() == "sqlite":
-        engine = create_engine(u, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        engine = create_engine(u, connect_args={"timeout": lock_timeout_s})
+        event.listen(engine, "connect", _sqlite_pragmas(lock_timeout_s))
     else:
-        engine = create_engine(u, pool_pre_ping=True)
+        options = f"-c lock_timeout={int(lock_timeout_s * 1000)}"
+        engine = create_engine(u, pool_pre_ping=True, connect_args={"options": options, "connect_timeout": 10})
     try:
+        if engine.dialect.name == "sqlite":
+            _quick_check(engine, shown)
         metadata.create_all(engine)
         _migrate(engine)
     except SQLAlchemyError as e:
         engine.dispose()
-        shown = u.render_as_string(hide_password=True)
         raise UserError(f"cannot open database {shown}: {_first_line(e)}") from e
+    except UserError:
+        engine.dispose()
+        raise
     return engine
 
 

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import secrets
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,17 +34,20 @@ from typing import Any, Iterable
 
 import numpy as np
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from musicrl.errors import UserError
 from musicrl.votes.choices import CHOICES, SIDES
-from musicrl.votes.files import wav_bytes, write_atomic
+from musicrl.votes.files import regular_file_in, wav_bytes, write_atomic
 from musicrl.votes.rows import EXPORT_FORMATS, export_votes
 from musicrl.votes.schema import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    StoreUnavailable,
     clips_table,
     open_engine,
     parse_db_url,
     ratings_table,
+    unavailable,
     votes_table,
 )
 
@@ -106,6 +110,19 @@ def _aware(t: datetime) -> datetime:
 def _check_clip_id(clip_id: object) -> None:
     if not isinstance(clip_id, str) or not _CLIP_ID.match(clip_id):
         raise UserError(f"not a clip id: {str(clip_id)[:80]!r}")
+
+
+def clean_text(value: object, what: str) -> str:
+    """`value` as text a database stores as it is: valid Unicode (no lone surrogates, which UTF-8
+    cannot encode) and no NUL (PostgreSQL refuses it); a one-line error otherwise."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"the {what} contains invalid Unicode (a lone surrogate)") from None
+    if "\x00" in text:
+        raise UserError(f"the {what} contains a NUL character")
+    return text
 
 
 def _is_int(x: object) -> bool:
@@ -215,7 +232,7 @@ class VoteStore:
     `data_dir` must exist; it may be None for read-only use (stats) that needs no files or salt.
     """
 
-    def __init__(self, url: str, data_dir: str | Path | None = None):
+    def __init__(self, url: str, data_dir: str | Path | None = None, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S):
         self._url = parse_db_url(url)
         if data_dir is not None:
             data_dir = Path(data_dir).expanduser().resolve()
@@ -223,7 +240,7 @@ class VoteStore:
                 raise UserError(f"data dir does not exist: {data_dir} (create it first)")
         self._data_dir: Path | None = data_dir
         self._salt: bytes | None = None
-        self._engine = open_engine(self._url)
+        self._engine = open_engine(self._url, lock_timeout_s)
 
     # -- plumbing -------------------------------------------------------------------------------
     @property
@@ -240,6 +257,18 @@ class VoteStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    @contextmanager
+    def _db(self, write: bool = False):
+        """A connection (`write`: a transaction, committed on leaving); a database that cannot serve
+        (locked, full, gone) raises `StoreUnavailable`, with no SQL or path in its message."""
+        try:
+            with (self._engine.begin() if write else self._engine.connect()) as conn:
+                yield conn
+        except SQLAlchemyError as e:
+            if (clean := unavailable(e)) is None:
+                raise
+            raise clean from e
 
     def _need_data_dir(self) -> Path:
         if self._data_dir is None:
@@ -260,12 +289,20 @@ class VoteStore:
         """The stored form of a session key: salted, so votes cannot be joined to people or IPs."""
         if not raw or not str(raw).strip():
             raise UserError("a vote needs a session key")
-        return hmac.new(self._secret(), str(raw).encode(), hashlib.sha256).hexdigest()[:32]
+        return hmac.new(self._secret(), clean_text(raw, "session key").encode(), hashlib.sha256).hexdigest()[:32]
 
     # -- clips ----------------------------------------------------------------------------------
     def clip_path(self, clip_id: str) -> Path:
         _check_clip_id(clip_id)
         return self.clips_dir / clip_id[:2] / f"{clip_id}.wav"
+
+    def clip_file(self, clip_id: str) -> Path:
+        """The clip's WAV, to serve: a regular file inside the clips dir, never a symlink or a file
+        whose real place is elsewhere (UserError: no such clip)."""
+        path = self.clip_path(clip_id)
+        if not regular_file_in(path, self.clips_dir):
+            raise UserError(f"no clip {clip_id}")
+        return path
 
     def add_clip(
         self,
@@ -279,24 +316,28 @@ class VoteStore:
         settings: dict | None = None,
     ) -> ClipRecord:
         """Store a clip: its WAV (atomically, first), then its row. Same audio -> same id, stored once."""
+        texts = [clean_text(x, what) for x, what in ((prompt, "prompt"), (model_id, "model id"), (model_version, "model version"))]
         data = wav_bytes(audio, sample_rate)
         clip_id = hashlib.sha256(data).hexdigest()
         path = self.clip_path(clip_id)
-        if not path.exists():
-            write_atomic(path, data)
+        if not regular_file_in(path, self.clips_dir):  # absent, or something planted there: (re)write it
+            try:
+                write_atomic(path, data)
+            except OSError as e:  # read-only, full or not a directory: the operator's to fix, said without a path
+                raise StoreUnavailable(f"the server cannot store clips right now ({e.strerror or 'write failed'})", 60) from e
         row = dict(
             id=clip_id,
             created_at=_utcnow(),
-            model_id=str(model_id),
-            model_version=str(model_version),
-            prompt=str(prompt),
+            model_id=texts[1],
+            model_version=texts[2],
+            prompt=texts[0],
             seed=int(seed),
             settings=_jsonable(settings),
             duration_s=float(np.asarray(audio).size / int(sample_rate)),
             sample_rate=int(sample_rate),
         )
         try:
-            with self._engine.begin() as conn:
+            with self._db(write=True) as conn:
                 if conn.execute(select(clips_table.c.id).where(clips_table.c.id == clip_id)).first() is None:
                     conn.execute(clips_table.insert().values(**row))
         except IntegrityError:
@@ -305,7 +346,7 @@ class VoteStore:
 
     def clip(self, clip_id: str) -> ClipRecord:
         _check_clip_id(clip_id)
-        with self._engine.connect() as conn:
+        with self._db() as conn:
             r = conn.execute(select(clips_table).where(clips_table.c.id == str(clip_id))).mappings().first()
         if r is None:
             raise UserError(f"unknown clip {str(clip_id)[:80]}")
@@ -348,7 +389,7 @@ class VoteStore:
         _check_vote_args(choice, left, clip_a, clip_b, listen_ms_a, listen_ms_b, supersedes, pair_id)
         session_hash = self.hash_session(session)
         try:
-            with self._engine.begin() as conn:
+            with self._db(write=True) as conn:
                 a, b = self._vote_clips(conn, clip_a, clip_b)
                 if supersedes is not None:
                     _check_correction(conn, int(supersedes), session_hash, {clip_a, clip_b}, pair_id)
@@ -374,7 +415,7 @@ class VoteStore:
                 vote_id = conn.execute(votes_table.insert().values(**values)).inserted_primary_key[0]
         except IntegrityError:
             if pair_id is not None and supersedes is None:  # another process stored this pair's vote first
-                with self._engine.connect() as conn:
+                with self._db() as conn:
                     if (first := _first_vote(conn, pair_id)) is not None:
                         raise AlreadyVoted(pair_id, first) from None
             raise
@@ -395,7 +436,7 @@ class VoteStore:
         if isinstance(rating, bool) or not isinstance(rating, (int, np.integer)) or not 1 <= rating <= 5:
             raise UserError(f"a rating is an integer from 1 to 5, got {rating!r}")
         self.clip(clip_id)
-        with self._engine.begin() as conn:
+        with self._db(write=True) as conn:
             rid = conn.execute(
                 ratings_table.insert().values(
                     created_at=_utcnow(),
@@ -409,7 +450,7 @@ class VoteStore:
 
     def votes(self, *, effective: bool = False, per_session_cap: int | None = None) -> list[Vote]:
         """All vote rows in id order; `effective=True` applies `effective_votes` (dedup, cap)."""
-        with self._engine.connect() as conn:
+        with self._db() as conn:
             rows = conn.execute(select(votes_table).order_by(votes_table.c.id)).mappings().all()
         out = [
             Vote(**{**dict(r), "id": int(r["id"]), "created_at": _aware(r["created_at"])})
@@ -420,7 +461,7 @@ class VoteStore:
         return out
 
     def ratings(self) -> list[dict]:
-        with self._engine.connect() as conn:
+        with self._db() as conn:
             rows = conn.execute(select(ratings_table).order_by(ratings_table.c.id)).mappings().all()
         return [{**dict(r), "created_at": _aware(r["created_at"])} for r in rows]
 
@@ -432,7 +473,7 @@ class VoteStore:
 
     def stats(self) -> dict:
         """Counts: clips, raw and effective votes, sessions, choices, votes per model, ratings."""
-        with self._engine.connect() as conn:
+        with self._db() as conn:
             n_clips = conn.execute(select(func.count()).select_from(clips_table)).scalar_one()
             n_ratings = conn.execute(select(func.count()).select_from(ratings_table)).scalar_one()
         raw = self.votes()
@@ -474,6 +515,7 @@ __all__ = [
     "AlreadyVoted",
     "SECRET_FILE",
     "ClipRecord",
+    "StoreUnavailable",
     "Vote",
     "VoteStore",
     "effective_votes",
