@@ -156,6 +156,15 @@ def test_lora_reference_is_the_adapter_free_model(tmp_path, random_musicgen_dir)
     torch.testing.assert_close(merged.log_probs(r.prompts, r.codes, tr.cfg.sampling), r.log_probs, atol=1e-4, rtol=0)
 
 
+def test_every_parameter_that_takes_a_gradient_is_one_the_optimizer_steps(tmp_path):
+    """The tiny LM's text (128 wide) reaches its decoder (192) through enc_to_dec_proj, outside the
+    decoder: it must not collect gradients that no optimizer ever applies."""
+    tr = make(tmp_path, "tiny")
+    assert tr.policy.model.enc_to_dec_proj is not None
+    grads = {id(p) for p in tr.policy.model.parameters() if p.requires_grad}
+    assert grads and grads == {id(p) for p in tr.trained}
+
+
 def test_train_modules_trains_only_the_named_modules(tmp_path, random_musicgen_dir):
     tr = make(tmp_path, random_musicgen_dir, train_modules=["encoder_attn"])
     before = decoder_params(tr)

@@ -83,6 +83,8 @@ class RLTrainer:
         self.reward = reward
         self.policy = policy or MusicGenPolicy.from_pretrained(cfg.model, device=self.device)
         self.policy.model.text_encoder.requires_grad_(False)  # only the LM is trained (as MusicGen)
+        if getattr(self.policy.model, "enc_to_dec_proj", None) is not None:  # text -> decoder width: frozen with the text
+            self.policy.model.enc_to_dec_proj.requires_grad_(False)  # (it was never stepped; now no gradient is made for it)
         if cfg.gradient_checkpointing:
             self.policy.model.decoder.gradient_checkpointing_enable()
         if cfg.lora_rank:
