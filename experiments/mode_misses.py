@@ -23,11 +23,16 @@ from musicrl.model.codec import Codec
 from musicrl.model.policy import MusicGenPolicy
 from musicrl.model.sampling import SamplingConfig
 from musicrl.tiny import synth
-from musicrl.tiny.attributes import _BASS_PRIOR, _KK_MAJOR, _KK_MINOR, _bass_chroma, _chroma, _key, _tonal_spectrum, estimate_mode
+from musicrl.tiny.attributes import (
+    _bass_chroma,
+    _chroma,
+    _tonal_spectrum,
+    best_key,
+    estimate_mode,
+    key_scores,
+)
 from musicrl.tiny.prompts import resolve_prompts
 from musicrl.train import evaluate as ev
-
-PROFILES = {"major": _KK_MAJOR, "minor": _KK_MINOR}
 
 
 def ceiling(codec: Codec, n: int) -> dict[int, float]:
@@ -46,11 +51,11 @@ def ceiling(codec: Codec, n: int) -> dict[int, float]:
 def miss_kind(audio: np.ndarray, sr: int, asked: str) -> str:
     """'hit', or the kind of miss: 'parallel', 'relative' or 'other'."""
     mag, freqs = _tonal_spectrum(audio, sr)
-    c, bass = _chroma(mag, freqs), _bass_chroma(mag, freqs)
-    tonic, mode = _key(c, bass)
+    scores = key_scores(_chroma(mag, freqs), _bass_chroma(mag, freqs))  # the estimator's own key scores
+    tonic, mode = best_key(scores)
     if mode == asked:
         return "hit"
-    best = int(np.argmax([np.corrcoef(c, np.roll(PROFILES[asked], t))[0, 1] + _BASS_PRIOR * bass[t] for t in range(12)]))
+    best = int(np.argmax(scores[asked]))
     relative = (best - tonic) % 12 == (9 if asked == "minor" else 3)
     return "parallel" if best == tonic else "relative" if relative else "other"
 
@@ -69,7 +74,7 @@ def main(argv=None) -> int:
     print(f"corpus clips through the codec, mode heard right ({args.corpus_clips} clips): {cells}")
     prompts = [p for p in resolve_prompts("synth-unseen", args.num_prompts, args.seed)[: args.num_prompts] if "mode" in synth.parse_prompt(p)]
     for name in args.models.split(","):
-        s = ev.generate(MusicGenPolicy.from_pretrained(name), prompts, 1, 4.0, SamplingConfig(top_k=250, guidance_scale=3.0), args.seed)
+        s = ev.generate(MusicGenPolicy.from_pretrained(name), prompts, 1, 4.0, SamplingConfig(), args.seed)  # musicrl eval's sampling
         kinds = Counter(miss_kind(a[0].float().numpy(), s.sample_rate, synth.parse_prompt(p)["mode"]) for p, a in zip(s.prompts, s.audio))
         print(f"{name}: {kinds['hit']} of {len(prompts)} clips in the asked mode; misses: parallel {kinds['parallel']}, "
               f"relative {kinds['relative']}, other {kinds['other']}")

@@ -44,12 +44,17 @@ def per_half_second(llr: torch.Tensor, frame_rate: float) -> list[float]:
     return [llr[:, i : i + step].sum(1).mean().item() for i in range(0, llr.shape[1], step)]
 
 
+def _mode_per_third(audio: np.ndarray, sr: int, mode: str) -> list[bool]:
+    """audio [S] of 6 s -> whether each 2 s third is heard in `mode`."""
+    n = 2 * sr
+    return [estimate_mode(audio[i * n : (i + 1) * n], sr) == mode for i in range(3)]
+
+
 def thirds(policy: MusicGenPolicy, prompts: list[str], seed: int) -> np.ndarray:
     """[P, 3] bool: does each 2 s third of a 6 s clip have the asked mode."""
-    s = ev.generate(policy, prompts, 1, 6.0, SamplingConfig(top_k=250, guidance_scale=3.0), seed)
-    n = 2 * s.sample_rate
-    return np.array([[estimate_mode(a[0, i * n : (i + 1) * n].float().numpy(), s.sample_rate) == synth.parse_prompt(p)["mode"]
-                      for i in range(3)] for p, a in zip(s.prompts, s.audio)])
+    s = ev.generate(policy, prompts, 1, 6.0, SamplingConfig(), seed)
+    return np.array([_mode_per_third(a[0].float().numpy(), s.sample_rate, synth.parse_prompt(p)["mode"])
+                     for p, a in zip(s.prompts, s.audio)])
 
 
 def corpus_thirds(codec: Codec, n: int) -> np.ndarray:
@@ -57,8 +62,7 @@ def corpus_thirds(codec: Codec, n: int) -> np.ndarray:
     out = []
     for e in synth.examples(n, duration_s=6.0, split="heldout"):
         a = codec.decode(codec.encode(torch.from_numpy(e.audio)[None, None]))[0, 0].numpy()
-        m = 2 * codec.sample_rate
-        out.append([estimate_mode(a[i * m : (i + 1) * m], codec.sample_rate) == e.attrs.mode for i in range(3)])
+        out.append(_mode_per_third(a, codec.sample_rate, e.attrs.mode))
     return np.array(out)
 
 
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
     prompts = [p for p in resolve_prompts("synth-unseen", args.prompts, args.seed)[: args.prompts] if "mode" in synth.parse_prompt(p)]
     for name in args.models.split(","):
         policy = MusicGenPolicy.from_pretrained(name)
-        own = ev.generate(policy, prompts[: args.clips], 1, 4.0, SamplingConfig(top_k=250, guidance_scale=3.0), args.seed)
+        own = ev.generate(policy, prompts[: args.clips], 1, 4.0, SamplingConfig(), args.seed)  # musicrl eval's sampling
         for what, caps, codes in (("corpus clips", [e.caption for e in corpus], corpus_codes), ("own clips", own.prompts, own.codes)):
             bins = per_half_second(mode_llr(policy, caps, codes), codec.frame_rate)
             print(f"{name}: {what}: mode log-likelihood ratio per 0.5 s (nats): {' '.join(f'{b:.2f}' for b in bins)}")

@@ -175,19 +175,27 @@ def _bass_chroma(mag: np.ndarray, freqs: np.ndarray) -> np.ndarray:
     return out / max(out.sum(), 1e-12)
 
 
-def _key(c: np.ndarray, bass: np.ndarray | None = None) -> tuple[int, str]:
-    """Best of the 24 keys: correlation of the chroma with the rotated Krumhansl-Kessler profile,
-    plus a nudge (_BASS_PRIOR x the bass's share of the tonic) that settles relative-key confusions
-    (C major vs A minor share their notes; the bass usually sits on the tonic)."""
+def key_scores(c: np.ndarray, bass: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """{'major' | 'minor': [12] score of each tonic}: correlation of the chroma with the rotated
+    Krumhansl-Kessler profile, plus a nudge (_BASS_PRIOR x the bass's share of the tonic) that settles
+    relative-key confusions (C major vs A minor share their notes; the bass usually sits on the tonic)."""
+    nudge = _BASS_PRIOR * bass if bass is not None else np.zeros(12)
+    return {mode: np.array([np.corrcoef(c, np.roll(profile, tonic))[0, 1] for tonic in range(12)]) + nudge
+            for mode, profile in (("major", _KK_MAJOR), ("minor", _KK_MINOR))}
+
+
+def best_key(scores: dict[str, np.ndarray]) -> tuple[int, str]:
+    """The best of the 24 keys in `key_scores`; the first in (major, minor) x tonic order on a tie."""
     best, best_r = (0, "major"), -np.inf
-    for mode, profile in (("major", _KK_MAJOR), ("minor", _KK_MINOR)):
-        for tonic in range(12):
-            r = np.corrcoef(c, np.roll(profile, tonic))[0, 1]
-            if bass is not None:
-                r += _BASS_PRIOR * bass[tonic]
-            if r > best_r:
-                best, best_r = (tonic, mode), r
+    for mode, r in scores.items():
+        tonic = int(np.argmax(r))
+        if r[tonic] > best_r:
+            best, best_r = (tonic, mode), r[tonic]
     return best
+
+
+def _key(c: np.ndarray, bass: np.ndarray | None = None) -> tuple[int, str]:
+    return best_key(key_scores(c, bass))
 
 
 def estimate_key(audio, sr: int) -> tuple[int, str]:
