@@ -433,7 +433,7 @@ class VoteStore:
 
     def add_rating(self, clip_id: str, rating: int, *, session: str, vote_id: int | None = None) -> int:
         """Append a 1-5 quality rating of one clip; returns its row id after COMMIT."""
-        if isinstance(rating, bool) or not isinstance(rating, (int, np.integer)) or not 1 <= rating <= 5:
+        if not (_is_int(rating) and 1 <= rating <= 5):
             raise UserError(f"a rating is an integer from 1 to 5, got {rating!r}")
         self.clip(clip_id)
         with self._db(write=True) as conn:
