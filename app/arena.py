@@ -229,6 +229,7 @@ class Arena:
             prompt=prompt,
             seed=clip.seed,
             settings=clip.settings,
+            codes=clip.codes,  # the tokens behind the audio, for preference optimisation from the votes (DPO)
         )
 
     def vote(

@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import pytest
+import soundfile as sf
+import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -21,6 +24,7 @@ from musicrl.app.arena import Listening  # noqa: E402
 from musicrl.app.server import build_app, start_server  # noqa: E402
 from musicrl.app.tokens import SESSION_COOKIE  # noqa: E402
 from musicrl.model.generator import Generator  # noqa: E402
+from musicrl.votes.files import read_codes  # noqa: E402
 from musicrl.votes.store import SECRET_FILE, VoteStore, model_key  # noqa: E402
 
 SECRET = "open-sesame"
@@ -69,6 +73,11 @@ def test_generate_serves_two_stored_clips_and_vote_reveals_after_commit(served):
     clips = [store.clip(c["id"]) for c in (a, b)]
     assert all(c.model_id == gen.model_id and c.model_version == gen.version for c in clips)
     assert clips[0].seed != clips[1].seed and clips[0].duration_s == pytest.approx(1.0, abs=0.05)
+    codes = [torch.as_tensor(read_codes(store.clip_codes(c.id))) for c in clips]  # each clip's tokens, beside its WAV
+    assert codes[0].shape == (gen.policy.num_codebooks, 50) and not torch.equal(codes[0], codes[1])
+    assert clips[0].settings["guidance_scale"] == 3.0  # and how they were sampled
+    heard = sf.read(clips[0].path, dtype="float32")[0]
+    np.testing.assert_allclose(heard, gen.policy.decode(codes[0][None])[0, 0].clamp(-1, 1).numpy(), atol=1e-3)  # 16-bit PCM
     wav = client.get(a["url"])
     assert wav.status_code == 200 and wav.content[:4] == b"RIFF" and wav.content == clips[0].path.read_bytes()
     assert "model" not in json.dumps(g)  # blind: nothing in the answer names the model

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from musicrl.cli import main
 
@@ -28,6 +29,14 @@ def test_generate_writes_wavs_and_sidecars(random_musicgen_dir, tmp_path, capsys
     assert sr == 16000 and audio.shape == (8000,) and np.isfinite(audio).all()
     meta = json.loads(wavs[0].with_suffix(".json").read_text())
     assert meta["prompt"] == "fast bright chiptune lead" and meta["seed"] == 5 and meta["guidance_scale"] == 3.0
+    # the tokens beside the WAV decode to its audio
+    from musicrl.model.policy import MusicGenPolicy
+    from musicrl.votes.files import read_codes
+
+    codes = read_codes(out / meta["codes"])
+    assert meta["codes"] == "fast-bright-chiptune-lead-seed5.codes.npy" and codes.shape == (4, 25)
+    decoded = MusicGenPolicy.from_pretrained(str(random_musicgen_dir)).decode(torch.as_tensor(codes)[None])[0, 0]
+    np.testing.assert_allclose(audio, np.clip(decoded.numpy(), -1, 1), atol=1 / 32767 + 1e-6)
     # the same seed gives the same clip
     main(["generate", "fast bright chiptune lead", "--model", str(random_musicgen_dir), "--duration", "0.5",
           "--seed", "6", "--out", str(tmp_path / "again")])  # fmt: skip

@@ -128,6 +128,9 @@ def test_votes_on_a_models_samples_are_judged_from_the_audio(tmp_path, random_mu
     assert len(rows) == 4 and len({r["prompt"] for r in rows}) == 4  # one pair per prompt of 2 clips
     audio, sr = sf.read(out / rows[0]["clip_a"])
     assert sr == 16_000 and len(audio) == 8_000  # the model's 0.5 s, decoded by its codec
+    from musicrl.votes.files import read_codes
+
+    assert read_codes(out / rows[0]["codes_a"]).shape == (4, 25) and rows[0]["settings_b"]["guidance_scale"] == 3.0
     summary = json.loads((out / "simulation.json").read_text())
     assert summary["clips_from"] == "model" and summary["keep_prob"] is None
 

@@ -281,6 +281,32 @@ def test_hf_export_is_a_self_contained_directory(tmp_path):
         store.export(out, fmt="hf")
 
 
+def test_stored_codes_round_trip_through_both_exports(tmp_path):
+    from musicrl.votes.files import read_codes
+    from musicrl.votes.rows import load_votes
+
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
+    codes = np.random.default_rng(0).integers(0, 2048, size=(4, 50))
+    a = store.add_clip(_tone(200), 16000, model_id="m", model_version="v", prompt="calm piano", seed=3,
+                       settings={"temperature": 1.0, "top_k": 250, "top_p": 0.0, "guidance_scale": 3.0, "duration_s": 1.0},
+                       codes=codes)  # fmt: skip
+    b = store.add_clip(_tone(300), 16000, model_id="m", model_version="v", prompt="calm piano", seed=4)  # an old clip: no codes
+    assert store.clip_codes(a.id) == a.path.with_name(f"{a.id}.codes.npy") and store.clip_codes(b.id) is None
+    store.record_vote(clip_a=a.id, clip_b=b.id, choice="a", session="s")
+    store.export(tmp_path / "votes.jsonl")
+    store.export(tmp_path / "ds", fmt="hf")
+    row = json.loads((tmp_path / "ds" / "train.jsonl").read_text())
+    assert row["codes_a"] == f"clips/{a.id}.codes.npy" and row["codes_b"] is None
+    assert row["settings_a"]["guidance_scale"] == 3.0 and row["settings_b"] is None
+    for source in (tmp_path / "votes.jsonl", tmp_path / "ds" / "train.jsonl", f"sqlite:///{tmp_path}/votes.db"):
+        (v,) = load_votes(source)
+        np.testing.assert_array_equal(read_codes(v.codes_a), codes)
+        assert v.codes_b is None and v.settings_a["top_k"] == 250 and v.settings_b is None
+    (tmp_path / "ds" / row["codes_a"]).unlink()  # a codes file an export names but lacks: one line
+    with pytest.raises(UserError, match="clip file missing"):
+        load_votes(tmp_path / "ds" / "train.jsonl")
+
+
 def test_bad_input_is_one_line_user_error(tmp_path):
     cases = [
         (lambda: VoteStore("not a url", tmp_path), "malformed database URL"),

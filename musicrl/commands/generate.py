@@ -1,4 +1,4 @@
-"""`musicrl generate`: text prompt -> WAV files plus a JSON sidecar each."""
+"""`musicrl generate`: text prompt -> WAV files, each with its codes [K, T] (`.codes.npy`) and a JSON sidecar."""
 
 from __future__ import annotations
 
@@ -25,8 +25,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_threads(p)
 
 
-
-
 def run(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise UserError("the prompt is empty")
@@ -37,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     out = writable_dir(args.out)
 
-
     from musicrl.audio import write_wav
+    from musicrl.votes.files import CODES_SUFFIX, codes_bytes, write_atomic
     from musicrl.model.generator import Generator
     from musicrl.logs import quiet_transformers
 
@@ -52,9 +50,11 @@ def run(args: argparse.Namespace) -> int:
     for clip in clips:
         stem = out / f"{_slug(args.prompt)}-seed{clip.seed}"
         write_wav(stem.with_suffix(".wav"), clip.audio, clip.sample_rate)
+        codes = stem.with_name(stem.name + CODES_SUFFIX)  # the tokens, for training on this clip later
+        write_atomic(codes, codes_bytes(clip.codes))
         meta = {
             "prompt": args.prompt, "model": args.model, "model_version": gen.version, "seed": clip.seed,
-            "sample_rate": clip.sample_rate, **clip.settings,
+            "sample_rate": clip.sample_rate, **clip.settings, "codes": codes.name,
         }  # fmt: skip
         stem.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
         print(stem.with_suffix(".wav"))

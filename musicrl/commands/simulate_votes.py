@@ -63,6 +63,7 @@ def model_clips(model: str, duration_s: float, guidance: float, device: str):
     def generate(prompt: str, n: int, seed: int) -> list[Clip]:
         codes = sampler.sample([prompt], n, duration_s, sampling=cfg, seed=seed).codes
         audio = policy.decode(codes)[:, 0].float().cpu().numpy()  # [n, S]
-        return [Clip(a, policy.sample_rate) for a in audio]
+        settings = {**cfg.to_dict(), "duration_s": duration_s}
+        return [Clip(a, policy.sample_rate, seed + i, settings, c) for i, (a, c) in enumerate(zip(audio, codes.cpu().numpy()))]
 
     return generate

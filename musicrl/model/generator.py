@@ -25,6 +25,7 @@ class Clip:
     sample_rate: int
     seed: int | None = None  # the sampling seed, for generated clips
     settings: dict = field(default_factory=dict)  # temperature, top_k, top_p, guidance_scale, duration_s
+    codes: np.ndarray | None = None  # int64 [K, T]: the tokens the audio was decoded from (generated clips)
 
 
 def weights_version(model: torch.nn.Module) -> str:
@@ -67,4 +68,5 @@ class Generator:
         )
         audio = self.policy.decode(rollout.codes)[:, 0].float().cpu().numpy()  # [N, S]
         info = {**sampling.to_dict(), "duration_s": float(duration_s)}
-        return [Clip(a, self.sample_rate, int(s), dict(info)) for a, s in zip(audio, rollout.seeds.tolist())]
+        codes = rollout.codes.cpu().numpy()  # [N, K, T]
+        return [Clip(a, self.sample_rate, int(s), dict(info), c) for a, s, c in zip(audio, rollout.seeds.tolist(), codes)]

@@ -231,7 +231,7 @@ def simulate_votes(n: int, raters, seed: int, out_dir: str | Path, *, duration_s
     drawn afresh), so clips differ both in how well they follow the prompt and in taste. With
     `generate(prompt, n, seed) -> list[Clip]` (a model's samples, attributes unknown) the clips are
     the model's instead, and raters hear them through `musicrl.tiny.attributes`, as MusicRL's raters
-    judged the model's own outputs. Every pair
+    judged the model's own outputs (their codes beside the WAVs, `codes_a`/`codes_b`). Every pair
     of a prompt's clips is voted on (a/b order random) until there are `n` votes. Rows: prompt,
     clip_a, clip_b (WAV paths relative to out_dir), choice, rater (voter index) and p_a (the panel's
     P(a) given no tie: what a perfect taste model predicts; null when every rater would tie).
@@ -240,6 +240,7 @@ def simulate_votes(n: int, raters, seed: int, out_dir: str | Path, *, duration_s
     from tqdm.auto import tqdm
 
     from musicrl.audio import write_wav
+    from musicrl.votes.files import CODES_SUFFIX, codes_bytes, write_atomic
 
     if n < 1:
         raise UserError(f"the number of votes must be >= 1, got {n}")
@@ -267,9 +268,14 @@ def simulate_votes(n: int, raters, seed: int, out_dir: str | Path, *, duration_s
                 audio = synth.render(attrs, duration_s, synth.SAMPLE_RATE, seed=int(rng.integers(2**31)))
                 clips.append(synth.Example(audio, prompt, attrs, 0))
         paths = [f"clips/p{g:05d}_{j}.wav" for j in range(clips_per_prompt)]
-        for rel, c in zip(paths, clips):
+        tokens = [{} for _ in clips]  # a model's clips: their codes file and sampling settings
+        for rel, c, t in zip(paths, clips, tokens):
             clip, _ = as_clip(c)
             write_wav(out / rel, clip.audio, clip.sample_rate)
+            if clip.codes is not None:
+                t["codes"] = rel.removesuffix(".wav") + CODES_SUFFIX
+                write_atomic(out / t["codes"], codes_bytes(clip.codes))
+                t["settings"] = clip.settings or None
         heard = [perceive(c) for c in clips]
         pairs = list(itertools.combinations(range(clips_per_prompt), 2))
         for k in rng.permutation(len(pairs)):
@@ -281,7 +287,8 @@ def simulate_votes(n: int, raters, seed: int, out_dir: str | Path, *, duration_s
             if q is not None:
                 num, den = num + w * max(q, 1 - q), den + w
             rows.append({"prompt": prompt, "clip_a": paths[i], "clip_b": paths[j], "choice": choice,
-                         "rater": who, "p_a": q})
+                         "rater": who, "p_a": q, **{f"{k}_{side}": v for side, x in zip("ab", (i, j))
+                                                   for k, v in tokens[x].items()}})  # fmt: skip
             bar.update(1)
     bar.close()
     path = out / "votes.jsonl"

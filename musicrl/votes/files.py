@@ -1,5 +1,6 @@
-"""Durable files of the vote store: clip WAV bytes (deterministic, so their hash is a content id) and
-atomic writes (temp file, fsync, rename, fsync of the directory), so no reader sees a partial file."""
+"""Durable files of the vote store: clip WAV bytes (deterministic, so their hash is a content id), a
+clip's codec tokens (`CODES_SUFFIX`, a NumPy .npy file beside its WAV) and atomic writes (temp file,
+fsync, rename, fsync of the directory), so no reader sees a partial file."""
 
 from __future__ import annotations
 
@@ -31,6 +32,30 @@ def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, pcm, int(sample_rate), format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+CODES_SUFFIX = ".codes.npy"  # clips/ab/<id>.wav -> clips/ab/<id>.codes.npy: the tokens it was decoded from
+
+
+def codes_bytes(codes) -> bytes:
+    """A clip's codes [K, T] (integers >= 0) -> the bytes of an int32 .npy file (no pickle)."""
+    c = np.asarray(codes)
+    if c.ndim != 2 or c.size == 0 or not np.issubdtype(c.dtype, np.integer) or c.min() < 0 or c.max() >= 2**31:
+        raise UserError(f"a clip's codes are non-negative integers of shape [K, T], got {c.dtype} {tuple(c.shape)}")
+    buf = io.BytesIO()
+    np.save(buf, c.astype(np.int32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def read_codes(path: str | os.PathLike) -> np.ndarray:
+    """The codes [K, T] (int64) of a .npy file written by `codes_bytes`; one-line error if unreadable."""
+    try:
+        c = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read codes file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if c.ndim != 2 or not np.issubdtype(c.dtype, np.integer):
+        raise UserError(f"codes file {path} holds {c.dtype} {tuple(c.shape)}, not integer codes [K, T]")
+    return c.astype(np.int64)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

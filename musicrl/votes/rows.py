@@ -5,7 +5,10 @@ lists built here and never open a database themselves.
 
 Vote files: one JSON object a line with prompt, clip_a, clip_b and choice (clip paths absolute or
 relative to the file's directory); the other columns `export_votes` writes, and those of
-`musicrl.tiny.simulate` (rater, p_a), are understood, any other column is an error.
+`musicrl.tiny.simulate` (rater, p_a), are understood, any other column is an error. Among them
+codes_a / codes_b: each clip's codes [K, T] (`musicrl.votes.files.CODES_SUFFIX`, a path like the
+clip's; null for a clip stored without them) and settings_a / settings_b: the sampling settings it
+was generated with (temperature, top_k, top_p, guidance_scale, duration_s; null when unknown).
 Rating files: one {"audio": path, "rating": 1-5} a line (plus the ratings table's own columns).
 A database URL (`sqlite:///votes.db`, `postgresql+psycopg://...`) gives its effective votes or its
 ratings, with clips from its data dir (by default a SQLite file's own directory).
@@ -22,7 +25,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from musicrl.errors import UserError
-from musicrl.votes.choices import CHOICES
+from musicrl.votes.choices import CHOICES, SIDES
+from musicrl.votes.files import CODES_SUFFIX
 
 EXPORT_FORMATS = ("jsonl", "hf")
 VOTE_COLUMNS = ("prompt", "clip_a", "clip_b", "choice")  # required in a vote file
@@ -30,7 +34,7 @@ VOTE_COLUMNS = ("prompt", "clip_a", "clip_b", "choice")  # required in a vote fi
 EXPORT_COLUMNS = (
     "vote_id", "created_at", "prompt", "clip_a", "clip_b", "clip_a_id", "clip_b_id", "model_a",
     "model_a_version", "model_b", "model_b_version", "left", "choice", "listen_ms_a", "listen_ms_b",
-    "session", "supersedes",
+    "session", "supersedes", "codes_a", "codes_b", "settings_a", "settings_b",
 )  # fmt: skip
 KNOWN_VOTE_COLUMNS = EXPORT_COLUMNS + ("rater", "p_a")  # + musicrl.tiny.simulate's
 RATING_COLUMNS = ("audio", "rating")
@@ -46,6 +50,10 @@ class VoteRow:
     clip_b: Path
     choice: str
     p_a: float | None = None  # simulated votes: the raters' true P(a) (no tie)
+    codes_a: Path | None = None  # the clip's codes [K, T] (.npy), when it was stored with them
+    codes_b: Path | None = None
+    settings_a: dict | None = None  # how the clip was sampled (temperature, top_k, top_p, guidance_scale, ...)
+    settings_b: dict | None = None
 
 
 class RatingRow(NamedTuple):
@@ -64,7 +72,7 @@ def load_votes(source: str | Path, data_dir: str | Path | None = None) -> list[V
     rows = _votes_from_db(source, data_dir) if "://" in source else _votes_from_jsonl(Path(source))
     if not rows:
         raise UserError(f"no votes in {source}")
-    _check_files(p for r in rows for p in (r.clip_a, r.clip_b))
+    _check_files(p for r in rows for p in (r.clip_a, r.clip_b, r.codes_a, r.codes_b) if p is not None)
     return rows
 
 
@@ -129,8 +137,17 @@ def _votes_from_jsonl(path: Path) -> list[VoteRow]:
             if not isinstance(d[c], str) or not d[c].strip():
                 raise UserError(f"{path}:{n}: {c} must be a non-empty string")
         p_a = d.get("p_a")
+        extra = {}
+        for side in SIDES:
+            codes, settings = d.get(f"codes_{side}"), d.get(f"settings_{side}")
+            if codes is not None and (not isinstance(codes, str) or not codes.strip()):
+                raise UserError(f"{path}:{n}: codes_{side} must be a path or null")
+            if settings is not None and not isinstance(settings, dict):
+                raise UserError(f"{path}:{n}: settings_{side} must be an object or null")
+            extra[f"codes_{side}"] = None if codes is None else path.parent / codes
+            extra[f"settings_{side}"] = settings
         rows.append(VoteRow(d["prompt"], path.parent / d["clip_a"], path.parent / d["clip_b"], d["choice"],
-                            None if p_a is None else float(p_a)))
+                            None if p_a is None else float(p_a), **extra))
     return rows
 
 
@@ -162,10 +179,25 @@ def _open_store(url: str, data_dir: str | Path | None):
 def _votes_from_db(url: str, data_dir: str | Path | None) -> list[VoteRow]:
     store = _open_store(url, data_dir)
     try:
-        return [VoteRow(v.prompt, store.clip_path(v.clip_a), store.clip_path(v.clip_b), v.choice)
-                for v in store.votes(effective=True)]
+        settings = _clip_settings(store)
+        return [VoteRow(v.prompt, store.clip_path(v.clip_a), store.clip_path(v.clip_b), v.choice,
+                        codes_a=store.clip_codes(v.clip_a), codes_b=store.clip_codes(v.clip_b),
+                        settings_a=settings(v.clip_a), settings_b=settings(v.clip_b))
+                for v in store.votes(effective=True)]  # fmt: skip
     finally:
         store.close()
+
+
+def _clip_settings(store):
+    """clip id -> its stored sampling settings (None when it has none), each clip read once."""
+    cache: dict[str, dict | None] = {}
+
+    def settings(clip_id: str) -> dict | None:
+        if clip_id not in cache:
+            cache[clip_id] = store.clip(clip_id).settings or None
+        return cache[clip_id]
+
+    return settings
 
 
 def _ratings_from_db(url: str, data_dir: str | Path | None) -> list[tuple[Path, float]]:
@@ -184,7 +216,7 @@ def export_votes(store, path: str | Path, fmt: str = "jsonl", per_session_cap: i
 
     jsonl: one JSON object per vote, clip paths absolute (under the store's data dir).
     hf: a self-contained directory: `train.jsonl` (clip paths relative to it), `clips/` (hard
-    links or copies of the WAVs), `dataset_info.json`; load it with
+    links or copies of the WAVs and of the codes files), `dataset_info.json`; load it with
     `datasets.load_dataset("json", data_files="DIR/train.jsonl")`.
     """
     from musicrl.votes.files import write_atomic
@@ -193,12 +225,13 @@ def export_votes(store, path: str | Path, fmt: str = "jsonl", per_session_cap: i
         raise UserError(f"unknown export format {str(fmt)[:40]!r}: expected one of {', '.join(EXPORT_FORMATS)}")
     path = Path(path).expanduser().resolve()
     votes = store.votes(effective=True, per_session_cap=per_session_cap)
+    settings = _clip_settings(store)
     if fmt == "jsonl":
         if not path.parent.is_dir():
             raise UserError(f"directory for the export does not exist: {path.parent}")
         if path.is_dir():
             raise UserError(f"export path is a directory: {path}")
-        write_atomic(path, _jsonl([_export_row(store, v, None) for v in votes]))
+        write_atomic(path, _jsonl([_export_row(store, v, None, settings) for v in votes]))
         return len(votes)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise UserError(f"export directory exists and is not empty: {path}")
@@ -206,12 +239,15 @@ def export_votes(store, path: str | Path, fmt: str = "jsonl", per_session_cap: i
         raise UserError(f"directory for the export does not exist: {path.parent}")
     (path / "clips").mkdir(parents=True, exist_ok=True)
     for c in {c for v in votes for c in (v.clip_a, v.clip_b)}:
-        dst = path / "clips" / f"{c}.wav"
-        try:
-            os.link(store.clip_path(c), dst)
-        except OSError:
-            shutil.copyfile(store.clip_path(c), dst)
-    write_atomic(path / "train.jsonl", _jsonl([_export_row(store, v, path) for v in votes]))
+        files = [(store.clip_path(c), path / "clips" / f"{c}.wav")]
+        if (codes := store.clip_codes(c)) is not None:
+            files.append((codes, path / "clips" / f"{c}{CODES_SUFFIX}"))
+        for src, dst in files:
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+    write_atomic(path / "train.jsonl", _jsonl([_export_row(store, v, path, settings) for v in votes]))
     write_atomic(path / "dataset_info.json", json.dumps(_hf_info(len(votes), per_session_cap), indent=2).encode())
     return len(votes)
 
@@ -224,6 +260,10 @@ def _hf_info(n: int, per_session_cap: int | None) -> dict:
     """`dataset_info.json` of an hf export of `n` votes."""
     ints = ("vote_id", "listen_ms_a", "listen_ms_b", "supersedes")
     features = {k: {"dtype": "int64" if k in ints else "string", "_type": "Value"} for k in EXPORT_COLUMNS} if n else {}
+    for k in ("settings_a", "settings_b"):  # a struct: the generation settings of the clip
+        if k in features:
+            features[k] = {"temperature": _FLOAT, "top_k": {"dtype": "int64", "_type": "Value"}, "top_p": _FLOAT,
+                           "guidance_scale": _FLOAT, "duration_s": _FLOAT}  # fmt: skip
     return {
         "description": "musicrl A/B votes (effective: the first blind vote of each pair; corrections and duplicates dropped)",
         "features": features,
@@ -233,12 +273,21 @@ def _hf_info(n: int, per_session_cap: int | None) -> dict:
     }
 
 
-def _export_row(store, v, rel_to: Path | None) -> dict:
-    """One exported vote; clip paths relative to an hf directory (`rel_to`) or absolute."""
+_FLOAT = {"dtype": "float64", "_type": "Value"}
+
+
+def _export_row(store, v, rel_to: Path | None, settings) -> dict:
+    """One exported vote; clip and codes paths relative to an hf directory (`rel_to`) or absolute."""
 
     def clip(c: str) -> str:
         return f"clips/{c}.wav" if rel_to is not None else str(store.clip_path(c))
 
+    def codes(c: str) -> str | None:
+        if (found := store.clip_codes(c)) is None:
+            return None
+        return f"clips/{c}{CODES_SUFFIX}" if rel_to is not None else str(found)
+
     values = {**vars(v), "vote_id": v.id, "created_at": v.created_at.isoformat(), "clip_a": clip(v.clip_a),
-              "clip_b": clip(v.clip_b), "clip_a_id": v.clip_a, "clip_b_id": v.clip_b}
+              "clip_b": clip(v.clip_b), "clip_a_id": v.clip_a, "clip_b_id": v.clip_b, "codes_a": codes(v.clip_a),
+              "codes_b": codes(v.clip_b), "settings_a": settings(v.clip_a), "settings_b": settings(v.clip_b)}
     return {k: values[k] for k in EXPORT_COLUMNS}

@@ -4,8 +4,9 @@ The database and its append-only tables are `musicrl.votes.schema`; what trainin
 store (and the export files) is `musicrl.votes.rows`. This API has no update or delete either, so a
 correction is a new vote row whose `supersedes` points at the vote it replaces.
 
-Durability: a clip's WAV is written atomically (temp file, fsync, rename, fsync dir) before its
-row; `record_vote` returns only after COMMIT (SQLite runs in WAL mode with synchronous=FULL), so
+Durability: a clip's WAV, and the codes [K, T] it was decoded from when the generator gives them
+(`<id>.codes.npy` beside `<id>.wav`), are written atomically (temp file, fsync, rename, fsync dir)
+before its row; `record_vote` returns only after COMMIT (SQLite runs in WAL mode with synchronous=FULL), so
 the UI may confirm a vote as soon as the call returns.
 
 Vote semantics: `clip_a`/`clip_b` are the canonical pair, `choice` (one of
@@ -38,7 +39,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from musicrl.errors import UserError
 from musicrl.votes.choices import CHOICES, SIDES
-from musicrl.votes.files import regular_file_in, wav_bytes, write_atomic
+from musicrl.votes.files import CODES_SUFFIX, codes_bytes, regular_file_in, wav_bytes, write_atomic
 from musicrl.votes.rows import EXPORT_FORMATS, export_votes
 from musicrl.votes.schema import (
     DEFAULT_LOCK_TIMEOUT_S,
@@ -296,6 +297,16 @@ class VoteStore:
         _check_clip_id(clip_id)
         return self.clips_dir / clip_id[:2] / f"{clip_id}.wav"
 
+    def codes_path(self, clip_id: str) -> Path:
+        """Where a clip's codes [K, T] live, beside its WAV (present for clips stored with codes)."""
+        _check_clip_id(clip_id)
+        return self.clips_dir / clip_id[:2] / f"{clip_id}{CODES_SUFFIX}"
+
+    def clip_codes(self, clip_id: str) -> Path | None:
+        """The clip's codes file, if it was stored with its codes (a regular file in the clips dir)."""
+        path = self.codes_path(clip_id)
+        return path if regular_file_in(path, self.clips_dir) else None
+
     def clip_file(self, clip_id: str) -> Path:
         """The clip's WAV, to serve: a regular file inside the clips dir, never a symlink or a file
         whose real place is elsewhere (UserError: no such clip)."""
@@ -314,17 +325,22 @@ class VoteStore:
         prompt: str,
         seed: int,
         settings: dict | None = None,
+        codes: np.ndarray | None = None,
     ) -> ClipRecord:
-        """Store a clip: its WAV (atomically, first), then its row. Same audio -> same id, stored once."""
+        """Store a clip: its WAV and, when given, the codes [K, T] it was decoded from (`codes_path`),
+        atomically, first; then its row. Same audio -> same id, stored once (its first codes kept)."""
         texts = [clean_text(x, what) for x, what in ((prompt, "prompt"), (model_id, "model id"), (model_version, "model version"))]
         data = wav_bytes(audio, sample_rate)
         clip_id = hashlib.sha256(data).hexdigest()
-        path = self.clip_path(clip_id)
-        if not regular_file_in(path, self.clips_dir):  # absent, or something planted there: (re)write it
-            try:
-                write_atomic(path, data)
-            except OSError as e:  # read-only, full or not a directory: the operator's to fix, said without a path
-                raise StoreUnavailable(f"the server cannot store clips right now ({e.strerror or 'write failed'})", 60) from e
+        files = [(self.clip_path(clip_id), data)]
+        if codes is not None:
+            files.append((self.codes_path(clip_id), codes_bytes(codes)))
+        for path, content in files:
+            if not regular_file_in(path, self.clips_dir):  # absent, or something planted there: (re)write it
+                try:
+                    write_atomic(path, content)
+                except OSError as e:  # read-only, full or not a directory: the operator's to fix, said without a path
+                    raise StoreUnavailable(f"the server cannot store clips right now ({e.strerror or 'write failed'})", 60) from e
         row = dict(
             id=clip_id,
             created_at=_utcnow(),
