@@ -7,6 +7,7 @@
 
 A checkpoint is written into a temporary directory and renamed, so a reader never sees half of one.
 Step numbers compare as integers, so step-10 is newer than step-9 however they are padded.
+The trainers (RL, DPO) write and read them through `save`, `write_final` and `load_state`/`restore_model`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # one file, or shards and their index
 TRAINER_STATE = "trainer_state.pt"
 INFO = "musicrl.json"  # step, config, reference, votes_hash: readable without torch
+INFO_KEYS = ("step", "config", "reference", "votes_hash")  # what the trainer state must hold, copied into INFO
 _STEP = re.compile(r"^step-(\d+)$")
 
 
@@ -84,3 +86,69 @@ def prune(out_dir: str | Path, keep: int) -> None:
     """Delete all but the `keep` newest step checkpoints."""
     for _, old in step_checkpoints(out_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def save(out_dir: str | Path, step: int, model, tokenizer, state: dict, keep: int) -> Path:
+    """Write `checkpoints/step-N` atomically: `model` (a MusicgenForConditionalGeneration; a peft
+    decoder is saved merged, so the checkpoint loads without peft) and `tokenizer` in transformers
+    format, `state` as trainer_state.pt and its INFO_KEYS as musicrl.json; then keep the `keep`
+    newest step checkpoints."""
+    import copy
+
+    import torch
+
+    final = step_dir(out_dir, step)
+    with atomic_dir(final) as tmp:
+        if hasattr(model.decoder, "merge_and_unload"):  # LoRA: merge into a copy; training keeps its adapters
+            peft_decoder = model.decoder
+            model.decoder = copy.deepcopy(peft_decoder).merge_and_unload()
+            try:
+                model.save_pretrained(tmp)
+            finally:
+                model.decoder = peft_decoder
+        else:
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(state, tmp / TRAINER_STATE)
+        (tmp / INFO).write_text(json.dumps({k: state[k] for k in INFO_KEYS}, indent=2))
+    prune(out_dir, keep)
+    return final
+
+
+def adapter_state(model) -> dict | None:
+    """The LoRA adapter tensors of a peft decoder (what `restore_model` needs on resume); None without LoRA."""
+    if not hasattr(model.decoder, "merge_and_unload"):
+        return None
+    return {k: v for k, v in model.decoder.state_dict().items() if "lora_" in k}
+
+
+def write_final(out_dir: str | Path, last: Path) -> Path:
+    """`out_dir/final`: the checkpoint `last` without its trainer state: the finished, servable model."""
+    with atomic_dir(final_dir(out_dir)) as tmp:
+        shutil.copytree(last, tmp, ignore=shutil.ignore_patterns(TRAINER_STATE), dirs_exist_ok=True)
+    return final_dir(out_dir)
+
+
+def load_state(path: Path, config: dict, device) -> dict:
+    """A checkpoint's trainer state, checked against the resuming run's config (only `steps` may change)."""
+    import torch
+
+    from musicrl.errors import UserError
+
+    state = torch.load(path / TRAINER_STATE, weights_only=False, map_location=device)
+    if {k: v for k, v in state["config"].items() if k != "steps"} != {k: v for k, v in config.items() if k != "steps"}:
+        raise UserError(f"{path} was written with another config (only `steps` may change on resume)")
+    return state
+
+
+def restore_model(model, path: Path, state: dict) -> None:
+    """Put a checkpoint's weights back into the training `model`: its LoRA adapters from the trainer
+    state, else every weight from the saved model."""
+    import torch
+    from transformers import MusicgenForConditionalGeneration
+
+    if state.get("decoder") is not None:
+        model.decoder.load_state_dict(state["decoder"], strict=False)
+    else:
+        saved = MusicgenForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+        model.load_state_dict(saved.state_dict())

@@ -11,7 +11,8 @@ One step, top to bottom (`RLTrainer.step`):
      exact over the full codebook at every step (the paper's) or the sampled estimator folded into
      the reward; gradient accumulation over micro-batches.
 The reference is a frozen copy of the initial policy, `reference` when given (MusicRL-RU: the R
-checkpoint), or, with LoRA, the same network with its adapters disabled (no second copy).
+checkpoint), or, with LoRA, the same network with its adapters disabled (no second copy); that set-up,
+the teacher-forced log-probs and the metrics log are `musicrl.train.tuning`, shared with DPO.
 
 All randomness of a step is derived from (seed, step), so `--resume` from a checkpoint continues
 exactly as the uninterrupted run would have.
@@ -19,14 +20,10 @@ exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
-import copy
-import csv
 import hashlib
 import json
-import math
-import shutil
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,6 +35,7 @@ from musicrl.errors import UserError
 from musicrl.train import checkpoints as ckpt
 from musicrl.model.device import resolve_device
 from musicrl.model.policy import MusicGenPolicy
+from musicrl.train import tuning
 from musicrl.train.rl_config import RLConfig
 
 
@@ -82,24 +80,7 @@ class RLTrainer:
             reward = build_reward(cfg.reward, self.device)
         self.reward = reward
         self.policy = policy or MusicGenPolicy.from_pretrained(cfg.model, device=self.device)
-        self.policy.model.text_encoder.requires_grad_(False)  # only the LM is trained (as MusicGen)
-        if getattr(self.policy.model, "enc_to_dec_proj", None) is not None:  # text -> decoder width: frozen with the text
-            self.policy.model.enc_to_dec_proj.requires_grad_(False)  # (it was never stepped; now no gradient is made for it)
-        if cfg.gradient_checkpointing:
-            self.policy.model.decoder.gradient_checkpointing_enable()
-        if cfg.lora_rank:
-            self._add_lora()
-            self.reference = None  # adapters disabled = reference
-        else:
-            if cfg.train_modules:  # freeze the rest of the decoder
-                chosen = {id(p) for m in self._chosen_modules().values() for p in m.parameters()}
-                for p in self.policy.model.decoder.parameters():
-                    p.requires_grad_(id(p) in chosen)
-            self.reference = reference or (
-                MusicGenPolicy.from_pretrained(cfg.reference, device=self.device) if cfg.reference
-                else copy.deepcopy(self.policy)
-            )  # fmt: skip
-            self.reference.requires_grad_(False)
+        self.reference = tuning.prepare_policy(self.policy, cfg, self.device, reference)  # None with LoRA: adapters off
         self.trained = [p for p in self.policy.model.decoder.parameters() if p.requires_grad]  # the model's (not the value head)
         self.ema = [p.detach().clone() for p in self.trained] if cfg.ema_decay else None
         self.value = ValueHead(self.policy.model.decoder.config.hidden_size).to(self.device) if cfg.baseline == "value" else None
@@ -113,27 +94,9 @@ class RLTrainer:
         else:
             self.sampler = self.policy
         self.votes_hash = cfg.votes_hash or _votes_hash_of(cfg.reward)
-        self._tb = None
+        self._log = tuning.MetricsLog(self.out)
 
     # ---- setup -------------------------------------------------------------------------------
-    def _chosen_modules(self) -> dict[str, nn.Module]:
-        """The decoder modules named by `train_modules` (exact name or '.'-suffix, as peft matches), by name."""
-        wanted = self.cfg.train_modules
-        found = {n: m for n, m in self.policy.model.decoder.named_modules() if any(n == w or n.endswith("." + w) for w in wanted)}
-        if not found:
-            raise UserError(f"train_modules {wanted} name no module of the decoder (e.g. 'encoder_attn', 'self_attn', 'fc1')")
-        return found
-
-    def _add_lora(self):
-        from peft import LoraConfig, get_peft_model
-
-        targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-        if self.cfg.train_modules:  # peft adapts Linear layers: those inside the chosen modules
-            chosen = self._chosen_modules()
-            targets = sorted({f"{n}.{sn}".rstrip(".") for n, m in chosen.items() for sn, sub in m.named_modules() if isinstance(sub, nn.Linear)})
-        lcfg = LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha, target_modules=targets, lora_dropout=0.0)
-        self.policy.model.decoder = get_peft_model(self.policy.model.decoder, lcfg)
-
     @contextmanager
     def ema_weights(self):
         """The EMA weights in place of the live ones inside the block; yields a copy of the live
@@ -151,16 +114,11 @@ class RLTrainer:
                 torch._foreach_copy_([p.data for p in self.trained], live)
 
     def _autocast(self):
-        if self.cfg.mixed_precision == "no" or self.device.type != "cuda":
-            return nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16 if self.cfg.mixed_precision == "bf16" else torch.float16)
+        return tuning.autocast(self.cfg.mixed_precision, self.device)
 
     def reference_distributions(self, prompts, codes) -> torch.Tensor:
-        with torch.no_grad(), self._autocast():
-            if self.reference is not None:
-                return self.reference.distributions(prompts, codes, self.cfg.sampling)
-            with self.policy.model.decoder.disable_adapter():
-                return self.policy.distributions(prompts, codes, self.cfg.sampling)
+        return tuning.reference_distributions(self.policy, self.reference, prompts, codes, self.cfg.sampling,
+                                              self.cfg.mixed_precision)  # fmt: skip
 
     def prompts_for(self, step: int) -> list[str]:
         rng = np.random.default_rng([self.cfg.seed, step])
@@ -220,9 +178,7 @@ class RLTrainer:
         cfg, pol = self.cfg, self.policy
         prompts, codes = roll.prompts[i:j], roll.codes[i:j]
         with self._autocast():
-            dist = pol.distributions(prompts, codes, cfg.sampling)  # [b, K, T, V]
-        dist = dist.float()
-        logp = dist.gather(-1, codes[..., None])[..., 0]  # [b, K, T]
+            dist, logp = tuning.teacher_forced(pol, prompts, codes, cfg.sampling)  # [b, K, T, V], [b, K, T]
         ratio = (logp - roll.log_probs[i:j]).exp()
         a = adv[i:j, None, None]
         pg = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)  # [b, K, T]
@@ -316,44 +272,19 @@ class RLTrainer:
             return self._save_checkpoint(step, live)
 
     def _save_checkpoint(self, step: int, live: list[torch.Tensor] | None) -> Path:
-        final = ckpt.step_dir(self.out, step)
-        with ckpt.atomic_dir(final) as tmp:
-            model = self.policy.model
-            if self.cfg.lora_rank:
-                peft_decoder = model.decoder
-                model.decoder = copy.deepcopy(peft_decoder).merge_and_unload()
-                try:
-                    model.save_pretrained(tmp)
-                finally:
-                    model.decoder = peft_decoder
-            else:
-                model.save_pretrained(tmp)
-            self.policy.tokenizer.save_pretrained(tmp)
-            state = {
-                "step": step, "config": asdict(self.cfg), "reference": self.cfg.reference or self.cfg.model,
-                "votes_hash": self.votes_hash, "optimizer": self.opt.state_dict(),
-                "decoder": {k: v for k, v in model.decoder.state_dict().items() if "lora_" in k} if self.cfg.lora_rank else None,
-                "value": self.value.state_dict() if self.value is not None else None,
-                "live": live,
-                "reward": self.reward.state_dict() if hasattr(self.reward, "state_dict") else None,
-            }  # fmt: skip
-            torch.save(state, tmp / ckpt.TRAINER_STATE)
-            info = {k: state[k] for k in ("step", "config", "reference", "votes_hash")}
-            (tmp / ckpt.INFO).write_text(json.dumps(info, indent=2))
-        ckpt.prune(self.out, self.cfg.keep_checkpoints)
-        return final
+        model = self.policy.model
+        state = {
+            "step": step, "config": asdict(self.cfg), "reference": self.cfg.reference or self.cfg.model,
+            "votes_hash": self.votes_hash, "optimizer": self.opt.state_dict(), "decoder": ckpt.adapter_state(model),
+            "value": self.value.state_dict() if self.value is not None else None,
+            "live": live,
+            "reward": self.reward.state_dict() if hasattr(self.reward, "state_dict") else None,
+        }  # fmt: skip
+        return ckpt.save(self.out, step, model, self.policy.tokenizer, state, self.cfg.keep_checkpoints)
 
     def load_checkpoint(self, path: Path) -> int:
-        state = torch.load(path / ckpt.TRAINER_STATE, weights_only=False, map_location=self.device)
-        if {k: v for k, v in state["config"].items() if k != "steps"} != {k: v for k, v in asdict(self.cfg).items() if k != "steps"}:
-            raise UserError(f"{path} was written with another config (only `steps` may change on resume)")
-        from transformers import MusicgenForConditionalGeneration
-
-        saved = MusicgenForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-        if self.cfg.lora_rank:
-            self.policy.model.decoder.load_state_dict(state["decoder"], strict=False)
-        else:
-            self.policy.model.load_state_dict(saved.state_dict())
+        state = ckpt.load_state(path, asdict(self.cfg), self.device)
+        ckpt.restore_model(self.policy.model, path, state)
         if self.ema is not None:  # the saved model is the EMA; the live weights are in the state
             with torch.no_grad():
                 torch._foreach_copy_(self.ema, [p.detach() for p in self.trained])
@@ -391,31 +322,9 @@ class RLTrainer:
             if done % self.cfg.checkpoint_every == 0 or done == end:
                 last = self.save_checkpoint(done)
             if done == self.cfg.steps:  # out_dir/final: the finished model, servable and loadable by path
-                with ckpt.atomic_dir(ckpt.final_dir(self.out)) as tmp:
-                    shutil.copytree(last, tmp, ignore=shutil.ignore_patterns(ckpt.TRAINER_STATE), dirs_exist_ok=True)
-        if self._tb is not None:
-            self._tb.close()
+                ckpt.write_final(self.out, last)
+        self._log.close()
         return last or ckpt.latest_checkpoint(self.out)
-
-    def _log(self, metrics: dict, name: str) -> None:
-        path = self.out / name
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(metrics))
-            if new:
-                w.writeheader()
-            w.writerow(metrics)
-        if self._tb is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.out / "tb"))
-            except ImportError:
-                self._tb = False
-        if self._tb:
-            for key, v in metrics.items():
-                if key != "step" and isinstance(v, float) and math.isfinite(v):
-                    self._tb.add_scalar(key, v, metrics["step"])
 
 
 def _find_clap(reward):
