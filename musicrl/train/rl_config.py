@@ -91,14 +91,7 @@ class RLConfig:
         def bad(msg):
             raise UserError(msg)
 
-        for f in fields(self):  # YAML and key=value overrides can hand over any type
-            value = getattr(self, f.name)
-            if f.type in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                bad(f"{f.name} must be a number, got {value!r}")
-            if f.type == "int" and not isinstance(value, int):
-                bad(f"{f.name} must be a whole number, got {value!r}")
-            if f.type == "bool" and not isinstance(value, bool):
-                bad(f"{f.name} must be true or false, got {value!r}")
+        check_types(self)
         if not self.reward:
             bad("reward is required (e.g. reward: {components: {clap: {}, quality: {}}})")
         if self.kl_coef < 0:
@@ -115,8 +108,6 @@ class RLConfig:
             bad("the RLOO baseline needs samples_per_prompt >= 2")
         if self.engine not in ("fast", "reference"):
             bad(f"engine must be 'fast' or 'reference', got {self.engine!r}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            bad(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         for name in ("steps", "prompts_per_step", "samples_per_prompt", "ppo_epochs", "grad_accum",
                      "eval_every", "checkpoint_every", "keep_checkpoints"):  # fmt: skip
             if getattr(self, name) < 1:
@@ -127,13 +118,7 @@ class RLConfig:
             bad("lr and duration_s must be > 0")
         if not 0 <= self.ema_decay < 1:
             bad(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.lora_rank < 0:
-            bad(f"lora_rank must be >= 0, got {self.lora_rank}")
-        if self.train_modules is not None and (
-            not isinstance(self.train_modules, list) or not self.train_modules
-            or not all(isinstance(m, str) and m for m in self.train_modules)
-        ):  # fmt: skip
-            bad(f"train_modules must be a non-empty list of module names, got {self.train_modules!r}")
+        check_tuning(self)
         from musicrl.rewards.combine import parse_config
 
         parse_config(self.reward)  # validates now, one line on error
@@ -144,8 +129,38 @@ class RLConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RLConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"unknown config key(s): {', '.join(unknown)}")
-        return cls(**d)
+        return from_dict(cls, d)
+
+
+def check_types(cfg) -> None:
+    """A config dataclass's numbers, whole numbers and booleans are what they say: YAML and key=value
+    overrides can hand over any type (`gradient_checkpointing=maybe`, `steps=1.5`); one line if not."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.type in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UserError(f"{f.name} must be a number, got {value!r}")
+        if f.type == "int" and not isinstance(value, int):
+            raise UserError(f"{f.name} must be a whole number, got {value!r}")
+        if f.type == "bool" and not isinstance(value, bool):
+            raise UserError(f"{f.name} must be true or false, got {value!r}")
+
+
+def check_tuning(cfg) -> None:
+    """The fields every trainer shares (`musicrl.train.tuning`): mixed_precision, lora_rank, train_modules."""
+    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
+        raise UserError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {cfg.mixed_precision!r}")
+    if cfg.lora_rank < 0:
+        raise UserError(f"lora_rank must be >= 0, got {cfg.lora_rank}")
+    if cfg.train_modules is not None and (
+        not isinstance(cfg.train_modules, list) or not cfg.train_modules
+        or not all(isinstance(m, str) and m for m in cfg.train_modules)
+    ):  # fmt: skip
+        raise UserError(f"train_modules must be a non-empty list of module names, got {cfg.train_modules!r}")
+
+
+def from_dict(cls, d: dict):
+    """`cls(**d)` for a config dataclass, with a one-line error naming any key it does not have."""
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})
+    if unknown:
+        raise UserError(f"unknown config key(s): {', '.join(unknown)}")
+    return cls(**d)

@@ -10,7 +10,7 @@
 - `autocast` (mixed precision, CUDA only) and `MetricsLog` (metrics.csv, eval.csv, TensorBoard).
 
 Both trainers read these fields of their configs: model, reference, lora_rank, lora_alpha,
-train_modules, gradient_checkpointing, mixed_precision.
+train_modules, gradient_checkpointing, mixed_precision, seed (LoRA's initial adapters).
 """
 
 from __future__ import annotations
@@ -68,7 +68,10 @@ def add_lora(policy: MusicGenPolicy, cfg) -> None:
         chosen = chosen_modules(policy, cfg.train_modules)
         targets = sorted({f"{n}.{sn}".rstrip(".") for n, m in chosen.items() for sn, sub in m.named_modules() if isinstance(sub, nn.Linear)})
     lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=targets, lora_dropout=0.0)
-    policy.model.decoder = get_peft_model(policy.model.decoder, lcfg)
+    cuda = [policy.device] if policy.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # the adapters' random init: a function of cfg.seed, not of what ran before
+        torch.manual_seed(cfg.seed)
+        policy.model.decoder = get_peft_model(policy.model.decoder, lcfg)
 
 
 def autocast(mixed_precision: str, device: torch.device):
