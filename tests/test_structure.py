@@ -56,9 +56,14 @@ def test_only_the_votes_package_talks_to_a_database():
 @pytest.mark.parametrize("preset", sorted(str(p.relative_to(config_dir()).with_suffix("")) for p in config_dir().rglob("*.yaml")))
 def test_every_shipped_preset_is_a_valid_config_whose_prompts_resolve(preset):
     from musicrl.tiny.prompts import rl_prompts
+    from musicrl.train.po_config import DPOConfig
     from musicrl.train.rl_config import RLConfig
 
-    cfg = RLConfig.from_dict(load_yaml(preset))
+    data = load_yaml(preset)
+    if data.pop("method", "rl") == "dpo":  # preference optimisation: votes come from the command line
+        assert preset.startswith("po/") and DPOConfig.from_dict({**data, "votes": "votes.jsonl"}).steps >= 1
+        return
+    cfg = RLConfig.from_dict(data)
     prompts, eval_prompts = rl_prompts(cfg)
     assert len(prompts) >= cfg.prompts_per_step and len(eval_prompts) == cfg.eval_prompts_count
     assert not set(eval_prompts) & set(prompts)  # evaluation prompts are never training prompts

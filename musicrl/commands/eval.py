@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which unseen or held-out captions are drawn (another set per seed, never a training "
                         "prompt) and the clips' noise")
     p.add_argument("--out", help="write the report as JSON here, and a plot of each reward vs KL beside it (.png)")
-    p.add_argument("--run", help="plot reward vs KL of a training run directory instead (writes RUN/reward_vs_kl.png)")
+    p.add_argument("--run", help="plot a training run directory instead: reward vs KL (RL: RUN/reward_vs_kl.png) or "
+                   "implicit-reward accuracy, margins, log-probs and KL (DPO: RUN/dpo.png)")
     add_device(p)
     add_threads(p)
 

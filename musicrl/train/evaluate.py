@@ -149,7 +149,8 @@ def kl_to_reference(policy: MusicGenPolicy, reference: MusicGenPolicy, s: Sample
 
 
 def plot_run(run_dir: str | Path, out_png: str | Path | None = None) -> Path:
-    """Reward vs KL over a training run (metrics.csv, and eval.csv when present) as a PNG."""
+    """Reward vs KL over a training run (metrics.csv, and eval.csv when present) as a PNG; a DPO run's
+    own figure (`plot_preference_run`) for a DPO run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,6 +160,8 @@ def plot_run(run_dir: str | Path, out_png: str | Path | None = None) -> Path:
     metrics = _read_csv(run_dir / "metrics.csv")
     if not metrics:
         raise UserError(f"no metrics.csv with rows in {run_dir}")
+    if "rewards/accuracy" in metrics[0]:
+        return plot_preference_run(run_dir, out_png)
     evals = _read_csv(run_dir / "eval.csv")
     comps = sorted({k for r in metrics for k in r if k.startswith("reward/")})
     # one panel per reward component: their scales differ (CLAP ~0.3, quality ~4), and on one axis
@@ -191,6 +194,50 @@ def plot_run(run_dir: str | Path, out_png: str | Path | None = None) -> Path:
         ax.set_title(f"{name} over training")
     fig.tight_layout()
     out = Path(out_png) if out_png else run_dir / "reward_vs_kl.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_preference_run(run_dir: str | Path, out_png: str | Path | None = None) -> Path:
+    """A DPO/IPO run (metrics.csv, eval.csv) as a PNG: implicit-reward accuracy and margin (training
+    batches and held-out pairs), the chosen and rejected clips' log-probs, and KL to the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    metrics, evals = _read_csv(run_dir / "metrics.csv"), _read_csv(run_dir / "eval.csv")
+    if not metrics:
+        raise UserError(f"no metrics.csv with rows in {run_dir}")
+    steps = np.array([r["step"] for r in metrics])
+    window = max(1, min(20, len(metrics) // 5))
+
+    def curve(ax, key, label, color):
+        v = np.array([r[key] for r in metrics], dtype=float)
+        ax.plot(steps, v, color=color, alpha=0.25, lw=0.8)
+        ax.plot(steps[window - 1 :], np.convolve(v, np.ones(window) / window, mode="valid"), color=color, label=label)
+        held = [r for r in evals if f"eval/{key}" in r]
+        if held:
+            ax.plot([r["step"] for r in held], [r[f"eval/{key}"] for r in held], "o--", color=color, alpha=0.8,
+                    label=f"{label} (held-out pairs)")  # fmt: skip
+
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4))
+    panels = [("rewards/accuracy", "implicit-reward accuracy"), ("rewards/margin", "implicit-reward margin (nats x beta)")]
+    for ax, (key, title) in zip(axes[:2], panels):
+        curve(ax, key, key.split("/")[1], "C0")
+        ax.set_title(title)
+    curve(axes[2], "logps/chosen", "chosen", "C2")
+    curve(axes[2], "logps/rejected", "rejected", "C3")
+    axes[2].set_title("log-prob of a clip (sum over its tokens)")
+    curve(axes[3], "kl_seq", "KL per clip", "C4")
+    axes[3].set_title("KL(policy || reference), nats per clip")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out_png) if out_png else run_dir / "dpo.png"
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
