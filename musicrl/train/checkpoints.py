@@ -4,10 +4,12 @@
                                    trainer_state.pt (optimizer, step, config, ...) and musicrl.json
     OUT/checkpoints/.step-N.tmp/   a save in progress (renamed into place when complete)
     OUT/final/                     the finished model, without trainer_state.pt
+    OUT/config.json                the run's config
 
 A checkpoint is written into a temporary directory and renamed, so a reader never sees half of one.
 Step numbers compare as integers, so step-10 is newer than step-9 however they are padded.
-The trainers (RL, DPO) write and read them through `save`, `write_final` and `load_state`/`restore_model`.
+The trainers (RL, DPO) start a run with `begin`, and write and read checkpoints through `save`,
+`write_final` and `load_state`/`restore_model`.
 """
 
 from __future__ import annotations
@@ -152,3 +154,20 @@ def restore_model(model, path: Path, state: dict) -> None:
     else:
         saved = MusicgenForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
         model.load_state_dict(saved.state_dict())
+
+
+def begin(out_dir: str | Path, config: dict, resume: bool, load) -> int:
+    """Start or continue a run in `out_dir`: with `resume`, `load(path) -> step` its newest resumable
+    checkpoint (a one-line error if there is none); write config.json. Returns the step to start from."""
+    from musicrl.errors import UserError
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = 0
+    if resume:
+        latest = latest_checkpoint(out)
+        if latest is None:
+            raise UserError(f"nothing to resume in {out}/checkpoints")
+        start = load(latest)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return start

@@ -23,7 +23,6 @@ checkpoint, or the adapters switched off), checkpoints and the metrics log are t
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -200,14 +199,7 @@ class DPOTrainer:
 
         from musicrl.train.evaluate import plot_preference_run
 
-        self.out.mkdir(parents=True, exist_ok=True)
-        start = 0
-        if resume:
-            latest = ckpt.latest_checkpoint(self.out)
-            if latest is None:
-                raise UserError(f"nothing to resume in {self.out}/checkpoints")
-            start = self.load_checkpoint(latest)
-        (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        start = ckpt.begin(self.out, asdict(self.cfg), resume, self.load_checkpoint)
         if start == 0 and (first := self.evaluate(0)) is not None:
             self._log(first, "eval.csv")
         end = self.cfg.steps if stop_after is None else min(self.cfg.steps, start + stop_after)

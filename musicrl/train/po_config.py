@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from musicrl.errors import UserError
 from musicrl.model.sampling import SamplingConfig
 from musicrl.train.pairs import TIES
-from musicrl.train.rl_config import check_tuning, check_types, from_dict
+from musicrl.train.rl_config import check_counts, check_tuning, check_types, from_dict
 
 LOSSES = ("sigmoid", "ipo", "conservative")
 
@@ -95,9 +95,7 @@ class DPOConfig:
             bad(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if not 0 <= self.eval_fraction < 1:
             bad(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        for name in ("steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_counts(self, ("steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every", "keep_checkpoints"))
         if self.batch_size % self.grad_accum:
             bad("batch_size must be divisible by grad_accum")
         if not self.lr > 0:

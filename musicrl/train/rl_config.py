@@ -108,10 +108,8 @@ class RLConfig:
             bad("the RLOO baseline needs samples_per_prompt >= 2")
         if self.engine not in ("fast", "reference"):
             bad(f"engine must be 'fast' or 'reference', got {self.engine!r}")
-        for name in ("steps", "prompts_per_step", "samples_per_prompt", "ppo_epochs", "grad_accum",
-                     "eval_every", "checkpoint_every", "keep_checkpoints"):  # fmt: skip
-            if getattr(self, name) < 1:
-                bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_counts(self, ("steps", "prompts_per_step", "samples_per_prompt", "ppo_epochs", "grad_accum",
+                            "eval_every", "checkpoint_every", "keep_checkpoints"))  # fmt: skip
         if (self.prompts_per_step * self.samples_per_prompt) % self.grad_accum:
             bad("prompts_per_step * samples_per_prompt must be divisible by grad_accum")
         if not self.lr > 0 or not self.duration_s > 0:
@@ -143,6 +141,13 @@ def check_types(cfg) -> None:
             raise UserError(f"{f.name} must be a whole number, got {value!r}")
         if f.type == "bool" and not isinstance(value, bool):
             raise UserError(f"{f.name} must be true or false, got {value!r}")
+
+
+def check_counts(cfg, names: tuple[str, ...]) -> None:
+    """Each of these fields of a config is a count of at least 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{name} must be >= 1, got {getattr(cfg, name)}")
 
 
 def check_tuning(cfg) -> None:

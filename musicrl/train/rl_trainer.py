@@ -301,14 +301,7 @@ class RLTrainer:
         """Run to `cfg.steps` (or `stop_after` steps of this call, for tests); returns the last checkpoint."""
         from tqdm.auto import tqdm
 
-        self.out.mkdir(parents=True, exist_ok=True)
-        start = 0
-        if resume:
-            latest = ckpt.latest_checkpoint(self.out)
-            if latest is None:
-                raise UserError(f"nothing to resume in {self.out}/checkpoints")
-            start = self.load_checkpoint(latest)
-        (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        start = ckpt.begin(self.out, asdict(self.cfg), resume, self.load_checkpoint)
         end = self.cfg.steps if stop_after is None else min(self.cfg.steps, start + stop_after)
         bar = tqdm(range(start, end), initial=start, total=self.cfg.steps, desc="RL", disable=not progress)
         last = None
