@@ -18,3 +18,26 @@ def test_musicgen_small_architecture_generates_one_second(tmp_path):
     info = sf.info(wav)
     assert info.samplerate == 32000 and info.channels == 1
     assert info.frames == 32000  # 50 frames x 640 samples
+
+
+@pytest.mark.slow
+def test_the_musicgen_small_dpo_preset_trains_a_step_on_its_architecture(tmp_path):
+    """po/small/dpo (LoRA 16, gradient checkpointing; bf16 autocast is CUDA's) on random weights: two
+    generated clips, their codes kept by `generate`, one vote, one step, a merged checkpoint."""
+    import json
+
+    from musicrl.model.realsize import save_random_musicgen_small
+
+    model_dir = save_random_musicgen_small(tmp_path / "musicgen-small-random")
+    out = tmp_path / "clips"
+    assert main(["generate", "lofi beat", "--model", str(model_dir), "--duration", "0.5", "--num-samples", "2",
+                 "--out", str(out)]) == 0  # fmt: skip
+    a, b = sorted(out.glob("*.json"))
+    sides = {s: json.loads(m.read_text()) for s, m in (("a", a), ("b", b))}
+    vote = {"prompt": "lofi beat", "choice": "a", **{f"clip_{s}": m.name.replace(".json", ".wav") for s, m in (("a", a), ("b", b))},
+            **{f"codes_{s}": sides[s]["codes"] for s in sides}}  # fmt: skip
+    (out / "votes.jsonl").write_text(json.dumps(vote) + "\n")
+    run = tmp_path / "run"
+    assert main(["train", "--config", "po/small/dpo", "--votes", str(out / "votes.jsonl"), f"model={model_dir}",
+                 f"out_dir={run}", "steps=1", "batch_size=1", "grad_accum=1", "eval_fraction=0", "device=cpu"]) == 0  # fmt: skip
+    assert (run / "final" / "model.safetensors").is_file() or (run / "final" / "model.safetensors.index.json").is_file()
