@@ -1,11 +1,14 @@
 """`musicrl votes export|stats`: the vote store from the command line.
 
-    musicrl votes export --db URL --data-dir DIR --format jsonl|hf --out PATH [--per-session-cap N]
-    musicrl votes stats  --db URL [--data-dir DIR] [--min-votes N] [--json]
+    musicrl votes export --db URL --data-dir DIR --format jsonl|hf --out PATH [--per-session-cap N] [--exclude-flagged]
+    musicrl votes stats  --db URL [--data-dir DIR] [--min-votes N] [--per-session-cap N] [--json]
 
 Exports hold the effective votes: the first, blind vote of each pair (corrections, cast after
 the models were revealed, are kept in the store but not counted), duplicate submissions dropped,
-optionally at most N votes per session (its first N).
+optionally at most N votes per session (its first N), optionally without the votes of outlier
+sessions (`musicrl.votes.outliers`: a session whose votes disagree with the Bradley-Terry fit of
+everyone else's more than chance allows). `stats` rates the models as the app's leaderboard does
+(at most --per-session-cap votes a session, default the app's) and lists the flagged sessions.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import json
 
 from musicrl.errors import UserError
+from musicrl.votes.leaderboard import SESSION_CAP
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,10 +33,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     e.add_argument("--out", required=True, help="output file (jsonl) or new directory (hf)")
     e.add_argument("--per-session-cap", type=int, default=None, help="keep at most N votes per session (its first N)")
+    e.add_argument("--exclude-flagged", action="store_true",
+                   help="leave out the votes of outlier sessions (those `votes stats` flags)")  # fmt: skip
     s = sub.add_parser("stats", help="counts and the Bradley-Terry leaderboard")
     s.add_argument("--db", required=True, help="sqlite:///PATH/votes.db or postgresql+psycopg://USER@HOST/DB")
     s.add_argument("--data-dir", default=None, help="the store's data dir (not needed for stats)")
     s.add_argument("--min-votes", type=int, default=5, help="games a model needs to be rated (default 5)")
+    s.add_argument("--per-session-cap", type=int, default=SESSION_CAP,
+                   help=f"votes of one session counted, its first N, as the app's leaderboard (default {SESSION_CAP}; 0 = all)")  # fmt: skip
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -44,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     store = VoteStore(args.db, args.data_dir)
     try:
         if args.votes_command == "export":
-            n = store.export(args.out, fmt=args.format, per_session_cap=args.per_session_cap)
+            n = store.export(args.out, fmt=args.format, per_session_cap=args.per_session_cap,
+                             exclude_flagged=args.exclude_flagged)  # fmt: skip
             print(f"wrote {n} votes to {args.out} ({args.format})")
             return 0
         return _stats(store, args)
@@ -55,15 +64,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stats(store, args) -> int:
+    from dataclasses import asdict
+
     from musicrl.votes.leaderboard import leaderboard
+    from musicrl.votes.outliers import check_sessions
     from musicrl.votes.store import vote_pairs
 
     if args.min_votes < 1:
         raise UserError(f"--min-votes must be >= 1, got {args.min_votes}")
+    if args.per_session_cap < 0:
+        raise UserError(f"--per-session-cap must be >= 0 (0 = all), got {args.per_session_cap}")
     stats = store.stats()
-    lb = leaderboard(vote_pairs(store.votes(effective=True)), min_votes=args.min_votes)
+    counted = store.votes(effective=True, per_session_cap=args.per_session_cap or None)
+    lb = leaderboard(vote_pairs(counted), min_votes=args.min_votes)
+    flagged = [c for c in check_sessions(counted) if c.flagged]
     if args.json:
-        print(json.dumps({**stats, "leaderboard": lb.table(), "provisional": lb.provisional}))
+        print(json.dumps({**stats, "votes_counted": len(counted), "per_session_cap": args.per_session_cap or None,
+                          "leaderboard": lb.table(), "provisional": lb.provisional,
+                          "flagged_sessions": [asdict(c) for c in flagged]}))  # fmt: skip
         return 0
     print(f"clips {stats['clips']} · votes {stats['votes_effective']} effective of {stats['votes_raw']} rows "
           f"({stats['corrections']} corrections, not counted) · sessions {stats['sessions']} · ratings {stats['ratings']}")
@@ -75,4 +93,9 @@ def _stats(store, args) -> int:
             print(f"{r.model:<32} {r.rating:>7.0f} {ci:>16} {r.games:>6} {f'{r.wins}-{r.losses}-{r.ties}':>12}")
     for m, n in lb.provisional.items():
         print(f"{m:<32} {'(provisional: ' + str(n) + ' games)':>30}")
+    cap = f"at most {args.per_session_cap} a session" if args.per_session_cap else "no cap a session"
+    print(f"rated on {len(counted)} counted votes ({cap}); outlier sessions flagged: {len(flagged)}")
+    for c in flagged:
+        print(f"  session {c.session[:12]}  {c.agreed}/{c.votes} votes for the favourite of the others' fit "
+              f"(expected {c.expected:.1f}), p = {c.p_value:.1e}")
     return 0

@@ -211,8 +211,10 @@ def _ratings_from_db(url: str, data_dir: str | Path | None) -> list[tuple[Path, 
 # ------------------------------------------------------------------------------------- export
 
 
-def export_votes(store, path: str | Path, fmt: str = "jsonl", per_session_cap: int | None = None) -> int:
+def export_votes(store, path: str | Path, fmt: str = "jsonl", per_session_cap: int | None = None,
+                 exclude_flagged: bool = False) -> int:  # fmt: skip
     """Write the effective votes of a `VoteStore` opened with a data dir; returns the number of rows.
+    `exclude_flagged`: without the votes of outlier sessions (`musicrl.votes.outliers`).
 
     jsonl: one JSON object per vote, clip paths absolute (under the store's data dir).
     hf: a self-contained directory: `train.jsonl` (clip paths relative to it), `clips/` (hard
@@ -225,6 +227,10 @@ def export_votes(store, path: str | Path, fmt: str = "jsonl", per_session_cap: i
         raise UserError(f"unknown export format {str(fmt)[:40]!r}: expected one of {', '.join(EXPORT_FORMATS)}")
     path = Path(path).expanduser().resolve()
     votes = store.votes(effective=True, per_session_cap=per_session_cap)
+    if exclude_flagged:
+        from musicrl.votes.outliers import without_flagged
+
+        votes = without_flagged(votes)
     settings = _clip_settings(store)
     if fmt == "jsonl":
         if not path.parent.is_dir():

@@ -198,6 +198,31 @@ def _read_or_create_secret(path: Path) -> bytes:
     return secret
 
 
+class EffectiveVotes:
+    """`effective_votes` one vote at a time: `admit(v)` for each vote in id order says whether it
+    counts, so a live leaderboard can take new votes as they come (`musicrl.votes.live`)."""
+
+    def __init__(self, per_session_cap: int | None = None):
+        if per_session_cap is not None and int(per_session_cap) < 1:
+            raise UserError(f"per-session cap must be at least 1, got {per_session_cap}")
+        self._cap = per_session_cap
+        self._seen: set[tuple] = set()  # (session, clip pair) that has its first vote
+        self._counts: dict[str, int] = {}  # counted votes per session
+
+    def admit(self, v: Vote) -> bool:
+        if v.supersedes is not None:
+            return False
+        key = (v.session, frozenset((v.clip_a, v.clip_b)))
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        n = self._counts.get(v.session, 0)
+        if self._cap is not None and n >= self._cap:
+            return False
+        self._counts[v.session] = n + 1
+        return True
+
+
 def effective_votes(votes: Iterable[Vote], per_session_cap: int | None = None) -> list[Vote]:
     """The votes that count, in id order: the first, blind vote of each pair.
 
@@ -209,22 +234,8 @@ def effective_votes(votes: Iterable[Vote], per_session_cap: int | None = None) -
     3. `per_session_cap`: a session keeps at most its first N remaining votes, so one voter
        cannot dominate the set.
     """
-    if per_session_cap is not None and int(per_session_cap) < 1:
-        raise UserError(f"per-session cap must be at least 1, got {per_session_cap}")
-    first: dict[tuple, Vote] = {}
-    for v in sorted(votes, key=lambda v: v.id):
-        if v.supersedes is None:
-            first.setdefault((v.session, frozenset((v.clip_a, v.clip_b))), v)
-    kept = sorted(first.values(), key=lambda v: v.id)
-    if per_session_cap is not None:
-        counts: dict[str, int] = {}
-        capped = []
-        for v in kept:
-            counts[v.session] = counts.get(v.session, 0) + 1
-            if counts[v.session] <= per_session_cap:
-                capped.append(v)
-        kept = capped
-    return kept
+    admit = EffectiveVotes(per_session_cap).admit
+    return [v for v in sorted(votes, key=lambda v: v.id) if admit(v)]
 
 
 class VoteStore:
@@ -464,10 +475,12 @@ class VoteStore:
             ).inserted_primary_key[0]
         return int(rid)
 
-    def votes(self, *, effective: bool = False, per_session_cap: int | None = None) -> list[Vote]:
-        """All vote rows in id order; `effective=True` applies `effective_votes` (dedup, cap)."""
+    def votes(self, *, effective: bool = False, per_session_cap: int | None = None, after_id: int = 0) -> list[Vote]:
+        """All vote rows in id order (`after_id`: only those with a larger id); `effective=True`
+        applies `effective_votes` (dedup, cap)."""
+        q = select(votes_table).where(votes_table.c.id > int(after_id)).order_by(votes_table.c.id)
         with self._db() as conn:
-            rows = conn.execute(select(votes_table).order_by(votes_table.c.id)).mappings().all()
+            rows = conn.execute(q).mappings().all()
         out = [
             Vote(**{**dict(r), "id": int(r["id"]), "created_at": _aware(r["created_at"])})
             for r in rows
@@ -476,16 +489,25 @@ class VoteStore:
             out = effective_votes(out, per_session_cap)
         return out
 
+    def count_votes(self, after_id: int = 0) -> int:
+        """How many vote rows there are (corrections included) with an id above `after_id`."""
+        q = select(func.count()).select_from(votes_table)
+        if after_id:  # without a bound SQLite counts a small index instead of the table
+            q = q.where(votes_table.c.id > int(after_id))
+        with self._db() as conn:
+            return int(conn.execute(q).scalar_one())
+
     def ratings(self) -> list[dict]:
         with self._db() as conn:
             rows = conn.execute(select(ratings_table).order_by(ratings_table.c.id)).mappings().all()
         return [{**dict(r), "created_at": _aware(r["created_at"])} for r in rows]
 
     # -- export and stats -----------------------------------------------------------------------
-    def export(self, path: str | Path, fmt: str = "jsonl", per_session_cap: int | None = None) -> int:
+    def export(self, path: str | Path, fmt: str = "jsonl", per_session_cap: int | None = None,
+               exclude_flagged: bool = False) -> int:  # fmt: skip
         """Write the effective votes (`musicrl.votes.rows.export_votes`); returns the number of rows."""
         self._need_data_dir()
-        return export_votes(self, path, fmt, per_session_cap)
+        return export_votes(self, path, fmt, per_session_cap, exclude_flagged)
 
     def stats(self) -> dict:
         """Counts: clips, raw and effective votes, sessions, choices, votes per model, ratings."""
