@@ -9,7 +9,8 @@
     GET  /api/leaderboard   ratings with CIs, win-rate matrix, counts
     GET  /api/health
     admin, header X-Admin-Secret: GET /api/admin/models, POST /api/admin/reload,
-                            POST /api/admin/export {"format"?: "jsonl"|"hf", "per_session_cap"?: int}
+                            POST /api/admin/export {"format"?: "jsonl"|"hf", "per_session_cap"?: int,
+                                                    "exclude_flagged"?: bool}
 
 The pair token is signed by the server, so a client cannot vote on a pair it was not served or
 claim which models made it; nothing before the stored vote names a model. Clips are listed a then
@@ -21,8 +22,10 @@ pair's vote id), which is stored but not counted ("counted": false), since the m
 revealed with the vote. Listening times are required, integers, at least the minimum listen time.
 Errors: {"error": one line} with 400 (bad input, e.g. a lone surrogate in the prompt or an integer
 out of range), 403 (admin), 404 (no such clip), 409 (the pair has its vote), 410 (the pair
-expired), 503 with Retry-After (too many generations queued; the vote database locked, full or
-unreachable), 500 (anything else: the details go to the server's log only).
+expired), 413 (a request body over the cap), 429 with Retry-After (this client's generate or vote
+rate is spent, `musicrl.app.limits`), 503 with Retry-After (too many generations queued; too many
+clips nobody voted on; the vote database locked, full or unreachable), 500 (anything else: the
+details go to the server's log only).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict
 
 from musicrl.app.arena import Arena, Busy, Expired
+from musicrl.app.clip_gc import ClipsFull
 from musicrl.app.guards import error_response
+from musicrl.app.limits import RateLimited, client_key
 from musicrl.app.tokens import SCOPE_KEY, new_id
 from musicrl.errors import UserError
 from musicrl.votes.store import AlreadyVoted, model_key
@@ -65,6 +70,7 @@ class VoteBody(_Body):
 class ExportBody(_Body):
     format: str = "jsonl"
     per_session_cap: int | None = None
+    exclude_flagged: bool = False
 
 
 def _error(status: int, message: str, retry_after_s: int | None = None) -> JSONResponse:
@@ -110,9 +116,14 @@ def _voting_routes(router: APIRouter, arena: Arena) -> None:
     @router.post("/generate")
     def generate(body: GenerateBody, request: Request):  # sync: FastAPI runs it in its thread pool
         try:
+            arena.limit("generate", client_key(request))
             pair = dataclasses.replace(arena.generate_pair(body.prompt, body.duration_s), left="a")
+        except RateLimited as e:
+            return _error(429, str(e), retry_after_s=e.retry_after_s)
         except Busy as e:
             return _error(503, str(e), retry_after_s=30)
+        except ClipsFull as e:
+            return _error(503, str(e), retry_after_s=e.retry_after_s)
         except UserError as e:
             return _error(400, str(e))
         return {
@@ -123,7 +134,11 @@ def _voting_routes(router: APIRouter, arena: Arena) -> None:
         }
 
     @router.post("/vote")
-    def vote(body: VoteBody):
+    def vote(body: VoteBody, request: Request):
+        try:
+            arena.limit("vote", client_key(request))
+        except RateLimited as e:
+            return _error(429, str(e), retry_after_s=e.retry_after_s)
         if body.session is not None:
             return _error(400, "the session is the server's (a cookie, bound into the pair token); "
                                "drop the 'session' field")  # fmt: skip
@@ -195,7 +210,7 @@ def _admin_routes(router: APIRouter, arena: Arena) -> None:
             return denied
         body = body or ExportBody()
         try:
-            path, n = arena.export(body.format, body.per_session_cap)
+            path, n = arena.export(body.format, body.per_session_cap, body.exclude_flagged)
         except UserError as e:
             return _error(400, str(e))
         return {"path": str(path), "rows": n}

@@ -3,6 +3,10 @@
 One `Arena` per app: the served generators, the vote store, request limits, a generation lock
 (a torch model is not re-entrant, so one generation runs at a time) and an admission bound (at most
 `queue_size` generations waiting or running through this object; more get a clear "busy" error).
+Per-client token buckets (`musicrl.app.limits`) bound how often one address may generate and vote
+(`Arena.limit`, called by the UI and the API), and `musicrl.app.clip_gc` caps the clips nobody
+voted on. The leaderboard is `musicrl.votes.live.LiveVotes`: it reads only new votes, counts at
+most `per_session_cap` votes per session, and is rated again only after a new vote.
 
 Every vote, from the UI or the API, passes `Arena.vote`: the pair must be younger than
 `token_ttl_s`, and each clip must have played at least `listen_needed_s` (an integer of ms, no
@@ -20,10 +24,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
+from musicrl.app.clip_gc import ClipJanitor
+from musicrl.app.limits import Limits, TokenBucket
 from musicrl.app.tokens import Signer, Ticket, decode_ticket, encode_ticket, new_id, session_from_cookie
 from musicrl.errors import UserError
-from musicrl.votes.leaderboard import Leaderboard, leaderboard
-from musicrl.votes.store import MAX_LISTEN_MS, ClipRecord, Vote, VoteStore, clean_text, model_key, vote_pairs
+from musicrl.votes.leaderboard import SESSION_CAP, Leaderboard
+from musicrl.votes.live import LiveVotes
+from musicrl.votes.store import MAX_LISTEN_MS, ClipRecord, Vote, VoteStore, clean_text, model_key
 
 CLOCK_SLACK_S = 0.25  # clock differences between replicas, when a vote is checked against its pair's age
 
@@ -59,6 +66,8 @@ class ArenaConfig:
     n_boot: int = 200
     seed: int | None = None  # seeds pair/seed choices (tests); None: OS randomness
     token_ttl_s: float = 4 * 3600.0  # a served pair (and its API token) takes a vote this long
+    limits: Limits = Limits()
+    per_session_cap: int | None = SESSION_CAP  # counted votes per session on the leaderboard and exports
 
     def __post_init__(self):
         if self.min_listen_s < 0:
@@ -71,6 +80,8 @@ class ArenaConfig:
             raise UserError(f"queue size must be >= 1, got {self.queue_size}")
         if not 0 < self.token_ttl_s <= MAX_LISTEN_MS / 1000:
             raise UserError(f"token lifetime must be in (0, {MAX_LISTEN_MS // 1000}] s (a week), got {self.token_ttl_s}")
+        if self.per_session_cap is not None and not (isinstance(self.per_session_cap, int) and self.per_session_cap >= 1):
+            raise UserError(f"per-session cap must be an integer >= 1 (or none), got {self.per_session_cap}")
 
 
 @dataclass(frozen=True)
@@ -137,8 +148,12 @@ class Arena:
         self._pair_signer = Signer(store.derive_key("pair-token"))
         self.session_signer = Signer(store.derive_key("session-cookie"))
         self._clock = time.time  # wall clock: pair ages are compared across replicas
-        self._lb_lock = threading.Lock()
-        self._lb: tuple[int, Leaderboard] | None = None
+        self.live = LiveVotes(store, config.per_session_cap, min_votes=config.leaderboard_min_votes,
+                              n_boot=config.n_boot, seed=0)  # fmt: skip
+        self.janitor = ClipJanitor(store.clips_dir, self.live, config.token_ttl_s, config.limits.max_unvoted_clips)
+        lim = config.limits
+        self._buckets = {"generate": TokenBucket("generate", lim.generate_per_min, lim.generate_burst),
+                         "vote": TokenBucket("vote", lim.vote_per_min, lim.vote_burst)}  # fmt: skip
 
     # -- models ---------------------------------------------------------------------------------
     @property
@@ -177,6 +192,11 @@ class Arena:
         return self.model_list()
 
     # -- requests -------------------------------------------------------------------------------
+    def limit(self, action: str, client: str) -> None:
+        """One `action` ("generate" or "vote") request of `client` (its address): `RateLimited`
+        (`musicrl.app.limits`) when its bucket is empty."""
+        self._buckets[action].take(client, self._clock())
+
     def check_request(self, prompt: str | None, duration_s: float | None) -> tuple[str, float]:
         prompt = clean_text(prompt or "", "prompt").strip()
         if not prompt:
@@ -195,6 +215,7 @@ class Arena:
         """Two clips for a prompt: two different random models if several are served (random order),
         else two samples of the one model with different seeds; both stored before returning."""
         prompt, duration = self.check_request(prompt, duration_s)
+        self.janitor.admit(self._clock())  # ClipsFull: too many clips nobody voted on
         if not self._slots.acquire(blocking=False):
             raise Busy(f"The server is busy ({self.config.queue_size} generations queued); try again in a minute.")
         try:
@@ -217,6 +238,7 @@ class Arena:
                         raise UserError("The model produced the same audio twice; nothing to compare.")
         finally:
             self._slots.release()
+        self.janitor.served([r.id for r in records], self._clock())
         return Pair(prompt=prompt, a=records[0], b=records[1], left=self._rng.choice("ab"), id=new_id(),
                     issued_at=self._clock())  # fmt: skip
 
@@ -301,17 +323,9 @@ class Arena:
 
     # -- leaderboard and admin ------------------------------------------------------------------
     def leaderboard(self) -> Leaderboard:
-        """BT ratings over the effective votes; recomputed only when the votes changed."""
-        votes = self.store.votes(effective=True)
-        with self._lb_lock:
-            if self._lb is not None and self._lb[0] == (len(votes), votes[-1].id if votes else 0):
-                return self._lb[1]
-        lb = leaderboard(
-            vote_pairs(votes), min_votes=self.config.leaderboard_min_votes, n_boot=self.config.n_boot, seed=0
-        )
-        with self._lb_lock:
-            self._lb = ((len(votes), votes[-1].id if votes else 0), lb)
-        return lb
+        """BT ratings over the counted votes (at most `per_session_cap` a session); reads only the
+        votes added since the last call, and rates again only when there are any."""
+        return self.live.leaderboard()
 
     def check_admin(self, secret: str | None) -> None:
         if not self.config.admin_secret:
@@ -319,11 +333,13 @@ class Arena:
         if not secret or not hmac.compare_digest(str(secret).encode(), self.config.admin_secret.encode()):
             raise PermissionError("Wrong admin secret.")
 
-    def export(self, fmt: str = "jsonl", per_session_cap: int | None = None) -> tuple[Path, int]:
-        """Export the effective votes under data_dir/exports/; returns (path, rows)."""
+    def export(self, fmt: str = "jsonl", per_session_cap: int | None = None, exclude_flagged: bool = False) -> tuple[Path, int]:
+        """Export the effective votes under data_dir/exports/, at most `per_session_cap` a session
+        (default: the leaderboard's); `exclude_flagged`: without outlier sessions. Returns (path, rows)."""
         out_dir = self.store.data_dir / "exports"
         out_dir.mkdir(exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         path = out_dir / (f"votes-{stamp}.jsonl" if fmt == "jsonl" else f"votes-{stamp}")
-        n = self.store.export(path, fmt=fmt, per_session_cap=per_session_cap)
+        cap = self.config.per_session_cap if per_session_cap is None else per_session_cap
+        n = self.store.export(path, fmt=fmt, per_session_cap=cap, exclude_flagged=exclude_flagged)
         return path, n

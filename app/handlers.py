@@ -15,6 +15,8 @@ import gradio as gr
 import pandas as pd
 
 from musicrl.app.arena import Arena, Busy, Listening, Pair
+from musicrl.app.clip_gc import ClipsFull
+from musicrl.app.limits import RateLimited, client_key
 from musicrl.app.tokens import SESSION_COOKIE, new_id
 from musicrl.errors import UserError
 from musicrl.votes.store import CHOICES, StoreUnavailable, model_key
@@ -52,6 +54,11 @@ class UiSession:
 
 def _ui_error(e: Exception) -> gr.Error:
     return gr.Error(str(e), print_exception=False)
+
+
+def _slow_down(e: RateLimited) -> gr.Error:
+    return gr.Error(f"You are going faster than this arena allows. Please wait {e.retry_after_s} s, then try again.",
+                    title="Slow down", print_exception=False)  # fmt: skip
 
 
 class Handlers:
@@ -105,9 +112,12 @@ class Handlers:
     # -- generate and vote -----------------------------------------------------------------------
     def on_generate(self, prompt, duration, s: UiSession, request: gr.Request):
         try:
+            self.arena.limit("generate", client_key(request))
             pair = self.arena.generate_pair(prompt, duration)
             paths = [str(self.arena.store.clip_file(pair.clip(k).id)) for k in "ab"]  # never a planted link
-        except (UserError, Busy, StoreUnavailable) as e:
+        except RateLimited as e:
+            raise _slow_down(e) from None
+        except (UserError, Busy, ClipsFull, StoreUnavailable) as e:
             raise _ui_error(e) from None
         cookies = getattr(request, "cookies", None) or {}  # a dict, or gradio's dict-like Obj (no .get)
         cookie = cookies[SESSION_COOKIE] if SESSION_COOKIE in cookies else None
@@ -122,7 +132,11 @@ class Handlers:
             raise UserError(f"unknown vote choice {screen_choice!r}: expected one of {', '.join(CHOICES)}")
         reveal_word = _LABELS[screen_choice][1]
 
-        def fn(s: UiSession, rating_a, rating_b):
+        def fn(s: UiSession, rating_a, rating_b, request: gr.Request = None):
+            try:
+                self.arena.limit("vote", client_key(request))
+            except RateLimited as e:
+                raise _slow_down(e) from None
             if s.pair is None:
                 raise gr.Error("Generate a pair first.", print_exception=False)
             if s.vote_id is not None:  # the models are revealed: a knowing vote would not count

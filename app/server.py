@@ -19,6 +19,10 @@ knowing vote would not count; see `musicrl.votes.store.effective_votes`).
 
 Sessions: `SessionMiddleware` (`musicrl.app.tokens`) gives every client a signed session cookie;
 the UI and the API take the session from it (or from the pair token), never from a request field.
+
+Limits (`musicrl.app.limits`): per-client generate and vote rates (429 with Retry-After in the API,
+a "slow down" message in the UI), a cap on clips nobody voted on (`musicrl.app.clip_gc`) and one
+on request bodies (`BodyLimit`, which also caps Gradio's uploads; the UI takes none).
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ import gradio as gr
 
 from musicrl.app.api import api_router, validation_error
 from musicrl.app.arena import Arena, ArenaConfig, GeneratorLike
-from musicrl.app.guards import HiddenRoutes, http_error, internal_error, store_unavailable
+from musicrl.app.guards import BodyLimit, HiddenRoutes, http_error, internal_error, store_unavailable
 from musicrl.app.handlers import Handlers
 from musicrl.app.layout import build_blocks
+from musicrl.app.limits import Limits
 from musicrl.app.tokens import SessionMiddleware
+from musicrl.votes.leaderboard import SESSION_CAP
 from musicrl.votes.store import SECRET_FILE, StoreUnavailable, VoteStore
 
 CSS = ".musicrl-vote button { min-height: 3em; font-size: 1.05em; }"
@@ -57,12 +63,16 @@ def build_app(
     seed: int | None = None,
     title: str = "musicrl arena",
     token_ttl_s: float = 4 * 3600.0,
+    limits: Limits = Limits(),
+    per_session_cap: int | None = SESSION_CAP,
 ) -> gr.Blocks:
     """The voting UI over `generators` (one or more) and `store`. See the module doc for behaviour.
 
     `examples`: the prompts offered under the prompt box (the caller picks them for the served
     models; none by default). `reload` is the hook for serving new checkpoints (admin "Reload
     models", POST /api/admin/reload). `token_ttl_s`: how long a served pair takes its vote.
+    `limits`: per-client rates and the caps (`musicrl.app.limits.Limits`); `per_session_cap`: the
+    most votes of one session the leaderboard and the admin export count (None: no cap).
     """
     cap = min([max_duration_s] + [float(g.max_duration_s) for g in generators])
     config = ArenaConfig(
@@ -77,6 +87,8 @@ def build_app(
         n_boot=n_boot,
         seed=seed,
         token_ttl_s=token_ttl_s,
+        limits=limits,
+        per_session_cap=per_session_cap,
     )
     arena = Arena(generators, store, config, reload)
     demo = build_blocks(Handlers(arena), title)
@@ -109,6 +121,7 @@ def create_server(blocks: gr.Blocks, *, expose_api_docs: bool = False, monitorin
     app.add_exception_handler(Exception, internal_error)
     app.add_middleware(SessionMiddleware, signer=arena.session_signer)
     app.add_middleware(HiddenRoutes, expose_api_docs=expose_api_docs, monitoring=monitoring)
+    app.add_middleware(BodyLimit, max_bytes=arena.config.limits.max_request_bytes)
     clips = store.clips_dir
     clips.mkdir(parents=True, exist_ok=True)
     blocked = [str(store.data_dir / SECRET_FILE)]
@@ -123,6 +136,7 @@ def create_server(blocks: gr.Blocks, *, expose_api_docs: bool = False, monitorin
         blocked_paths=blocked,
         footer_links=["api", "gradio"] if expose_api_docs else ["gradio"],
         enable_monitoring=monitoring,
+        max_file_size=arena.config.limits.max_request_bytes,  # Gradio's own check; BodyLimit is first
         ssr_mode=False,
         css=CSS,
     )

@@ -97,8 +97,10 @@ def served(app: AppProcess) -> list[dict]:
 
 def loop_app(base: str, out: Path, log_name: str, reload_every: float) -> AppProcess:
     """The loop's app (not started): BASE and whatever OUT/musicrl-u holds, its store in OUT/app."""
+    # no per-session cap on the leaderboard: each simulated voter casts a hundred votes or more
     app = AppProcess(base, out / "app", free_port(), out / "logs" / log_name,
-                     extra=("--models-dir", shown_path(out / "musicrl-u"), "--reload-every", str(reload_every)))  # fmt: skip
+                     extra=("--models-dir", shown_path(out / "musicrl-u"), "--reload-every", str(reload_every),
+                            "--per-session-cap", "0"))  # fmt: skip
     app.env = env()
     return app
 

@@ -15,7 +15,8 @@ Two runs:
   vote, so a re-sent vote whose first try was stored gets a 409: that vote is stored but was never
   confirmed to the voter, who counts it as `answer_lost` and votes on a new pair instead.
 
-Each voter keeps the session cookie the app issues (one session per voter), and votes no sooner
+The app runs without per-client rate limits (`--generate-rate 0 --vote-rate 0`): all voters
+come from one address. Each voter keeps the session cookie the app issues (one session per voter), and votes no sooner
 than a clip's length after the pair arrived, reporting that as its listening time (the app checks
 both against its minimum listen time).
 
@@ -74,7 +75,10 @@ class AppProcess:
     def __init__(self, model: str, data_dir: Path, port: int, log: Path, extra: tuple[str, ...] = ("--reload-every", "0")):
         self.cmd = [sys.executable, "-m", "musicrl.cli", "app", "--model", model, "--data-dir", str(data_dir),
                     "--host", "127.0.0.1", "--port", str(port), "--queue-size", "64", "--min-votes", "1",
-                    "--max-duration", "5", "--threads", "1", *extra]  # fmt: skip
+                    "--max-duration", "5", "--threads", "1",
+                    # the voters share one address: the per-client rate limits (which have their own
+                    # tests) would make this a test of them
+                    "--generate-rate", "0", "--vote-rate", "0", *extra]  # fmt: skip
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self.proc: subprocess.Popen | None = None

@@ -16,6 +16,7 @@ httpx = pytest.importorskip("httpx")
 gr = pytest.importorskip("gradio")
 
 from musicrl.app.handlers import Handlers, UiSession  # noqa: E402
+from musicrl.app.limits import NO_RATE_LIMITS  # noqa: E402
 from musicrl.app.server import build_app, start_server  # noqa: E402
 from musicrl.errors import UserError  # noqa: E402
 from musicrl.votes.store import StoreUnavailable, VoteStore, wav_bytes  # noqa: E402
@@ -30,7 +31,8 @@ HIDDEN = ("/gradio_api/info", "/gradio_api/openapi.json", "/monitoring", "/monit
 def _serve(url, data_dir, lock_timeout_s=3.0, **options):
     store = VoteStore(url, data_dir, lock_timeout_s=lock_timeout_s)
     gens = [FakeGenerator(m, f"{i}" * 16) for i, m in enumerate(MODELS)]
-    demo = build_app(gens, store, min_listen_s=MIN_LISTEN_MS / 1000, leaderboard_min_votes=1, n_boot=10, seed=0)
+    demo = build_app(gens, store, min_listen_s=MIN_LISTEN_MS / 1000, leaderboard_min_votes=1, n_boot=10, seed=0,
+                     limits=NO_RATE_LIMITS)  # fmt: skip
     return start_server(demo, **options), store, demo.musicrl_arena
 
 

@@ -18,6 +18,7 @@ httpx = pytest.importorskip("httpx")
 gr = pytest.importorskip("gradio")
 
 from musicrl.app.handlers import Handlers, UiSession  # noqa: E402
+from musicrl.app.limits import NO_RATE_LIMITS  # noqa: E402
 from musicrl.app.server import build_app, start_server  # noqa: E402
 from musicrl.app.tokens import SESSION_COOKIE, Signer, session_cookie_value  # noqa: E402
 from musicrl.errors import UserError  # noqa: E402
@@ -42,6 +43,9 @@ class FakeGenerator:
 
 
 def _arena_app(url, data_dir, **kw):
+    """The arena over two fake models; no rate limits unless `limits` is given (tests send many
+    requests from one address; the limits have their own tests)."""
+    kw.setdefault("limits", NO_RATE_LIMITS)
     store = VoteStore(url, data_dir)
     gens = [FakeGenerator(m, f"{i}" * 16) for i, m in enumerate(MODELS)]
     demo = build_app(gens, store, min_listen_s=MIN_LISTEN_MS / 1000, leaderboard_min_votes=1, n_boot=10, seed=0, **kw)

@@ -11,6 +11,10 @@ generations; the new weights rate as a new `RUN@version` row on the leaderboard.
 session cookies are signed with the store secret: replicas on one database share MUSICRL_SALT.
 Gradio's API description and monitoring routes are off (404) unless --expose-api-docs / --monitoring.
 A damaged SQLite database (PRAGMA quick_check) stops the app before it serves.
+Limits: per-client token buckets on generate and vote (--generate-rate/--generate-burst,
+--vote-rate/--vote-burst; 429 with Retry-After), --max-unvoted-clips (their files removed once
+their pairs expire), --max-request-kb (any request body, Gradio uploads included: 413); the
+leaderboard and the admin export count at most --per-session-cap votes a session.
 """
 
 from __future__ import annotations
@@ -54,8 +58,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve Gradio's API description (/gradio_api/info, /gradio_api/openapi.json, 'view API') "
                         "and /api/openapi.json, /api/docs (default: 404)")  # fmt: skip
     p.add_argument("--monitoring", action="store_true", help="serve Gradio's monitoring dashboard at /monitoring (default: 404)")
+    add_limit_arguments(p)
     p.add_argument("--duration", type=float, default=None,
                    help="clip length the prompt box starts at, s (default 4 for the tiny world, its training length; else 5)")  # fmt: skip
+
+
+def add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `musicrl.app.limits.Limits` and the per-session cap, defaulting to theirs."""
+    from musicrl.app.limits import Limits
+    from musicrl.votes.leaderboard import SESSION_CAP
+
+    d = Limits()
+    p.add_argument("--generate-rate", type=float, default=d.generate_per_min, metavar="N",
+                   help=f"pairs one client (address) may generate a minute, sustained (default {d.generate_per_min:g}; 0 = no limit)")  # fmt: skip
+    p.add_argument("--generate-burst", type=int, default=d.generate_burst, metavar="N",
+                   help=f"pairs one client may generate at once before the rate applies (default {d.generate_burst})")  # fmt: skip
+    p.add_argument("--vote-rate", type=float, default=d.vote_per_min, metavar="N",
+                   help=f"votes one client may send a minute, sustained (default {d.vote_per_min:g}; 0 = no limit)")  # fmt: skip
+    p.add_argument("--vote-burst", type=int, default=d.vote_burst, metavar="N",
+                   help=f"votes one client may send at once (default {d.vote_burst})")  # fmt: skip
+    p.add_argument("--max-unvoted-clips", type=int, default=d.max_unvoted_clips, metavar="N",
+                   help=f"clips nobody voted on kept at most; their files go once their pairs expire "
+                        f"(default {d.max_unvoted_clips}; 0 = no cap)")  # fmt: skip
+    p.add_argument("--max-request-kb", type=int, default=d.max_request_bytes // 1024, metavar="KB",
+                   help=f"largest request body, Gradio uploads included (default {d.max_request_bytes // 1024})")  # fmt: skip
+    p.add_argument("--per-session-cap", type=int, default=SESSION_CAP, metavar="N",
+                   help=f"votes of one session the leaderboard and the admin export count, its first N "
+                        f"(default {SESSION_CAP}; 0 = no cap)")  # fmt: skip
+
+
+def limits_from(args: argparse.Namespace):
+    """(`Limits`, per-session cap or None) from the flags; one-line errors."""
+    from musicrl.app.limits import Limits
+
+    if args.per_session_cap < 0:
+        raise UserError(f"--per-session-cap must be >= 0 (0 = no cap), got {args.per_session_cap}")
+    if args.max_request_kb < 1:
+        raise UserError(f"--max-request-kb must be >= 1, got {args.max_request_kb}")
+    limits = Limits(generate_per_min=args.generate_rate, generate_burst=args.generate_burst,
+                    vote_per_min=args.vote_rate, vote_burst=args.vote_burst,
+                    max_unvoted_clips=args.max_unvoted_clips, max_request_bytes=1024 * args.max_request_kb)  # fmt: skip
+    return limits, (args.per_session_cap or None)
 
 
 def example_lists() -> dict[str, Path]:
@@ -133,6 +176,7 @@ def prepare(args: argparse.Namespace):
         raise UserError(f"--db-lock-timeout must be in (0, 600] s, got {args.db_lock_timeout:g}")
     if not args.reload_every >= 0:
         raise UserError(f"--reload-every must be >= 0 s (0 = off), got {args.reload_every}")
+    limits, per_session_cap = limits_from(args)
     apply_threads(args.threads)
     examples, duration = examples_and_duration(args, models)
     data_dir = Path(args.data_dir).expanduser()
@@ -167,7 +211,10 @@ def prepare(args: argparse.Namespace):
         examples=examples,
         default_duration_s=duration,
         token_ttl_s=args.token_ttl,
+        limits=limits,
+        per_session_cap=per_session_cap,
     )
+    demo.musicrl_arena.leaderboard()  # every vote read once now, not on the first visitor's page load
     poller = Poller(demo.musicrl_arena.reload_models, args.reload_every) if args.reload_every > 0 else None
     return demo, store, poller
 
