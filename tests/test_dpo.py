@@ -64,6 +64,7 @@ def test_at_step_zero_the_implicit_rewards_are_zero_and_the_loss_is_ln2(tmp_path
     tr = make(tmp_path, random_musicgen_dir, pairs_of(sampled), loss=loss)
     m = tr.step(0)  # the metrics of the batch before its update: policy == reference
     assert m["rewards/chosen"] == 0 and m["rewards/rejected"] == 0 and m["rewards/margin"] == 0
+    assert m["rewards/accuracy"] == 0.5  # every pair's implicit rewards are equal: chance, not 0
     assert m["loss"] == pytest.approx(math.log(2), abs=1e-6) and m["kl"] == pytest.approx(0, abs=1e-7)
     m2 = tr.step(1)
     assert m2["kl"] > 0 and m2["rewards/chosen"] != 0  # the policy has moved

@@ -10,7 +10,8 @@ One step, top to bottom (`DPOTrainer.step`):
      clip's K x T tokens): 'sigmoid' (DPO), 'conservative' (label-smoothed DPO) or 'ipo'; gradient
      accumulation over micro-batches of pairs.
 Metrics: the implicit rewards beta * (log pi - log ref) of the chosen and rejected clips, their margin
-and accuracy (the share of decisive pairs whose chosen clip has the larger implicit reward), the
+and accuracy (the share of decisive pairs whose chosen clip has the larger implicit reward, an equal
+one counting half: 0.5 at step 0), the
 clips' log-probs, and the exact KL(pi || ref) over the codebook along the clips. At step 0 the policy
 is the reference: the implicit rewards are 0 and the DPO loss is ln 2.
 
@@ -133,9 +134,10 @@ class DPOTrainer:
         beta = self.cfg.beta
         rc, rr = beta * (s["logp_c"] - s["ref_c"]), beta * (s["logp_r"] - s["ref_r"])
         decisive = ~s["tie"]
+        won = (rc > rr).float() + 0.5 * (rc == rr).float()  # equal implicit rewards: half (all of them at step 0)
         m = {
             "loss": s["loss"].mean(), "rewards/chosen": rc.mean(), "rewards/rejected": rr.mean(),
-            "rewards/margin": (rc - rr)[decisive].mean(), "rewards/accuracy": (rc > rr)[decisive].float().mean(),
+            "rewards/margin": (rc - rr)[decisive].mean(), "rewards/accuracy": won[decisive].mean(),
             "logps/chosen": s["logp_c"].mean(), "logps/rejected": s["logp_r"].mean(),
             "kl": (s["kl_c"] + s["kl_r"]).sum() / (s["tokens_c"] + s["tokens_r"]).sum(),
             "kl_seq": torch.cat([s["kl_c"], s["kl_r"]]).mean(),
