@@ -292,3 +292,16 @@ def test_the_ui_votes_in_the_stores_vocabulary_and_never_imports_the_tiny_world(
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])  # fmt: skip
             assert not [n for n in names if n == "musicrl.tiny" or n.startswith("musicrl.tiny.")], path
+
+
+def test_a_fresh_arena_serves_the_tiny_base_and_its_musicrl_r_fine_tune(tmp_path):
+    """`musicrl app` with no model flags: `tiny` and the shipped `tiny-r`, so its pairs rate something."""
+    from musicrl.cli import build_parser
+    from musicrl.commands.app import prepare
+
+    demo, store, poller = prepare(build_parser().parse_args(["app", "--data-dir", str(tmp_path), "--reload-every", "0"]))
+    arena = demo.musicrl_arena
+    assert [g.model_id for g in arena.generators] == ["tiny", "tiny-r"] and poller is None
+    assert arena.generators[0].version != arena.generators[1].version
+    pair = arena.generate_pair("slow calm piano", 1.0)
+    assert {pair.a.model_id, pair.b.model_id} == {"tiny", "tiny-r"}

@@ -4,6 +4,7 @@
                 [--host 127.0.0.1] [--port 7860]
 
 Several models: each pair comes from two different models drawn at random; one: two seeds of it.
+Without --model and --models-dir it serves `tiny` and `tiny-r` (the tiny LM after MusicRL-R).
 A --models-dir (a `musicrl train` out_dir) serves its newest complete checkpoint (`final/`, else
 the highest `checkpoints/step-N`), checked every --reload-every seconds and swapped in between two
 generations; the new weights rate as a new `RUN@version` row on the leaderboard. Admin actions
@@ -26,11 +27,17 @@ from pathlib import Path
 from musicrl.commands.common import add_device, add_threads, apply_threads
 from musicrl.errors import UserError
 from musicrl.model.device import resolve_device
+from musicrl.model.hub import SHIPPED
+
+# Served when neither --model nor --models-dir is given: the tiny base and its MusicRL-R fine-tune, so a
+# fresh arena compares two models (one model is compared with itself by seed, and rates nothing).
+DEFAULT_MODELS = ("tiny", "tiny-r")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", default=None, metavar="M",
-                   help="'tiny' (default without --models-dir), a local directory or a hub id; repeat to compare models")  # fmt: skip
+                   help="'tiny', 'tiny-r' (both served by default without --models-dir), a local directory or a hub id; "
+                        "repeat to compare models")  # fmt: skip
     p.add_argument("--models-dir", action="append", default=None, metavar="RUN",
                    help="serve the newest checkpoint of a training run dir (final/ or checkpoints/step-N); repeatable")  # fmt: skip
     p.add_argument("--reload-every", type=float, default=30.0, metavar="S",
@@ -131,7 +138,7 @@ def serves_tiny(models: list[str], models_dirs: list[str]) -> bool:
         ckpt = newest_checkpoint(Path(run_dir).expanduser())
         return read_info(ckpt).get("reference") if ckpt is not None else None
 
-    return "tiny" in models or any(reference(d) == "tiny" for d in models_dirs)
+    return any(m in SHIPPED for m in models) or any(reference(d) in SHIPPED for d in models_dirs)
 
 
 def examples_and_duration(args: argparse.Namespace, models: list[str]) -> tuple[tuple[str, ...], float]:
@@ -165,7 +172,7 @@ def model_set(models: list[str], models_dirs: list[str], device: str):
 def prepare(args: argparse.Namespace):
     """(blocks, store, poller or None) from the arguments: everything `run` serves (tests use it too)."""
     models_dirs = args.models_dir or []
-    models = args.model or ([] if models_dirs else ["tiny"])
+    models = args.model or ([] if models_dirs else list(DEFAULT_MODELS))
     if len(set(models)) != len(models):
         raise UserError("each --model may be given once (one model is compared with itself by seed anyway)")
     if not 1 <= args.port <= 65535:

@@ -8,6 +8,7 @@ codec           Codec: audio <-> codes through any EnCodec-API model
 spectral_codec  the tiny world's codec architecture, registered with transformers' Auto classes
 delay           MusicGen's delay pattern, applied and undone exactly
 generator       Generator: prompt -> clips with their seed and settings, for the CLI and the app
+delta           a fine-tune shipped as its fp16 difference from a base (the shipped `tiny-r`)
 hub, device     where models come from; which device a run uses
 realsize        musicgen-small's configuration, for tests and benchmarks with random weights
 """

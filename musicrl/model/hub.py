@@ -7,22 +7,27 @@ since our machines (and many users' GPU boxes) cannot reach a model hub.
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable
 
 from musicrl.errors import UserError
 
 TINY_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
+# The shipped models by name -> the suffix of their directory under TINY_DIR/<component>: `tiny` is the
+# tiny world; `tiny-r` its MusicRL-R fine-tune, shipped as a weight delta (musicrl.model.delta, model card
+# in assets/tiny/musicgen-r/README.md).
+SHIPPED = MappingProxyType({"tiny": "", "tiny-r": "-r"})
+_REBUILD = MappingProxyType({"tiny": "rebuild it with `musicrl bootstrap tiny`",
+                             "tiny-r": "reinstall musicrl (only the tiny-r MusicGen is shipped)"})  # fmt: skip
 
 
 def resolve(name: str | Path, component: str) -> str:
     """'tiny' -> the shipped tiny `component` dir; an existing dir -> itself; else a hub id as given."""
     name = str(name)
-    if name == "tiny":
-        path = TINY_DIR / component
-        if not (path / "config.json").exists():
-            raise UserError(
-                f"the tiny {component} model is missing at {path}; rebuild it with `musicrl bootstrap tiny`"
-            )
+    if name in SHIPPED:
+        path = TINY_DIR / (component + SHIPPED[name])
+        if not (path / "config.json").exists() and not (path / "delta.json").exists():
+            raise UserError(f"the {name} {component} model is missing at {path}; {_REBUILD[name]}")
         return str(path)
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())

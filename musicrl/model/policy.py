@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 import functools
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -67,14 +68,21 @@ class MusicGenPolicy(nn.Module):
     # ---- loading -------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name: str = "tiny", device: str | torch.device = "cpu", dtype=None) -> "MusicGenPolicy":
-        """Load by 'tiny', a local directory in transformers format, or a hub id."""
+        """Load by 'tiny' (or 'tiny-r'), a local directory in transformers format, a weight-delta
+        directory (`musicrl.model.delta`: its base, plus the delta), or a hub id."""
         from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
+        from musicrl.model import delta
 
         # weights may be stored in half precision (the tiny world ships fp16 to stay small): compute in fp32
         # unless asked otherwise
         kwargs = {"dtype": dtype if dtype is not None else torch.float32}
-        model = hub.load(MusicgenForConditionalGeneration.from_pretrained, name, "musicgen", **kwargs)
-        tokenizer = hub.load(AutoTokenizer.from_pretrained, name, "musicgen")
+        path = hub.resolve(name, "musicgen")
+        base = delta.base_of(path) if Path(path).is_dir() else None
+        model = hub.load(MusicgenForConditionalGeneration.from_pretrained, base or name, "musicgen", **kwargs)
+        tokenizer = hub.load(AutoTokenizer.from_pretrained, base or name, "musicgen")
+        if base is not None:
+            delta.apply_delta(model, path)
         model.to(device).eval()
         model.audio_encoder.requires_grad_(False)  # the codec is frozen, always
         return cls(model, tokenizer, name=str(name))
