@@ -333,7 +333,9 @@ class Arena:
         if not secret or not hmac.compare_digest(str(secret).encode(), self.config.admin_secret.encode()):
             raise PermissionError("Wrong admin secret.")
 
-    def export(self, fmt: str = "jsonl", per_session_cap: int | None = None, exclude_flagged: bool = False) -> tuple[Path, int]:
+    def export(
+        self, fmt: str = "jsonl", per_session_cap: int | None = None, exclude_flagged: bool = False
+    ) -> tuple[Path, int]:
         """Export the effective votes under data_dir/exports/, at most `per_session_cap` a session
         (default: the leaderboard's); `exclude_flagged`: without outlier sessions. Returns (path, rows)."""
         out_dir = self.store.data_dir / "exports"

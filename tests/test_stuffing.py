@@ -150,5 +150,6 @@ def test_the_leaderboard_counts_at_most_the_cap_of_one_session(db_url, tmp_path)
         store.record_vote(clip_a=p.a.id, clip_b=p.b.id, choice="a", session="one-session", pair_id=p.id)
     lb = arena.leaderboard()
     assert lb.n_votes == 2 and math.isfinite(lb.ratings[0].rating)
-    assert lb.ratings == leaderboard(vote_pairs(store.votes(effective=True, per_session_cap=2)), min_votes=1, n_boot=10, seed=0).ratings
+    capped = vote_pairs(store.votes(effective=True, per_session_cap=2))
+    assert lb.ratings == leaderboard(capped, min_votes=1, n_boot=10, seed=0).ratings
     store.close()
