@@ -27,6 +27,46 @@ from musicrl.tiny import synth
 from musicrl.tiny.lm import LMTrainConfig, encode_corpus, held_out_loss, lm_loss
 
 
+def load_corpus(num_clips: int, work_dir: str) -> tuple[LMTrainConfig, dict, torch.Tensor, list]:
+    """The LM's config, its encoded corpus (cached in work_dir), codes [N, K, T] and attributes."""
+    cfg = replace(LMTrainConfig(), num_clips=num_clips)
+    assets = Path(musicrl.__file__).parent / "assets" / "tiny"
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    data = encode_corpus(Codec.from_pretrained(assets / "codec"), cfg, Path(work_dir) / "codes.pt")
+    return cfg, data, data["codes"].long(), [synth.Attributes.from_dict(a) for a in data["attrs"]]
+
+
+def train_steps(policy, params, cfg: LMTrainConfig, codes_all: torch.Tensor, attrs_all: list, *, steps: int, lr: float,
+                batch_size: int, frames: int, seed: int, every: int, desc: str, report) -> None:
+    """AdamW on the LM's own loss over the first `frames` frames of corpus clips [N, K, T] with
+    train-split captions and the LM's caption dropout; prints `report()` every `every` steps."""
+    model = policy.model
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    rng = np.random.default_rng(seed)
+    model.train()
+    model.audio_encoder.eval()
+    model.text_encoder.eval()  # frozen, as in the LM's own training: no dropout either
+    for step in tqdm(range(1, steps + 1), desc=desc):
+        idx = rng.integers(0, len(codes_all), batch_size)
+        codes = codes_all[idx][:, :, :frames]  # [B, K, frames]
+        prompts = [synth.caption(attrs_all[i], rng) for i in idx]
+        drop = torch.from_numpy(rng.random(batch_size) < cfg.cond_dropout)
+        loss = lm_loss(policy, prompts, codes, drop)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % every == 0 or step == steps:
+            print(f"step {step}: {report()}", flush=True)
+    model.eval()
+
+
+def save(policy, out: str) -> None:
+    policy.model.save_pretrained(out)
+    policy.tokenizer.save_pretrained(out)
+    print(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1000)
@@ -38,39 +78,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     quiet_transformers()
-    cfg = replace(LMTrainConfig(), num_clips=args.num_clips)
-    assets = Path(musicrl.__file__).parent / "assets" / "tiny"
-    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-    data = encode_corpus(Codec.from_pretrained(assets / "codec"), cfg, Path(args.work_dir) / "codes.pt")
-    codes_all = data["codes"].long()  # [N, K, T]
-    attrs_all = [synth.Attributes.from_dict(a) for a in data["attrs"]]
+    cfg, data, codes_all, attrs_all = load_corpus(args.num_clips, args.work_dir)
     policy = MusicGenPolicy.from_pretrained("tiny")
     model = policy.model
     model.audio_encoder.requires_grad_(False)
     model.text_encoder.requires_grad_(False)  # frozen, as in the LM's own training
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    rng = np.random.default_rng(1)  # not the original run's seed: other batches of the same corpus
     print(f"held-out loss at the start: {held_out_loss(policy, data):.4f}")
-    model.train()
-    model.audio_encoder.eval()
-    model.text_encoder.eval()
-    for step in tqdm(range(1, args.steps + 1), desc="more LM steps"):
-        idx = rng.integers(0, len(codes_all), cfg.batch_size)
-        codes = codes_all[idx]  # [B, K, T]: whole 4 s clips (crop_frames = T)
-        prompts = [synth.caption(attrs_all[i], rng) for i in idx]
-        drop = torch.from_numpy(rng.random(cfg.batch_size) < cfg.cond_dropout)
-        loss = lm_loss(policy, prompts, codes, drop)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 250 == 0 or step == args.steps:
-            print(f"step {step}: held-out loss {held_out_loss(policy, data):.4f}", flush=True)  # keeps the modes
-    model.eval()
-    model.save_pretrained(args.out)
-    policy.tokenizer.save_pretrained(args.out)
-    print(args.out)
+    train_steps(policy, params, cfg, codes_all, attrs_all, steps=args.steps, lr=args.lr, batch_size=cfg.batch_size,
+                frames=codes_all.shape[-1], seed=1, every=250, desc="more LM steps",  # other batches than the LM's
+                report=lambda: f"held-out loss {held_out_loss(policy, data):.4f}")  # (keeps the modules' modes)
+    save(policy, args.out)
     return 0
 
 

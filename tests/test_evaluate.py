@@ -124,3 +124,29 @@ def test_plot_report_puts_every_model_on_each_reward_panel(tmp_path):
                            for n in ("clap", "quality")}  # fmt: skip
     out = ev.plot_report(report, tmp_path / "curves.png")
     assert int.from_bytes(out.read_bytes()[20:24], "big") == round(4 * 2 * 110)  # a second row: win rate vs clips
+
+
+def test_eval_cli_samples_at_the_asked_temperature_and_records_it(random_musicgen_dir, tmp_path, capsys):
+    """`musicrl eval --temperature` reaches the sampler: the report records the settings the clips were
+    drawn with, a cooler sampler draws other clips from the same seeds, and a bad value is a one-line error."""
+    import json
+
+    from musicrl.cli import main
+
+    def run(temperature: str) -> dict:
+        out = tmp_path / f"t{temperature}.json"
+        rc = main(["eval", "--models", f"tiny,{random_musicgen_dir}", "--rewards", "clap=tiny",
+                   "--num-prompts", "2", "--duration", "0.5", "--temperature", temperature, "--out", str(out),
+                   "--threads", "1"])  # fmt: skip
+        assert rc == 0
+        return json.loads(out.read_text())
+
+    warm, cool = run("1.0"), run("0.3")
+    assert cool["sampling"] == {"temperature": 0.3, "top_k": 250, "top_p": 0.0, "guidance_scale": 3.0,
+                                "duration_s": 0.5, "seed": 0}  # fmt: skip
+    assert cool["kl"][str(random_musicgen_dir)]["mean"] > warm["kl"][str(random_musicgen_dir)]["mean"] > 0
+    scores = lambda r: r["rewards"]["clap"][str(random_musicgen_dir)]["per_prompt"]
+    assert scores(warm) != scores(cool)
+    capsys.readouterr()
+    assert main(["eval", "--models", "tiny,tiny", "--temperature", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "musicrl eval: error: temperature must be > 0, got 0.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from musicrl.commands.common import add_device, add_threads, apply_threads
@@ -23,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--top-k", type=int, default=250)
+    p.add_argument("--temperature", type=float, default=1.0, help="logits are divided by this (default 1)")
     p.add_argument("--rewards", default="clap=tiny,quality=tiny",
                    help="name=model pairs; names clap, quality, or anything else for a preference model dir")
     p.add_argument("--raters", type=int, default=0,
@@ -100,23 +102,24 @@ def run(args: argparse.Namespace) -> int:
 
     from musicrl.logs import quiet_transformers
     from musicrl.model.policy import MusicGenPolicy
-    from musicrl.tiny.prompts import resolve_prompts
     from musicrl.model.sampling import SamplingConfig
+    from musicrl.tiny.prompts import resolve_prompts
 
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, guidance_scale=args.guidance)
     apply_threads(args.threads)
     quiet_transformers()
     device = resolve_device(args.device)
     judges = _judges(args.rewards, args.raters, device)
     prompts = resolve_prompts(args.prompts, args.num_prompts, args.seed)[: args.num_prompts]
-    sampling = SamplingConfig(top_k=args.top_k, guidance_scale=args.guidance)
     policies = {m: MusicGenPolicy.from_pretrained(m, device=device) for m in models}
     samples = [ev.generate(policies[m], prompts, args.num_samples, args.duration, sampling, args.seed, progress=True) for m in models]
     for s, m in zip(samples, models):
         s.model = m
     report = ev.compare(samples, judges, args.num_samples)
+    report["sampling"] = {**asdict(sampling), "duration_s": args.duration, "seed": args.seed}  # what the clips were drawn with
     ref_name = args.reference or models[0]
     reference = policies.get(ref_name) or MusicGenPolicy.from_pretrained(ref_name, device=device)
-    kl_sampling = SamplingConfig(top_k=0, guidance_scale=args.guidance)  # KL over the full distributions
+    kl_sampling = replace(sampling, top_k=0)  # KL over the full (tempered, guided) distributions
     report["kl"] = {}
     for s, m in zip(samples, models):
         if m != ref_name:
