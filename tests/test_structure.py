@@ -72,8 +72,11 @@ def test_every_shipped_preset_is_a_valid_config_whose_prompts_resolve(preset):
 def test_shipped_prompt_lists_load_by_name_and_a_missing_one_is_a_one_line_error():
     from musicrl.errors import UserError
 
-    assert len(load_prompts("music-train")) > 500 and not set(load_prompts("music-train")) & set(load_prompts("music-eval"))
-    assert not [p for p in load_prompts("music-eval") if p.startswith("#")]  # comment lines are not prompts
+    train, evaluation = load_prompts("music-train"), load_prompts("music-eval")
+    assert len(train) >= 1000 and len(evaluation) >= 200  # the real-music sets (experiments/make_music_prompts.py)
+    assert len(set(train)) == len(train) and len(set(evaluation)) == len(evaluation)  # no duplicates
+    assert not {p.lower() for p in train} & {p.lower() for p in evaluation}  # held out
+    assert not [p for p in evaluation if p.startswith("#")]  # comment lines are not prompts
     with pytest.raises(UserError, match="music-train") as e:
         load_prompts("no-such-list")
     assert "\n" not in str(e.value)
@@ -119,6 +122,8 @@ def test_a_regular_install_ships_one_namespace_and_runs_from_anywhere(tmp_path):
     for top in ("app", "rewards"):
         r = run(py, "-c", f"import {top}", check=False)
         assert r.returncode != 0 and "ModuleNotFoundError" in r.stderr, (top, r.stderr)
+    sizes = run(py, "-c", "from musicrl.presets import load_prompts as p; print(len(p('music-train')), len(p('music-eval')))")
+    assert [int(n) >= m for n, m in zip(sizes.stdout.split(), (1000, 200))] == [True, True], sizes.stdout
     cli = venv / "bin" / "musicrl"
     run(cli, "generate", "fast happy piano melody", "--duration", "1", "--out", work / "gen")
     assert list((work / "gen").glob("*.wav")) and list((work / "gen").glob("*.json"))
