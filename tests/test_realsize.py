@@ -41,3 +41,27 @@ def test_the_musicgen_small_dpo_preset_trains_a_step_on_its_architecture(tmp_pat
     assert main(["train", "--config", "po/small/dpo", "--votes", str(out / "votes.jsonl"), f"model={model_dir}",
                  f"out_dir={run}", "steps=1", "batch_size=1", "grad_accum=1", "eval_fraction=0", "device=cpu"]) == 0  # fmt: skip
     assert (run / "final" / "model.safetensors").is_file() or (run / "final" / "model.safetensors.index.json").is_file()
+
+
+@pytest.mark.parametrize("size,layers,width,heads,ffn,decoder_b,total_gb", [
+    ("small", 24, 1024, 16, 4096, 0.42, 2.35),  # facebook/musicgen-small: 2.36 GB fp32 checkpoint
+    ("medium", 48, 1536, 24, 6144, 1.84, 8.02),  # facebook/musicgen-medium: 8.04 GB fp32 checkpoint (nominal 1.5B)
+])  # fmt: skip
+def test_musicgen_configs_have_the_published_shape_and_size(tmp_path, size, layers, width, heads, ffn, decoder_b, total_gb):
+    """Config only (no weights): the saved config loads back through transformers, and a meta-device
+    model of it counts the published checkpoint's parameters."""
+    import torch
+    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
+
+    from musicrl.model.realsize import musicgen_config
+
+    musicgen_config(size).save_pretrained(tmp_path)
+    config = MusicgenConfig.from_pretrained(tmp_path)
+    d = config.decoder
+    assert (d.num_hidden_layers, d.hidden_size, d.num_attention_heads, d.ffn_dim) == (layers, width, heads, ffn)
+    assert (d.num_codebooks, d.vocab_size, config.text_encoder.d_model, config.audio_encoder.sampling_rate) == (4, 2048, 768, 32000)
+    with torch.device("meta"):
+        model = MusicgenForConditionalGeneration(config)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(model.decoder) / 1e9 == pytest.approx(decoder_b, abs=0.01)
+    assert count(model) * 4 / 1e9 == pytest.approx(total_gb, abs=0.03)  # fp32 bytes

@@ -10,5 +10,5 @@ delay           MusicGen's delay pattern, applied and undone exactly
 generator       Generator: prompt -> clips with their seed and settings, for the CLI and the app
 delta           a fine-tune shipped as its fp16 difference from a base (the shipped `tiny-r`)
 hub, device     where models come from; which device a run uses
-realsize        musicgen-small's configuration, for tests and benchmarks with random weights
+realsize        musicgen-small/-medium/-large configurations, for tests and benchmarks with random weights
 """

@@ -1,9 +1,15 @@
 """Real-size architectures with random weights, for tests and benchmarks where no hub is reachable.
 
-`musicgen_small_config()` mirrors facebook/musicgen-small: a T5-base text encoder, a 24-layer
-1024-wide decoder over 4 codebooks of 2048, and the 32 kHz EnCodec. The tokenizer is byte-level
-(`ByT5Tokenizer`) because the real SentencePiece vocabulary cannot be downloaded here; token ids
-stay inside T5's vocabulary, so the architecture and every code path are the real ones.
+`musicgen_config(size)` mirrors facebook/musicgen-small, -medium and -large: a T5-base text encoder
+(all three), the 32 kHz EnCodec, and a decoder over 4 codebooks of 2048 whose depth, width, heads and
+FFN are the published configs' (`DECODERS`, from the checkpoints' config.json: small 24 x 1024,
+16 heads, FFN 4096; medium 48 x 1536, 24 heads, FFN 6144; large 48 x 2048, 32 heads, FFN 8192).
+Their nominal sizes are 300M, 1.5B and 3.3B; counted, the decoders alone hold 0.42B, 1.84B and 3.26B
+parameters, and with the text encoder and codec 0.59B, 2.01B and 3.42B (the fp32 musicgen-medium
+checkpoint is 8.04 GB: 2.01B).
+The tokenizer is byte-level (`ByT5Tokenizer`) because the real SentencePiece vocabulary cannot be
+downloaded here; token ids stay inside T5's vocabulary, so the architecture and every code path are
+the real ones. LAION's CLAP is `musicrl.rewards.realsize`.
 """
 
 from __future__ import annotations
@@ -13,9 +19,14 @@ from pathlib import Path
 import torch
 
 
-def musicgen_small_config():
+# decoder (layers, width, heads, FFN) of each published MusicGen
+DECODERS = {"small": (24, 1024, 16, 4096), "medium": (48, 1536, 24, 6144), "large": (48, 2048, 32, 8192)}
+
+
+def musicgen_config(size: str = "small"):
     from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
 
+    layers, width, heads, ffn = DECODERS[size]
     text = T5Config(
         vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
         feed_forward_proj="relu", is_encoder_decoder=False,
@@ -26,11 +37,15 @@ def musicgen_small_config():
         chunk_length_s=None, overlap=None,
     )  # fmt: skip
     decoder = MusicgenDecoderConfig(
-        vocab_size=2048, max_position_embeddings=2048, num_hidden_layers=24, ffn_dim=4096,
-        num_attention_heads=16, hidden_size=1024, num_codebooks=4, pad_token_id=2048, bos_token_id=2048,
+        vocab_size=2048, max_position_embeddings=2048, num_hidden_layers=layers, ffn_dim=ffn,
+        num_attention_heads=heads, hidden_size=width, num_codebooks=4, pad_token_id=2048, bos_token_id=2048,
         decoder_start_token_id=2048,
     )  # fmt: skip
     return MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=codec.to_dict(), decoder=decoder.to_dict())
+
+
+def musicgen_small_config():
+    return musicgen_config("small")
 
 
 def save_random_musicgen_small(path: str | Path, seed: int = 0, dtype=torch.float32) -> Path:
