@@ -205,7 +205,9 @@ class HeadModel(torch.nn.Module):
         option missing from an older config keeps the constructor's default."""
         from safetensors.torch import load_file
 
-        model_dir = Path(model_dir).expanduser()
+        from musicrl.model.hub import snapshot
+
+        model_dir = snapshot(Path(model_dir).expanduser())  # a hub cache's folder -> its snapshot
         if not model_dir.is_dir():
             raise UserError(f"no {cls.KIND} model directory {model_dir}")
         config = _read_config(model_dir, cls.MODEL_TYPE)

@@ -1,7 +1,10 @@
-"""Where models come from: the shipped `tiny` world, a local directory, or a hub id.
+"""Where models come from: the shipped `tiny` world, a local directory, a hub cache's folder, or a hub id.
 
-One place turns a failed load into a one-line `UserError` that says how to point at a local copy,
-since our machines (and many users' GPU boxes) cannot reach a model hub.
+A local directory is a model in transformers format, or a hub cache's folder for one repository
+(`HF_HOME/hub/models--org--name`, as `hf download` and `from_pretrained` leave it, copied from a
+connected machine): its snapshot is used (`snapshot`). A hub id is looked up in the local cache
+(`HF_HOME`) first. One place turns a failed load into a one-line `UserError` that says how to point
+at a local copy, since our machines (and many users' GPU boxes) cannot reach a model hub.
 """
 
 from __future__ import annotations
@@ -30,10 +33,26 @@ def resolve(name: str | Path, component: str) -> str:
             raise UserError(f"the {name} {component} model is missing at {path}; {_REBUILD[name]}")
         return str(path)
     if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
+        return str(snapshot(Path(name).expanduser()))
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise UserError(f"no such model directory: {name}")
     return name
+
+
+def snapshot(path: Path) -> Path:
+    """A hub cache's repository folder (`models--org--name`, holding `snapshots/<revision>/`) -> the
+    snapshot that `refs/main` names, else its newest one; any other directory -> itself."""
+    snapshots = path / "snapshots"
+    if not path.name.startswith("models--") or not snapshots.is_dir():
+        return path
+    ref = path / "refs" / "main"
+    named = snapshots / ref.read_text().strip() if ref.is_file() else None
+    if named is not None and named.is_dir():
+        return named
+    found = sorted((p for p in snapshots.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"{path} is a hub cache folder without a snapshot; download the model again")
+    return found[-1]
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
@@ -76,6 +95,6 @@ def load(loader: Callable[..., Any], name: str | Path, component: str, **kwargs)
             raise UserError(f"cannot load {component} from {path}: {first}") from e
         raise UserError(
             f"cannot load {component} '{name}': not a local directory and the model hub is unreachable; "
-            f"download it on a connected machine (`huggingface-cli download {name} --local-dir DIR`) "
-            f"and pass the directory instead"
+            f"download it on a connected machine (`hf download {name}`, then copy its HF_HOME/hub/"
+            f"models--{name.replace('/', '--')} folder here and pass that folder, or set HF_HOME to the copy)"
         ) from e
