@@ -150,7 +150,7 @@ class DPOTrainer:
         t = time.perf_counter()
         if self.device.type == "cuda":  # the step's own peak
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.policy.eval()  # no dropout: the distributions are those of sampling
+        tuning.eval_mode(self.policy)  # no dropout: the distributions are those of sampling
         batch = self.batch_for(step)
         mb = len(batch) // cfg.grad_accum
         parts = []

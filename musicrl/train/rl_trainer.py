@@ -131,7 +131,7 @@ class RLTrainer:
         if self.device.type == "cuda":  # the step's own peak: weights, reference, optimizer state, activations
             torch.cuda.reset_peak_memory_stats(self.device)
         t = time.perf_counter()
-        pol.eval()  # no dropout: sampling and training distributions must be the same
+        tuning.eval_mode(pol)  # no dropout: sampling and training distributions must be the same
         with self._autocast():
             roll = self.sampler.sample(self.prompts_for(step), k, cfg.duration_s, sampling=cfg.sampling, seed=step_seed(cfg.seed, step))
         times["rollout"], t = time.perf_counter() - t, time.perf_counter()

@@ -1,5 +1,6 @@
 """What the RL trainer and the preference-optimisation (DPO/IPO) trainer share, written once.
 
+- `eval_mode`: the mode both trainers run in (no dropout; gradient checkpointing still on).
 - `prepare_policy`: only the decoder LM trains (the text encoder and its projection are frozen, as
   MusicGen); LoRA adapters (peft) or a chosen set of decoder modules; the KL reference: a frozen copy
   of the starting policy, another checkpoint, or, with LoRA, the same network with its adapters
@@ -37,8 +38,14 @@ def prepare_policy(policy: MusicGenPolicy, cfg, device, reference: MusicGenPolic
     policy.model.text_encoder.requires_grad_(False)  # only the LM is trained (as MusicGen)
     if getattr(policy.model, "enc_to_dec_proj", None) is not None:  # text -> decoder width: frozen with the text
         policy.model.enc_to_dec_proj.requires_grad_(False)
-    if cfg.gradient_checkpointing:
-        policy.model.decoder.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # (non-reentrant: LoRA leaves the layers' inputs without gradients)
+        decoder, kwargs = policy.model.decoder, {"use_reentrant": False}
+        if hasattr(decoder, "activation_checkpointing_enable"):  # transformers >= 5.x's name for it
+            decoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        for layer in checkpointed_layers(policy):  # see `eval_mode`
+            layer.dropout = layer.activation_dropout = 0.0
     if cfg.lora_rank:
         add_lora(policy, cfg)
         return None
@@ -50,6 +57,23 @@ def prepare_policy(policy: MusicGenPolicy, cfg, device, reference: MusicGenPolic
         MusicGenPolicy.from_pretrained(cfg.reference, device=device) if cfg.reference else copy.deepcopy(policy)
     )
     return reference.requires_grad_(False)
+
+
+def checkpointed_layers(policy: MusicGenPolicy) -> list[nn.Module]:
+    """The decoder layers that recompute their activations in the backward pass instead of keeping them."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in policy.model.decoder.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+
+
+def eval_mode(policy: MusicGenPolicy) -> None:
+    """The trainers' mode: no dropout anywhere, so the distributions trained on are those sampled from.
+    transformers checkpoints a layer only while its `training` flag is set, so the layers that
+    checkpoint get that flag back (their children stay in eval mode); `prepare_policy` zeroed those
+    layers' own residual and activation dropout, so the flag changes nothing else."""
+    policy.eval()
+    for layer in checkpointed_layers(policy):
+        layer.training = True
 
 
 def chosen_modules(policy: MusicGenPolicy, wanted: list[str]) -> dict[str, nn.Module]:
