@@ -6,15 +6,16 @@
 
 from __future__ import annotations
 
-import math
+import html
+import logging
 import time
 from types import MappingProxyType
 from typing import Callable
 
 import gradio as gr
-import pandas as pd
 
 from musicrl.app.arena import Arena, Busy, Listening, Pair
+from musicrl.app.board import leaderboard_note, matrix_frame, ratings_frame, serving_note
 from musicrl.app.clip_gc import ClipsFull
 from musicrl.app.limits import RateLimited, client_key
 from musicrl.app.tokens import SESSION_COOKIE, new_id
@@ -28,7 +29,10 @@ _LABELS = MappingProxyType(
     {"a": ("A is better", "A"), "b": ("B is better", "B"), "tie": ("Tie", "a tie"), "both_bad": ("Both bad", "both bad")}
 )
 VOTES: tuple[tuple[str, str, str], ...] = tuple((c, *_LABELS[c]) for c in CHOICES)  # (choice, label, reveal word)
-LB_COLUMNS = ("rank", "model", "rating", "ci_low", "ci_high", "games", "wins", "losses", "ties", "both_bad")
+N_GENERATE_OUT = 9  # on_generate's outputs before the gate's (layout.GENERATE_OUT)
+N_VOTE_OUT = 3  # on_vote's outputs before the gate's and the leaderboard's (layout.VOTE_OUT)
+N_GATE_OUT = len(VOTES) + 3  # status, the vote buttons, next pair, timer
+N_LB_OUT = 3  # note, ratings, win rates
 
 
 class UiSession:
@@ -52,13 +56,27 @@ class UiSession:
         return self.pair.left if slot == "A" else ("b" if self.pair.left == "a" else "a")
 
 
-def _ui_error(e: Exception) -> gr.Error:
-    return gr.Error(str(e), print_exception=False)
+def refuse(message: str, n_outputs: int, title: str = "Not done") -> tuple:
+    """A request the UI turns down: a warning toast (not an error badge on every output), and
+    no output changes, so the pair on screen, its players and its state stay as they were."""
+    gr.Warning(message, title=title)
+    return tuple(gr.skip() for _ in range(n_outputs))
 
 
-def _slow_down(e: RateLimited) -> gr.Error:
-    return gr.Error(f"You are going faster than this arena allows. Please wait {e.retry_after_s} s, then try again.",
-                    title="Slow down", print_exception=False)  # fmt: skip
+def slow_down(e: RateLimited, n_outputs: int) -> tuple:
+    return refuse(f"Slow down: you are going faster than this arena allows. Please wait {e.retry_after_s} s, "
+                  "then try again.", n_outputs, title="Slow down")  # fmt: skip
+
+
+def unexpected(what: str, n_outputs: int) -> tuple:
+    """An error nobody foresaw: logged with its traceback for the operator, one plain line for the user."""
+    logging.getLogger("musicrl.app").exception("%s failed", what)
+    return refuse(f"Something went wrong while {what}; please try again.", n_outputs, title="Sorry")
+
+
+def echo(prompt: str) -> str:
+    """The pair's prompt above its players (HTML-escaped: it is the user's text)."""
+    return f'<div class="musicrl-echo"><span>Prompt</span> <q>{html.escape(prompt)}</q></div>'
 
 
 class Handlers:
@@ -80,7 +98,7 @@ class Handlers:
         if s.pair is None:
             return "Type a prompt (or pick an example) and press **Generate**.", False, False
         if s.vote_id is not None:  # one vote per pair: the reveal closes it
-            return "Vote saved. Generate a new pair to vote again.", False, False
+            return "Vote saved. Press **Next pair** for two new clips of this prompt, or change the prompt.", False, False
         got, need = self.heard_s(s)
         heard = all(got[x] >= need[x] for x in "AB")
         if heard:
@@ -91,9 +109,10 @@ class Handlers:
         return msg, heard, s.listening.playing and not heard
 
     def gate(self, s: UiSession):
-        """Updates for the status line, the vote buttons and the timer."""
+        """Updates for the status line, the vote buttons, the next-pair button (after the vote) and the timer."""
         msg, heard, tick = self.gate_state(s)
-        return msg, *[gr.Button(interactive=heard) for _ in VOTES], gr.Timer(active=tick)
+        voted = s.pair is not None and s.vote_id is not None
+        return msg, *[gr.Button(interactive=heard) for _ in VOTES], gr.Button(visible=voted), gr.Timer(active=tick)
 
     def on_play(self, slot: str) -> Callable:
         def fn(s: UiSession):
@@ -111,20 +130,39 @@ class Handlers:
 
     # -- generate and vote -----------------------------------------------------------------------
     def on_generate(self, prompt, duration, s: UiSession, request: gr.Request):
+        """A new pair: the clips (screen order), ratings and reveal cleared, the prompt echoed, the
+        headers unnamed, the serving note; a refused request (bad prompt, too fast, busy) keeps the
+        pair on screen and says why in a warning."""
+        n_out = N_GENERATE_OUT + N_GATE_OUT
         try:
             self.arena.limit("generate", client_key(request))
             pair = self.arena.generate_pair(prompt, duration)
             paths = [str(self.arena.store.clip_file(pair.clip(k).id)) for k in "ab"]  # never a planted link
         except RateLimited as e:
-            raise _slow_down(e) from None
+            return slow_down(e, n_out)
         except (UserError, Busy, ClipsFull, StoreUnavailable) as e:
-            raise _ui_error(e) from None
+            return refuse(str(e), n_out)
+        except Exception:  # noqa: BLE001 (the page gets one plain line; the log gets the traceback)
+            return unexpected("making the pair", n_out)
         cookies = getattr(request, "cookies", None) or {}  # a dict, or gradio's dict-like Obj (no .get)
         cookie = cookies[SESSION_COOKIE] if SESSION_COOKIE in cookies else None
         s.session = self.arena.session_from_cookie(cookie) or s.session
         s.pair, s.listening, s.vote_id, s.rated = pair, Listening(), None, set()
         paths = paths if pair.left == "a" else paths[::-1]  # screen order: left, right
-        return *paths, None, None, "", *self.gate(s)
+        return (*paths, None, None, "", echo(pair.prompt), *self.headers(s), self.serving_note(), *self.gate(s))
+
+    def headers(self, s: UiSession) -> tuple[str, str]:
+        """The players' headers: 'A' and 'B' while blind; with each clip's model once the vote is stored."""
+        if s.pair is None or s.vote_id is None:
+            return "### A", "### B"
+        named = []
+        for slot in "AB":
+            c = s.pair.clip(s.key(slot))
+            named.append(f"### {slot} · `{model_key(c.model_id, c.model_version)}`")
+        return named[0], named[1]
+
+    def serving_note(self) -> str:
+        return serving_note([m["model_id"] for m in self.arena.model_list()])
 
     def on_vote(self, screen_choice: str) -> Callable:
         """The handler of one vote button; `screen_choice` is one of CHOICES, a/b meaning left/right."""
@@ -133,26 +171,29 @@ class Handlers:
         reveal_word = _LABELS[screen_choice][1]
 
         def fn(s: UiSession, rating_a, rating_b, request: gr.Request = None):
+            n_out = N_VOTE_OUT + N_GATE_OUT + N_LB_OUT
             try:
                 self.arena.limit("vote", client_key(request))
             except RateLimited as e:
-                raise _slow_down(e) from None
+                return slow_down(e, n_out)
             if s.pair is None:
-                raise gr.Error("Generate a pair first.", print_exception=False)
+                return refuse("Generate a pair first.", n_out)
             if s.vote_id is not None:  # the models are revealed: a knowing vote would not count
-                raise gr.Error("You voted on this pair already; generate a new pair.", print_exception=False)
+                return refuse("You voted on this pair already; press Next pair for a new one.", n_out)
             got, need = self.heard_s(s)
             if any(got[x] < need[x] for x in "AB"):
-                raise gr.Error("Listen to both clips before voting.", print_exception=False)
+                return refuse("Listen to both clips before voting.", n_out)
             try:
                 vote_id = self._record(s, screen_choice, got, {"A": rating_a, "B": rating_b})
             except (UserError, StoreUnavailable) as e:
-                raise _ui_error(e) from None
+                return refuse(str(e), n_out)
+            except Exception:  # noqa: BLE001 (the page gets one plain line; the log gets the traceback)
+                return unexpected("saving your vote", n_out)
             reveal = [f"### Revealed — you chose **{reveal_word}** (vote #{vote_id})"]
             for slot in "AB":
                 c = s.pair.clip(s.key(slot))
                 reveal.append(f"- **{slot}** was `{model_key(c.model_id, c.model_version)}` (seed {c.seed})")
-            return "\n".join(reveal), *self.gate(s), *self.leaderboard_outputs()
+            return "\n".join(reveal), *self.headers(s), *self.gate(s), *self.leaderboard_outputs()
 
         return fn
 
@@ -181,25 +222,10 @@ class Handlers:
         try:
             lb = self.arena.leaderboard()
         except StoreUnavailable as e:
-            empty = pd.DataFrame(columns=list(LB_COLUMNS))
-            return f"The leaderboard is unavailable right now: {e}", empty, pd.DataFrame(columns=["model"])
-        table = pd.DataFrame(lb.table(), columns=list(LB_COLUMNS))
-        rows = []
-        for i, m in enumerate(lb.models):
-            row = {"model": m}
-            for j, o in enumerate(lb.models):
-                wr, n = lb.win_rate[i, j], int(lb.games[i, j])
-                row[o] = "–" if i == j or math.isnan(wr) else f"{wr:.0%} ({n})"
-            rows.append(row)
-        matrix = pd.DataFrame(rows, columns=["model", *lb.models])
-        note = (
-            f"**{lb.n_votes}** informative votes. Bradley–Terry ratings on the Elo scale (mean 1000), "
-            f"95% bootstrap intervals; a tie counts as half a win, 'both bad' is left out. "
-            f"Win-rate cell: row model's share against the column model (games)."
-        )
-        if lb.provisional:
-            note += " Not enough votes yet: " + ", ".join(f"{m} ({n})" for m, n in lb.provisional.items()) + "."
-        return note, table, matrix
+            return f"The leaderboard is unavailable right now: {e}", ratings_frame(None), matrix_frame(None)
+        served = [m["model_id"] for m in self.arena.model_list()]
+        note = leaderboard_note(lb, served, self.arena.config.leaderboard_min_votes)
+        return note, ratings_frame(lb), matrix_frame(lb)
 
     # -- admin -----------------------------------------------------------------------------------
     def admin(self, action: Callable[[], str]) -> Callable[[str], str]:
@@ -210,7 +236,7 @@ class Handlers:
                 self.arena.check_admin(secret)
                 return action()
             except (PermissionError, UserError, StoreUnavailable) as e:
-                raise _ui_error(e) from None
+                return refuse(str(e), 1)[0]
 
         return run
 

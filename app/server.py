@@ -43,7 +43,20 @@ from musicrl.app.tokens import SessionMiddleware
 from musicrl.votes.leaderboard import SESSION_CAP
 from musicrl.votes.store import SECRET_FILE, StoreUnavailable, VoteStore
 
-CSS = ".musicrl-vote button { min-height: 3em; font-size: 1.05em; }"
+CSS = """
+.musicrl-vote button { min-height: 3em; font-size: 1.05em; }
+.musicrl-echo { font-size: 1.15em; margin: 0.4em 0; overflow-wrap: anywhere; }
+.musicrl-echo span { font-size: 0.75em; text-transform: uppercase; opacity: 0.7; }
+#prompt-count { font-size: 0.85em; opacity: 0.75; text-align: right; }
+#prompt-count .musicrl-over { color: #b45309; font-weight: 600; }
+@media (max-width: 640px) {  /* a phone: the duration goes under the prompt */
+  #prompt-row { flex-direction: column; }
+  #prompt-row > * { width: 100%; min-width: 0 !important; }
+}
+"""
+# On a phone the page's own margins shrink. Gradio scopes `css` to its content, which sits inside the
+# padded page, so this rule goes in the page's head.
+HEAD = "<style>@media (max-width: 640px) { .main { padding-left: 6px !important; padding-right: 6px !important; } }</style>"
 
 
 def build_app(
@@ -139,6 +152,7 @@ def create_server(blocks: gr.Blocks, *, expose_api_docs: bool = False, monitorin
         max_file_size=arena.config.limits.max_request_bytes,  # Gradio's own check; BodyLimit is first
         ssr_mode=False,
         css=CSS,
+        head=HEAD,
     )
 
 

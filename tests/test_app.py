@@ -26,6 +26,7 @@ from musicrl.app.tokens import SESSION_COOKIE  # noqa: E402
 from musicrl.model.generator import Generator  # noqa: E402
 from musicrl.votes.files import read_codes  # noqa: E402
 from musicrl.votes.store import SECRET_FILE, VoteStore, model_key  # noqa: E402
+from tests.browser import chromium  # noqa: E402
 
 SECRET = "open-sesame"
 
@@ -177,55 +178,46 @@ def test_listening_adds_up_play_time():
 
 @pytest.mark.slow
 def test_browser_generate_listen_vote_reveal_leaderboard(model_dir, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path("/usr/bin/chromium").exists():
-        pytest.skip("headless chromium is not installed (apt-get install chromium)")
     store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
     g1, g2 = Generator.from_pretrained(model_dir), Generator.from_pretrained(model_dir)
     g2.model_id = "tiny-rival"
     demo = build_app([g1, g2], store, min_listen_s=1.0, default_duration_s=1.5, leaderboard_min_votes=1, n_boot=50, seed=1)
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"]  # fmt: skip
     timings = {}
-    with start_server(demo) as srv, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1300})
-            expect = sync_api.expect
-            t0 = time.monotonic()
-            page.goto(srv.url)
-            page.get_by_role("tab", name="Leaderboard").click()
-            expect(page.locator("#leaderboard-note")).to_contain_text("0 informative votes")
-            page.get_by_role("tab", name="Vote").click()
-            page.locator("#prompt textarea").fill("a calm piano melody")
-            page.locator("#generate").click()
-            page.wait_for_selector("#clip-b .play-pause-button", timeout=30_000)
-            timings["generate_s"] = time.monotonic() - t0
-            expect(page.locator("#status")).to_contain_text("Listen to both clips")
-            for b in ("a", "b", "tie", "both_bad"):
-                expect(page.locator(f"#vote-{b}")).to_be_disabled()
-            page.locator("#clip-a .play-pause-button").click()
-            expect(page.locator("#status")).to_contain_text("A 1.0 / 1.0 s ✓", timeout=10_000)
-            expect(page.locator("#vote-a")).to_be_disabled()  # B not heard yet
-            page.locator("#clip-b .play-pause-button").click()
-            expect(page.locator("#vote-a")).to_be_enabled(timeout=10_000)
-            timings["listened_s"] = time.monotonic() - t0
-            page.locator('#rating-a label:has-text("4")').click()
-            page.locator("#vote-a").click()
-            expect(page.locator("#reveal")).to_contain_text("you chose A", timeout=10_000)
-            reveal = page.locator("#reveal").inner_text()
-            expect(page.locator("#vote-b")).to_be_disabled()  # the reveal closes the pair
-            cookie = next(c["value"] for c in page.context.cookies() if c["name"] == SESSION_COOKIE)
-            assert "tiny-rival@" in reveal and f"{g1.model_id}@" in reveal
-            page.get_by_role("tab", name="Leaderboard").click()
-            expect(page.locator("#leaderboard-note")).to_contain_text("1 informative votes")
-            expect(page.locator("#leaderboard")).to_contain_text("tiny-rival@")
-            timings["voted_s"] = time.monotonic() - t0
-            page.screenshot(path=str(tmp_path / "leaderboard.png"), full_page=True)
-            page.get_by_role("tab", name="Vote").click()
-            page.screenshot(path=str(tmp_path / "vote.png"), full_page=True)
-        finally:
-            browser.close()
+    with start_server(demo) as srv, chromium() as (sync_api, browser):
+        page = browser.new_page(viewport={"width": 1200, "height": 1300})
+        expect = sync_api.expect
+        t0 = time.monotonic()
+        page.goto(srv.url)
+        page.get_by_role("tab", name="Leaderboard").click()
+        expect(page.locator("#leaderboard-note")).to_contain_text("0 votes between two different models")
+        page.get_by_role("tab", name="Vote").click()
+        page.locator("#prompt textarea").fill("a calm piano melody")
+        page.locator("#generate").click()
+        page.wait_for_selector("#clip-b .play-pause-button", timeout=30_000)
+        timings["generate_s"] = time.monotonic() - t0
+        expect(page.locator("#status")).to_contain_text("Listen to both clips")
+        for b in ("a", "b", "tie", "both_bad"):
+            expect(page.locator(f"#vote-{b}")).to_be_disabled()
+        page.locator("#clip-a .play-pause-button").click()
+        expect(page.locator("#status")).to_contain_text("A 1.0 / 1.0 s ✓", timeout=10_000)
+        expect(page.locator("#vote-a")).to_be_disabled()  # B not heard yet
+        page.locator("#clip-b .play-pause-button").click()
+        expect(page.locator("#vote-a")).to_be_enabled(timeout=10_000)
+        timings["listened_s"] = time.monotonic() - t0
+        page.locator('#rating-a label:has-text("4")').click()
+        page.locator("#vote-a").click()
+        expect(page.locator("#reveal")).to_contain_text("you chose A", timeout=10_000)
+        reveal = page.locator("#reveal").inner_text()
+        expect(page.locator("#vote-b")).to_be_disabled()  # the reveal closes the pair
+        cookie = next(c["value"] for c in page.context.cookies() if c["name"] == SESSION_COOKIE)
+        assert "tiny-rival@" in reveal and f"{g1.model_id}@" in reveal
+        page.get_by_role("tab", name="Leaderboard").click()
+        expect(page.locator("#leaderboard-note")).to_contain_text("1 vote between two different models")
+        expect(page.locator("#leaderboard")).to_contain_text("tiny-rival@")
+        timings["voted_s"] = time.monotonic() - t0
+        page.screenshot(path=str(tmp_path / "leaderboard.png"), full_page=True)
+        page.get_by_role("tab", name="Vote").click()
+        page.screenshot(path=str(tmp_path / "vote.png"), full_page=True)
     (v,) = store.votes()
     left_clip = store.clip(v.clip_a if v.left == "a" else v.clip_b)
     assert v.choice == v.left  # "A is better" = the clip shown on the left
