@@ -118,6 +118,7 @@ class ClapReward:
         from musicrl.model import hub
 
         model = hub.load(ClapModel.from_pretrained, name_or_dir, "clap")
+        hub.check_tokenizer(hub.resolve(name_or_dir, "clap"))
         tokenizer = hub.load(AutoTokenizer.from_pretrained, name_or_dir, "clap")
         feature_extractor = hub.load(AutoFeatureExtractor.from_pretrained, name_or_dir, "clap")
         return cls(model.to(device), tokenizer, feature_extractor, **kwargs)

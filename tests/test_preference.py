@@ -229,12 +229,17 @@ def test_cli_exit_code_2_on_bad_votes(tmp_path, capsys):
     assert "bad choice" in err and len(err.splitlines()) == 1
 
 
-def test_cli_trains_with_or_without_the_clap_term(planted, clap_dir, tmp_path):
+def test_cli_trains_with_or_without_the_clap_term(planted, clap_dir, tmp_path, capsys):
     path = planted[0]
     for flag, expected in (("--clap-term", True), ("--no-clap-term", False)):
         out = tmp_path / flag
         assert main(["train-reward", "preference", "--votes", str(path), "--out", str(out), "--backbone",
                      str(clap_dir), "--epochs", "2", flag]) == 0
+        printed = capsys.readouterr()
+        report = json.loads(printed.out[: printed.out.rindex("}") + 1])
+        lo, hi = report["val_accuracy_ci95"]  # the held-out accuracy comes with its interval
+        assert lo <= report["val_accuracy"] <= hi and hi - lo > 0.1
+        assert ("warning: validation has" in printed.err) == (report["val_votes"] < 50)
         assert json.loads((out / "config.json").read_text())["clap_term"] is expected
         assert PreferenceModel.from_pretrained(out).clap_term is expected
 

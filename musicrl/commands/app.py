@@ -226,9 +226,26 @@ def prepare(args: argparse.Namespace):
     return demo, store, poller
 
 
+def check_port(host: str, port: int) -> None:
+    """Whether `host:port` can be listened on, before seconds of model loading: a one-line error if not."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        return  # prepare() says so
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+            s.bind((host, port))
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e} (is another app using it? "
+                        f"pick another port with --port)") from None  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     from musicrl.app.server import serve
 
+    check_port(args.host, args.port)
     demo, store, poller = prepare(args)
     arena = demo.musicrl_arena
     served = ", ".join(f"{g.model_id}@{g.version[:8]}" for g in arena.generators)

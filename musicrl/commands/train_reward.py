@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import fields
 
 from musicrl.commands.common import add_device, add_threads, apply_threads
@@ -56,6 +57,25 @@ def _config(cls, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None})
 
 
+MIN_VAL_VOTES = 50  # fewer held-out votes than this: the accuracy's 95% interval is wider than +/- 14 points
+
+
+def accuracy_interval(val: dict) -> list[float] | None:
+    """The Wilson 95% interval of the held-out accuracy over its decisive votes (None without any)."""
+    from musicrl.train.evaluate import wilson
+
+    n, acc = val.get("decisive_votes") or 0, val.get("accuracy")
+    return None if not n or acc is None else [round(x, 3) for x in wilson(acc * n, n)]
+
+
+def warn_small_validation(metrics: dict) -> None:
+    n, ci = metrics.get("val_votes") or 0, metrics.get("val_accuracy_ci95")
+    if n < MIN_VAL_VOTES:
+        where = f"95% interval {ci[0]:.2f}–{ci[1]:.2f}" if ci else "no interval"
+        print(f"warning: validation has {n} decisive votes (under {MIN_VAL_VOTES}): val_accuracy is rough "
+              f"({where}); collect more votes or raise val_fraction", file=sys.stderr)  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     from musicrl.logs import quiet_transformers
 
@@ -83,10 +103,12 @@ def run(args: argparse.Namespace) -> int:
         votes = load_votes(args.votes, args.data_dir)
         metrics = tp.train_preference(votes, args.out, cfg, args.backbone, device, source=args.votes)
         val = metrics["val"]
-        metrics = {"val_accuracy": val.get("accuracy"), "val_ece": val.get("ece"),
-                   "val_noise_ceiling": val.get("noise_ceiling"), "val_votes": val.get("decisive_votes"),
-                   "train_accuracy": metrics["train"].get("accuracy"), "votes_used": metrics["votes_used"]}
+        metrics = {"val_accuracy": val.get("accuracy"), "val_accuracy_ci95": accuracy_interval(val),
+                   "val_ece": val.get("ece"), "val_noise_ceiling": val.get("noise_ceiling"),
+                   "val_votes": val.get("decisive_votes"), "train_accuracy": metrics["train"].get("accuracy"),
+                   "votes_used": metrics["votes_used"]}  # fmt: skip
         keys = tuple(metrics)
+        warn_small_validation(metrics)
     print(json.dumps({k: metrics.get(k) for k in keys}, indent=2))
     print(f"saved to {args.out}")
     return 0

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable
 
+from safetensors import SafetensorError
+
 from musicrl.errors import UserError
 
 TINY_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
@@ -34,6 +36,9 @@ def resolve(name: str | Path, component: str) -> str:
         return str(path)
     if Path(name).expanduser().is_dir():
         return str(snapshot(Path(name).expanduser()))
+    if Path(name).expanduser().exists():
+        raise UserError(f"{name} is a file, not a model: pass the directory that holds the model's config.json "
+                        f"and weights, 'tiny', or a hub id")  # fmt: skip
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise UserError(f"no such model directory: {name}")
     return name
@@ -72,6 +77,18 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
+# One of these in a model directory is its tokenizer (transformers builds an empty default one without them).
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+
+
+def check_tokenizer(path: str | Path) -> None:
+    """A local model directory must hold its tokenizer; a one-line error says so."""
+    p = Path(path)
+    if p.is_dir() and not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"{p} has no tokenizer (neither {' nor '.join(TOKENIZER_FILES)}): copy the tokenizer "
+                        f"files of the model it came from into it (`save_pretrained` writes them)")  # fmt: skip
+
+
 def load(loader: Callable[..., Any], name: str | Path, component: str, **kwargs) -> Any:
     """Call `loader(resolved, **kwargs)` (a `from_pretrained`), with a one-line error on failure.
 
@@ -89,8 +106,13 @@ def load(loader: Callable[..., Any], name: str | Path, component: str, **kwargs)
             if not online:
                 raise
             return loader(path, **kwargs)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, (RuntimeError, SafetensorError)) and local:  # a torn copy, a wrong shape
+            raise UserError(f"cannot load {component} from {path}: its weights are damaged or do not fit its "
+                            f"config ({first[:200]}); copy or download them again") from None
+        if isinstance(e, RuntimeError):
+            raise
         if local or online:
             raise UserError(f"cannot load {component} from {path}: {first}") from e
         raise UserError(

@@ -80,6 +80,7 @@ class MusicGenPolicy(nn.Module):
         path = hub.resolve(name, "musicgen")
         base = delta.base_of(path) if Path(path).is_dir() else None
         model = hub.load(MusicgenForConditionalGeneration.from_pretrained, base or name, "musicgen", **kwargs)
+        hub.check_tokenizer(hub.resolve(base or name, "musicgen"))
         tokenizer = hub.load(AutoTokenizer.from_pretrained, base or name, "musicgen")
         if base is not None:
             delta.apply_delta(model, path)
