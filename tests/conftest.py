@@ -6,6 +6,16 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_collection_modifyitems(config, items):
+    """MUSICRL_FAST=1: skip the tests marked slow (the same as `-m "not slow"`)."""
+    if os.environ.get("MUSICRL_FAST") != "1":
+        return
+    skip = pytest.mark.skip(reason="MUSICRL_FAST=1 skips slow tests")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def random_musicgen_dir(tmp_path_factory):
     """A randomly initialised tiny MusicGen (with a random tiny EnCodec), saved like a real checkpoint."""

@@ -297,3 +297,14 @@ def test_a_fresh_arena_serves_the_tiny_base_and_its_musicrl_r_fine_tune(tmp_path
     assert arena.generators[0].version != arena.generators[1].version
     pair = arena.generate_pair("slow calm piano", 1.0)
     assert {pair.a.model_id, pair.b.model_id} == {"tiny", "tiny-r"}
+
+
+def test_one_model_served_says_votes_are_kept_and_how_to_add_a_second(served):
+    from musicrl.app.handlers import Handlers
+
+    h = Handlers(served[2])
+    note, table, _ = h.leaderboard_outputs()
+    for text in (h.serving_note(), note):
+        assert "Only one model is served" in text and "votes are kept" in text
+        assert "the leaderboard needs two models" in text and "--model tiny --model tiny-r" in text
+    assert list(table.columns) == ["Rank", "Model", "Rating", "95% interval", "Votes", "Win rate", "Won / lost / tied"]

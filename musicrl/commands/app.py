@@ -24,7 +24,7 @@ import argparse
 import os
 from pathlib import Path
 
-from musicrl.commands.common import add_device, add_threads, apply_threads
+from musicrl.commands.common import APP_DATA_DIR, add_device, add_threads, apply_threads, store_url
 from musicrl.errors import UserError
 from musicrl.model.device import resolve_device
 from musicrl.model.hub import SHIPPED
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve the newest checkpoint of a training run dir (final/ or checkpoints/step-N); repeatable")  # fmt: skip
     p.add_argument("--reload-every", type=float, default=30.0, metavar="S",
                    help="seconds between checks for new checkpoints / weights (default 30; 0 = off)")  # fmt: skip
-    p.add_argument("--data-dir", default="./musicrl-data", help="clips, store secret, exports (default ./musicrl-data; created)")
+    p.add_argument("--data-dir", default=APP_DATA_DIR, help=f"clips, store secret, exports (default {APP_DATA_DIR}; created)")
     p.add_argument("--db", default=None, help="vote database URL (default sqlite:///DATA_DIR/votes.db)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -191,7 +191,7 @@ def prepare(args: argparse.Namespace):
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create data dir {data_dir}: {e.strerror}") from e
-    db = args.db or f"sqlite:///{data_dir.resolve() / 'votes.db'}"
+    db = store_url(args.db, data_dir)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a voting server
 
     from musicrl.app.reload import Poller

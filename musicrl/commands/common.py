@@ -9,6 +9,14 @@ from pathlib import Path
 from musicrl.errors import UserError
 
 
+APP_DATA_DIR = "./musicrl-data"  # where `musicrl app` keeps its clips and, by default, its SQLite vote store
+
+
+def store_url(db: str | None, data_dir: str | Path | None) -> str:
+    """The vote database: `db` as given, else the SQLite file the app creates in `data_dir` (default its own)."""
+    return db or f"sqlite:///{Path(data_dir or APP_DATA_DIR).expanduser().resolve() / 'votes.db'}"
+
+
 def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default, help=f"auto, cpu, cuda, cuda:1, ... (default {default}; auto = cuda if available)")
 

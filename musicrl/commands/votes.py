@@ -1,7 +1,10 @@
 """`musicrl votes export|stats`: the vote store from the command line.
 
-    musicrl votes export --db URL --data-dir DIR --format jsonl|hf --out PATH [--per-session-cap N] [--exclude-flagged]
-    musicrl votes stats  --db URL [--data-dir DIR] [--min-votes N] [--per-session-cap N] [--json]
+    musicrl votes export [--db URL] [--data-dir DIR] --format jsonl|hf --out PATH [--per-session-cap N] [--exclude-flagged]
+    musicrl votes stats  [--db URL] [--data-dir DIR] [--min-votes N] [--per-session-cap N] [--json]
+
+Without --db and --data-dir, both read the store `musicrl app` writes by default (./musicrl-data/votes.db);
+with --db alone, a SQLite store's data dir is its file's directory.
 
 Exports hold the effective votes: the first, blind vote of each pair (corrections, cast after
 the models were revealed, are kept in the store but not counted), duplicate submissions dropped,
@@ -16,15 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 
+from musicrl.commands.common import APP_DATA_DIR
 from musicrl.errors import UserError
 from musicrl.votes.leaderboard import SESSION_CAP
+
+DB_HELP = "sqlite:///PATH/votes.db or postgresql+psycopg://USER@HOST/DB (default: the app's, DATA_DIR/votes.db)"
+DATA_DIR_HELP = f"the store's data dir, holding clips/ (default {APP_DATA_DIR}, the app's; with --db, the SQLite file's directory)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="votes_command", metavar="ACTION", required=True)
     e = sub.add_parser("export", help="write the effective votes as JSONL or an HF-style dataset directory")
-    e.add_argument("--db", required=True, help="sqlite:///PATH/votes.db or postgresql+psycopg://USER@HOST/DB")
-    e.add_argument("--data-dir", required=True, help="the store's data dir (holds clips/)")
+    e.add_argument("--db", default=None, help=DB_HELP)
+    e.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     e.add_argument(
         "--format",
         default="jsonl",
@@ -36,8 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--exclude-flagged", action="store_true",
                    help="leave out the votes of outlier sessions (those `votes stats` flags)")  # fmt: skip
     s = sub.add_parser("stats", help="counts and the Bradley-Terry leaderboard")
-    s.add_argument("--db", required=True, help="sqlite:///PATH/votes.db or postgresql+psycopg://USER@HOST/DB")
-    s.add_argument("--data-dir", default=None, help="the store's data dir (not needed for stats)")
+    s.add_argument("--db", default=None, help=DB_HELP)
+    s.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     s.add_argument("--min-votes", type=int, default=5, help="games a model needs to be rated (default 5)")
     s.add_argument("--per-session-cap", type=int, default=SESSION_CAP,
                    help=f"votes of one session counted, its first N, as the app's leaderboard (default {SESSION_CAP}; 0 = all)")  # fmt: skip
@@ -45,11 +52,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from musicrl.commands.common import store_url
+    from musicrl.votes.rows import open_store
     from musicrl.votes.schema import existing_db_url
     from musicrl.votes.store import StoreUnavailable, VoteStore
 
-    existing_db_url(args.db)  # reading: a missing SQLite file is an error, not a new empty store
-    store = VoteStore(args.db, args.data_dir)
+    data_dir = args.data_dir if args.data_dir or args.db else APP_DATA_DIR
+    url = store_url(args.db, data_dir)
+    if args.votes_command == "export":  # needs the clips: the data dir given, or the SQLite file's own
+        store = open_store(url, data_dir)
+    else:
+        existing_db_url(url)  # reading: a missing SQLite file is an error, not a new empty store
+        store = VoteStore(url, data_dir)
     try:
         if args.votes_command == "export":
             n = store.export(args.out, fmt=args.format, per_session_cap=args.per_session_cap,

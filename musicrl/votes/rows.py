@@ -163,7 +163,7 @@ def _ratings_from_jsonl(path: Path) -> list[tuple[Path, float]]:
     return out
 
 
-def _open_store(url: str, data_dir: str | Path | None):
+def open_store(url: str, data_dir: str | Path | None):
     """A `VoteStore` on an existing database; its data dir given, or a SQLite file's own directory."""
     from musicrl.votes.schema import existing_db_url
     from musicrl.votes.store import VoteStore
@@ -177,7 +177,7 @@ def _open_store(url: str, data_dir: str | Path | None):
 
 
 def _votes_from_db(url: str, data_dir: str | Path | None) -> list[VoteRow]:
-    store = _open_store(url, data_dir)
+    store = open_store(url, data_dir)
     try:
         settings = _clip_settings(store)
         return [VoteRow(v.prompt, store.clip_path(v.clip_a), store.clip_path(v.clip_b), v.choice,
@@ -201,7 +201,7 @@ def _clip_settings(store):
 
 
 def _ratings_from_db(url: str, data_dir: str | Path | None) -> list[tuple[Path, float]]:
-    store = _open_store(url, data_dir)
+    store = open_store(url, data_dir)
     try:
         return [(store.clip_path(r["clip_id"]), float(r["rating"])) for r in store.ratings()]
     finally:
