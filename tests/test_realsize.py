@@ -20,6 +20,23 @@ def test_musicgen_small_architecture_generates_one_second(tmp_path):
     assert info.frames == 32000  # 50 frames x 640 samples
 
 
+def test_a_random_codec_decodes_different_codes_to_different_audio():
+    """A freshly built EnCodec has all-zero codebooks; `randomize_codebooks` gives them vectors."""
+    import torch
+    from transformers import EncodecModel
+
+    from musicrl.model.realsize import musicgen_config, randomize_codebooks
+
+    torch.manual_seed(0)
+    codec = EncodecModel(musicgen_config().audio_encoder).eval()
+    codes = torch.randint(0, 2048, (2, 1, 1, 4, 10))  # two code sequences of 10 frames
+    decode = lambda c: codec.decode(c, [None])[0]  # noqa: E731
+    with torch.no_grad():
+        assert torch.equal(decode(codes[0]), decode(codes[1]))  # transformers' init: codes do not matter
+        randomize_codebooks(codec)
+        assert (decode(codes[0]) - decode(codes[1])).abs().max() > 1e-3
+
+
 @pytest.mark.slow
 def test_the_musicgen_small_dpo_preset_trains_a_step_on_its_architecture(tmp_path):
     """po/small/dpo (LoRA 16, gradient checkpointing; bf16 autocast is CUDA's) on random weights: two

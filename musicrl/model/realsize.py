@@ -48,12 +48,24 @@ def musicgen_small_config():
     return musicgen_config("small")
 
 
+def randomize_codebooks(codec) -> None:
+    """Standard-normal codebook vectors for a freshly built EnCodec. transformers leaves them at zero
+    (a trained checkpoint loads them), so every code would decode to the same audio: a random model's
+    clips would all be byte-identical, whatever the prompt and seed, and the app's content-addressed
+    store would keep one clip for all of them."""
+    with torch.no_grad():
+        for layer in codec.quantizer.layers:
+            layer.codebook.embed.normal_()
+
+
 def save_random_musicgen_small(path: str | Path, seed: int = 0, dtype=torch.float32) -> Path:
     """Random weights in musicgen-small's architecture, saved with `save_pretrained` (~2.3 GB in fp32)."""
     from transformers import ByT5Tokenizer, GenerationConfig, MusicgenForConditionalGeneration
 
     torch.manual_seed(seed)
-    model = MusicgenForConditionalGeneration(musicgen_small_config()).to(dtype)
+    model = MusicgenForConditionalGeneration(musicgen_small_config())
+    randomize_codebooks(model.audio_encoder)
+    model = model.to(dtype)
     model.generation_config = GenerationConfig(
         max_length=1500, do_sample=True, top_k=250, guidance_scale=3.0,
         pad_token_id=2048, bos_token_id=2048, decoder_start_token_id=2048,
