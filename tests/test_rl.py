@@ -275,28 +275,33 @@ def test_rl_solves_a_token_toy_problem_on_the_tiny_model(tmp_path):
     sign is wrong, or if the log-probs are not those the tokens were sampled from."""
     import numpy as np
 
-    from musicrl.model.policy import MusicGenPolicy
-
     torch.set_num_threads(1)
-    chosen = torch.arange(32)  # 32 of the 256 first-codebook tokens: ~15% of the tiny LM's frames
-    seen = {}
-
-    def share(audio, sample_rate, prompts):
-        return torch.isin(seen["codes"][:, 0], chosen).float().mean(1)  # [B]: the rows of the rollout
-
     prompts = ["a fast major piano melody, high register", "slow minor organ tune, low pitched"]
     cfg = RLConfig(reward=REWARD_CFG, model="tiny", out_dir=str(tmp_path / "run"), steps=24, prompts_per_step=2,
                    samples_per_prompt=4, duration_s=0.5, guidance_scale=1.0, lr=2e-3, kl_coef=0.0, eval_every=100,
                    checkpoint_every=100, device="cpu")  # fmt: skip
-    policy = MusicGenPolicy.from_pretrained("tiny")
+    tr = token_share_trainer(cfg, prompts)
+    r = [tr.step(s)["reward/share"] for s in range(cfg.steps)]
+    assert np.mean(r[:3]) < 0.3, r
+    assert np.mean(r[-5:]) > 0.9, r  # measured: 0.12 at step 1, 0.91 by step 12, 1.0 from step 19
+
+
+def token_share_trainer(cfg: RLConfig, prompts: list[str], scale: float = 1.0) -> RLTrainer:
+    """An RLTrainer on the shipped tiny LM (cfg.model) whose reward is `scale` x the share of a clip's
+    frames whose first-codebook token lies in a chosen set: 32 of the 256, ~15% of the tiny LM's
+    frames. Read from the codes decoded for the reward (the rollout's rows, then any rivals')."""
+    from musicrl.model.policy import MusicGenPolicy
+
+    chosen, seen = torch.arange(32), {}
+    policy = MusicGenPolicy.from_pretrained(cfg.model)
     decode = policy.decode
 
     def keep_codes(codes):
         seen["codes"] = codes
         return decode(codes)
 
+    def share(audio, sample_rate, prompts):  # [B]: the rows just decoded
+        return scale * torch.isin(seen["codes"][:, 0], chosen).float().mean(1)
+
     policy.decode = keep_codes
-    tr = RLTrainer(cfg, prompts, prompts, policy=policy, reward=WeightedReward({"share": share}, {"share": 1.0}, normalize=False))
-    r = [tr.step(s)["reward/share"] for s in range(cfg.steps)]
-    assert np.mean(r[:3]) < 0.3, r
-    assert np.mean(r[-5:]) > 0.9, r  # measured: 0.12 at step 1, 0.91 by step 12, 1.0 from step 19
+    return RLTrainer(cfg, prompts, prompts, policy=policy, reward=WeightedReward({"share": share}, {"share": 1.0}, normalize=False))

@@ -34,6 +34,12 @@ the residual stream and layer norms stay fp32, as under autocast.
 
 Dropout is never applied (the reference applies it only if the decoder is left in training
 mode, which the RL trainer never does when sampling).
+
+`sample(..., mixture=Mixture(reference, coef))` draws each token from the normalised geometric
+mixture pi^(1-coef) * ref^coef of the policy's and a reference's sampling distributions (Nash-MD's
+second sample): the reference runs its own step beside the policy's, on the same tokens, and the
+two log-probs are mixed (`musicrl.model.sampling.geometric_mixture`) before the Gumbel draw. It
+decodes eagerly (no CUDA graphs).
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from torch import nn
 from musicrl.model import delay as dp
 from musicrl.errors import UserError
 from musicrl.model.policy import MusicGenPolicy, Rollout
-from musicrl.model.sampling import SamplingConfig, gumbel_chunk, hash32, process_logits, token_hash
+from musicrl.model.sampling import SamplingConfig, geometric_mixture, gumbel_chunk, hash32, process_logits, token_hash
 
 
 # ---- the network's weights, resolved per call ---------------------------------------------------
@@ -192,6 +198,7 @@ class _State:
     tokens: torch.Tensor  # [B, K, steps] sampled (delayed) tokens
     logps: torch.Tensor  # [B, K, steps] their log-probs
     views: list = field(init=False, repr=False)  # per layer, views of the caches (`_cache_views`)
+    mix: tuple | None = None  # (reference _Net, its _State sharing `cur`, coef): sample the geometric mixture
 
     def __post_init__(self):
         self.views = _cache_views(self.kv, self.xkv)
@@ -207,6 +214,19 @@ def _cache_views(kv: torch.Tensor, xkv: torch.Tensor) -> list[tuple]:
          xkv[i, 0].view(B * H, L, hd).transpose(1, 2), xkv[i, 1].view(B * H, L, hd))
         for i in range(kv.shape[0])
     ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Sample from pi^(1-coef) * ref^coef per token, normalised: the sampler's policy pi and `reference`
+    (None: the policy itself with its LoRA adapters disabled). coef 0: pi's tokens, 1: ref's."""
+
+    reference: MusicGenPolicy | None
+    coef: float
+
+    def __post_init__(self):
+        if not 0 <= self.coef <= 1:
+            raise UserError(f"mixture_coef must be in [0, 1], got {self.coef}")
 
 
 class FastSampler:
@@ -253,17 +273,23 @@ class FastSampler:
         sampling: SamplingConfig = SamplingConfig(),
         seed: int = 0,
         progress: bool = False,
+        mixture: Mixture | None = None,
     ) -> Rollout:
-        """Same contract as `MusicGenPolicy.sample`: rows [p0]*n + [p1]*n + ..., row i seeded `seed + i`."""
+        """Same contract as `MusicGenPolicy.sample`: rows [p0]*n + [p1]*n + ..., row i seeded `seed + i`.
+        `mixture`: draw from the geometric mixture with a reference instead (log-probs: the mixture's)."""
         pol = self.policy
         rows, seeds, T = pol.rollout_rows(prompts, num_samples, duration_s, num_frames, seed)
         dev = pol.device
-        use_graph = self._use_graph(dev)
+        use_graph = self._use_graph(dev) and mixture is None
         dtype = self.dtype
         if dtype is None and torch.is_autocast_enabled(dev.type):
             dtype = torch.get_autocast_dtype(dev.type)
         states, mask = pol.encode_text(rows)  # [B, L, D], [B, L] (under the caller's autocast, as the reference)
         states = states.float()
+        if mixture is not None and mixture.reference is not None:  # the reference's own (frozen) text encoder
+            ref_text = [x.float() if x.is_floating_point() else x for x in mixture.reference.encode_text(rows)]
+        else:  # LoRA: the policy's text encoder has no adapters
+            ref_text = states, mask
         with torch.autocast(dev.type, enabled=False):  # dtypes are explicit below
             net = resolve_net(pol, dtype)
             if use_graph:
@@ -280,8 +306,23 @@ class FastSampler:
             if not use_graph:
                 st = self._new_state(net, states, mask, seeds, T, sampling.guided)
                 self._prefill_cross(net, st, states, mask)
+                if mixture is not None:
+                    st.mix = self._mixture_state(mixture, st, *ref_text, seeds, T, sampling.guided, dtype)
                 self._run_eager(net, st, sampling, progress)
         return Rollout(dp.undelay(st.tokens), dp.undelay(st.logps), rows, seeds, sampling)  # undelay copies
+
+    def _mixture_state(self, mixture: Mixture, st: _State, states, mask, seeds, T: int, guided: bool, dtype) -> tuple:
+        """The reference's side of a mixture: its weights, and a decoding state of its own (KV caches,
+        cross-attention of its text states [B, L, D]) fed the same tokens as `st`."""
+        if mixture.reference is None:  # LoRA: the same network, read with its adapters off
+            with self.policy.model.decoder.disable_adapter():
+                net = resolve_net(self.policy, dtype)
+        else:
+            net = resolve_net(mixture.reference, dtype)
+        rst = self._new_state(net, states, mask, seeds, T, guided)
+        rst.cur = st.cur  # one tensor: both sides are fed the mixture's tokens
+        self._prefill_cross(net, rst, states, mask)
+        return net, rst, mixture.coef
 
     def _use_graph(self, dev: torch.device) -> bool:
         """The static (CUDA-graph) path: when compiling, when asked, or by default on CUDA."""
@@ -344,6 +385,26 @@ class FastSampler:
         noise: this step's Gumbel noise [B, K, V] if precomputed (else computed here from st.pos).
         j: st.pos as a Python int on the eager path: cheaper slice writes than index_copy_.
         """
+        logp = self._logp(net, st, cfg, length, masked, j)  # [B, K, V] float32
+        if st.mix is not None:  # the reference's step on the same tokens, then the mixture of the two
+            ref_net, ref_st, coef = st.mix
+            ref_st.pos = st.pos
+            logp = geometric_mixture(logp, self._logp(ref_net, ref_st, cfg, length, masked, j), coef)
+        new = (logp + (self._gumbel(st) if noise is None else noise)).argmax(-1)  # [B, K]
+        v = st.valid.index_select(1, st.pos)[:, 0] if j is None else st.valid[:, j]  # [K]
+        new = torch.where(v, new, self.policy.pad_id)
+        lp = torch.where(v, logp.gather(-1, new.clamp(max=logp.shape[-1] - 1)[..., None])[..., 0], 0.0)
+        if j is None:
+            st.logps.index_copy_(2, st.pos, lp[..., None])
+            st.tokens.index_copy_(2, st.pos, new[..., None])
+        else:
+            st.logps[:, :, j] = lp
+            st.tokens[:, :, j] = new
+        st.cur.copy_(new)
+
+    def _logp(self, net: _Net, st: _State, cfg: SamplingConfig, length: int, masked: bool, j=None) -> torch.Tensor:
+        """The network at st.pos on st.cur: writes its KV cache there, returns the sampling
+        distribution's log-probs [B, K, V] (float32). Arguments as `_step`'s."""
         B, N = st.B, st.kv.shape[2]
         D, H = net.emb.shape[1], net.heads_n
         hd = D // H
@@ -378,18 +439,7 @@ class FastSampler:
         h = F.layer_norm(h, (D,), *net.ln_f).to(net.heads.dtype)  # [N, D]
         logits = torch.mm(h, net.heads).view(N, st.offsets.shape[0], -1)  # [N, K, V]
         cond, uncond = (logits[:B], logits[B:]) if st.guided else (logits, None)
-        logp = process_logits(cond, uncond, cfg)  # [B, K, V] float32
-        new = (logp + (self._gumbel(st) if noise is None else noise)).argmax(-1)  # [B, K]
-        v = st.valid.index_select(1, st.pos)[:, 0] if j is None else st.valid[:, j]  # [K]
-        new = torch.where(v, new, self.policy.pad_id)
-        lp = torch.where(v, logp.gather(-1, new.clamp(max=logp.shape[-1] - 1)[..., None])[..., 0], 0.0)
-        if j is None:
-            st.logps.index_copy_(2, st.pos, lp[..., None])
-            st.tokens.index_copy_(2, st.pos, new[..., None])
-        else:
-            st.logps[:, :, j] = lp
-            st.tokens[:, :, j] = new
-        st.cur.copy_(new)
+        return process_logits(cond, uncond, cfg)  # [B, K, V] float32
 
     @staticmethod
     def _gumbel(st: _State) -> torch.Tensor:

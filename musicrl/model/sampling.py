@@ -83,6 +83,21 @@ def process_logits(cond: torch.Tensor, uncond: torch.Tensor | None, cfg: Samplin
     return logits.log_softmax(-1)
 
 
+def geometric_mixture(logp: torch.Tensor, ref_logp: torch.Tensor, coef: float) -> torch.Tensor:
+    """Log-probs [..., V] of pi^(1 - coef) * ref^coef, normalised over the last axis (Nash-MD's
+    mixture, Munos et al. 2023): the two sampling distributions' log-probs [..., V] in.
+
+    A token either filters out (-inf) stays out. coef 0 and 1 return the inputs themselves, so
+    that sampling the mixture then draws exactly the policy's or the reference's tokens (a
+    renormalisation could move the last bit, and 0 * -inf would be NaN).
+    """
+    if coef == 0:
+        return logp
+    if coef == 1:
+        return ref_logp
+    return ((1 - coef) * logp + coef * ref_logp).log_softmax(-1)
+
+
 _MASK32 = 0xFFFFFFFF
 _STEP_SALT = 0x9E3779B9  # mixed into the step number before hashing
 

@@ -39,6 +39,19 @@ class RLConfig:
     """0 = full distribution; the exact KL needs the full support, so top-k/top-p need kl_estimator=sampled."""
     top_p: float = 0.0
     guidance_scale: float = 1.0
+    objective: str = "reward"
+    """What the rollouts train: 'reward': maximise the reward (policy gradient with `baseline`, MusicRL's);
+    'online_dpo': two samples per prompt, the one the reward scores higher is chosen (the Bradley-Terry
+    model's likelier label: P(a > b) = sigmoid(r(a) - r(b))), DPO's loss with `beta` against the
+    reference (`kl_coef`, `baseline` and `normalize_advantages` unused); 'nash_md': Nash-MD (Munos et
+    al. 2023): each policy sample meets one from the geometric mixture pi^(1-mixture_coef) *
+    ref^mixture_coef, and the policy gradient raises P(policy's > mixture's) - 1/2, plus `kl_coef` * KL
+    (`baseline` and `normalize_advantages` unused). docs/dpo.md says when to use which."""
+    beta: float = 0.1
+    """objective=online_dpo: DPO's beta (larger: smaller moves from the reference)."""
+    mixture_coef: float = 0.5
+    """objective=nash_md: the reference's share of the mixture the rival sample comes from (0: the
+    policy itself, self-play; 1: the reference)."""
     kl_coef: float = 0.05
     """Weight of KL(pi || ref) (the paper's beta): how far the policy may drift from the reference."""
     kl_estimator: str = "exact"
@@ -104,8 +117,18 @@ class RLConfig:
             bad(f"normalize_advantages must be 'batch', 'prompt' or 'none', got {self.normalize_advantages!r}")
         if self.baseline not in ("rloo", "value", "none"):
             bad(f"baseline must be 'rloo', 'value' or 'none', got {self.baseline!r}")
-        if self.baseline == "rloo" and self.samples_per_prompt < 2:
+        if self.objective not in ("reward", "online_dpo", "nash_md"):
+            bad(f"objective must be 'reward', 'online_dpo' or 'nash_md', got {self.objective!r}")
+        if self.objective == "reward" and self.baseline == "rloo" and self.samples_per_prompt < 2:
             bad("the RLOO baseline needs samples_per_prompt >= 2")
+        if self.objective == "online_dpo" and (self.samples_per_prompt != 2 or self.kl_estimator != "exact"):
+            bad("objective=online_dpo needs samples_per_prompt=2 (a pair per prompt) and kl_estimator=exact")
+        if self.objective == "online_dpo" and self.prompts_per_step % self.grad_accum:
+            bad("objective=online_dpo: prompts_per_step must be divisible by grad_accum (a pair stays in one micro-batch)")
+        if self.objective == "nash_md" and self.engine != "fast":
+            bad("objective=nash_md samples the mixture with the fast engine: set engine=fast")
+        if not self.beta > 0 or not 0 <= self.mixture_coef <= 1:
+            bad(f"beta must be > 0 and mixture_coef in [0, 1], got {self.beta} and {self.mixture_coef}")
         if self.engine not in ("fast", "reference"):
             bad(f"engine must be 'fast' or 'reference', got {self.engine!r}")
         check_counts(self, ("steps", "prompts_per_step", "samples_per_prompt", "ppo_epochs", "grad_accum",

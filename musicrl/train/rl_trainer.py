@@ -10,6 +10,14 @@ One step, top to bottom (`RLTrainer.step`):
   4. update: policy-gradient (PPO-clipped when `ppo_epochs` > 1) + `kl_coef` * KL(pi || ref), the KL
      exact over the full codebook at every step (the paper's) or the sampled estimator folded into
      the reward; gradient accumulation over micro-batches.
+`objective` changes steps 1 and 3-4 only (online preference optimisation from a preference model):
+  - 'online_dpo': each prompt's two samples are a pair, chosen by the reward (the Bradley-Terry
+    preference sigmoid(r(a) - r(b)) > 1/2), and the update is the DPO trainer's loss against the
+    reference (`musicrl.train.dpo_trainer.preference_loss`, sigmoid, `beta`);
+  - 'nash_md' (Munos et al. 2023; as TRL's NashMDTrainer): each rollout row gets a rival from the
+    geometric mixture of policy and reference (`FastSampler.sample(mixture=...)`); the advantage is
+    P(row > rival) - 1/2 (1/2: TRL's control variate), the KL term as for 'reward' (`sampled`: TRL's
+    REINFORCE form, log pi/ref summed over the clip).
 The reference is a frozen copy of the initial policy, `reference` when given (MusicRL-RU: the R
 checkpoint), or, with LoRA, the same network with its adapters disabled (no second copy); that set-up,
 the teacher-forced log-probs and the metrics log are `musicrl.train.tuning`, shared with DPO.
@@ -83,7 +91,8 @@ class RLTrainer:
         self.reference = tuning.prepare_policy(self.policy, cfg, self.device, reference)  # None with LoRA: adapters off
         self.trained = [p for p in self.policy.model.decoder.parameters() if p.requires_grad]  # the model's (not the value head)
         self.ema = [p.detach().clone() for p in self.trained] if cfg.ema_decay else None
-        self.value = ValueHead(self.policy.model.decoder.config.hidden_size).to(self.device) if cfg.baseline == "value" else None
+        learned = cfg.baseline == "value" and cfg.objective == "reward"  # the other objectives have no baseline
+        self.value = ValueHead(self.policy.model.decoder.config.hidden_size).to(self.device) if learned else None
         self.params = self.trained + (list(self.value.parameters()) if self.value is not None else [])
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.train_prompts, self.eval_prompts = list(prompts), list(eval_prompts)
@@ -132,29 +141,34 @@ class RLTrainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         t = time.perf_counter()
         tuning.eval_mode(pol)  # no dropout: sampling and training distributions must be the same
-        with self._autocast():
-            roll = self.sampler.sample(self.prompts_for(step), k, cfg.duration_s, sampling=cfg.sampling, seed=step_seed(cfg.seed, step))
+        roll, rival = self._rollouts(step)
         times["rollout"], t = time.perf_counter() - t, time.perf_counter()
-        audio = pol.decode(roll.codes)  # [B, 1, S]
+        both = roll.codes if rival is None else torch.cat([roll.codes, rival.codes])
+        audio = pol.decode(both)  # [B (+ B rivals), 1, S]
         times["decode"], t = time.perf_counter() - t, time.perf_counter()
         if hasattr(self.reward, "set_step"):
             self.reward.set_step(step)
+        B, mb = len(roll.prompts), len(roll.prompts) // cfg.grad_accum
         with torch.no_grad():
-            reward, components = self.reward(audio, pol.sample_rate, roll.prompts)  # [B]
+            reward, components = self.reward(audio, pol.sample_rate, roll.prompts * (len(both) // B))  # [B (+ B)]
         reward = reward.to(self.device).float()
         times["reward"], t = time.perf_counter() - t, time.perf_counter()
-
-        B, mb = len(roll.prompts), len(roll.prompts) // cfg.grad_accum
+        target, extra = reward, {}  # what the policy gradient raises
+        if rival is not None:  # Nash-MD: the preference of each row over its rival
+            reward, rival_reward, audio = reward[:B], reward[B:], audio[:B]
+            components = {n: v[:B] for n, v in components.items()}
+            target = torch.sigmoid(reward - rival_reward)  # [B] P(row > rival), Bradley-Terry
+            extra = {"preference": target.mean().item(), "reward_rival": rival_reward.mean().item()}
         kl_sampled = None
         if cfg.kl_estimator == "sampled":  # fold sum_t log(pi/ref) of the sampled tokens into the reward
             ref_lp = torch.cat([self._ref_token_logp(roll, i, i + mb) for i in range(0, B, mb)])
             kl_sampled = (roll.log_probs - ref_lp).sum((1, 2))  # [B]
-            reward = reward - cfg.kl_coef * kl_sampled
-        adv = self.advantages(reward, roll.prompts)  # [B]
+            target = target - cfg.kl_coef * kl_sampled
+        adv = self.advantages(target, roll.prompts)  # [B]
         stats = {"kl": 0.0, "entropy": 0.0, "loss": 0.0, "clip_frac": 0.0}
         for _ in range(cfg.ppo_epochs):
             for i in range(0, B, mb):
-                s = self._micro_step(roll, adv, reward, i, i + mb)
+                s = self._micro_step(roll, adv, target, i, i + mb)
                 for key in stats:
                     stats[key] += s[key] / (cfg.grad_accum * cfg.ppo_epochs)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
@@ -165,7 +179,7 @@ class RLTrainer:
         times["update"] = time.perf_counter() - t
         if kl_sampled is not None:
             stats["kl"] = kl_sampled.mean().item() / (roll.codes.shape[1] * roll.codes.shape[2])
-        metrics = {"step": step + 1, "reward": reward.mean().item(), "grad_norm": float(grad_norm), **stats}
+        metrics = {"step": step + 1, "reward": reward.mean().item(), "grad_norm": float(grad_norm), **stats, **extra}
         metrics.update({f"reward/{n}": v.float().mean().item() for n, v in components.items()})
         metrics["diversity"] = self._diversity(audio, k)
         metrics["lr"] = self.opt.param_groups[0]["lr"]
@@ -174,19 +188,37 @@ class RLTrainer:
             metrics["mem/peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return metrics
 
+    def _rollouts(self, step: int):
+        """The step's rollout [B rows], and with nash_md each row's rival from the geometric mixture
+        (seeded apart: rows B..2B-1 of the step's seed), else None."""
+        cfg, prompts, seed = self.cfg, self.prompts_for(step), step_seed(self.cfg.seed, step)
+        with self._autocast():
+            roll = self.sampler.sample(prompts, cfg.samples_per_prompt, cfg.duration_s, sampling=cfg.sampling, seed=seed)
+            if cfg.objective != "nash_md":
+                return roll, None
+            from musicrl.model.engine import Mixture
+
+            mixture = Mixture(self.reference, cfg.mixture_coef)  # reference None (LoRA): the adapters off
+            rival = self.sampler.sample(prompts, cfg.samples_per_prompt, cfg.duration_s, sampling=cfg.sampling,
+                                        seed=seed + len(roll.prompts), mixture=mixture)  # fmt: skip
+        return roll, rival
+
     def _micro_step(self, roll, adv, reward, i: int, j: int) -> dict:
         cfg, pol = self.cfg, self.policy
         prompts, codes = roll.prompts[i:j], roll.codes[i:j]
         with self._autocast():
             dist, logp = tuning.teacher_forced(pol, prompts, codes, cfg.sampling)  # [b, K, T, V], [b, K, T]
         ratio = (logp - roll.log_probs[i:j]).exp()
-        a = adv[i:j, None, None]
-        pg = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)  # [b, K, T]
-        loss = pg.mean()
-        kl_tok = torch.zeros_like(logp)
+        kl_tok, ref = torch.zeros_like(logp), None
         if cfg.kl_estimator == "exact":
-            kl_tok = exact_kl(dist, self.reference_distributions(prompts, codes).float())  # [b, K, T]
-            loss = loss + cfg.kl_coef * kl_tok.mean()
+            ref = self.reference_distributions(prompts, codes).float()  # [b, K, T, V]
+            kl_tok = exact_kl(dist, ref)  # [b, K, T]
+        if cfg.objective == "online_dpo":  # DPO's loss on the pairs; beta is its KL weight
+            loss = online_dpo_loss(logp, ref.gather(-1, codes[..., None])[..., 0], reward[i:j], cfg.beta)
+        else:
+            a = adv[i:j, None, None]
+            pg = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)  # [b, K, T]
+            loss = pg.mean() + cfg.kl_coef * kl_tok.mean()  # (kl_tok is 0 with the sampled estimator)
         if self.value is not None:
             states, mask = pol.encode_text(prompts)
             loss = loss + 0.5 * (self.value(states, mask) - reward[i:j]).pow(2).mean()
@@ -203,6 +235,8 @@ class RLTrainer:
     def advantages(self, reward: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """reward [B] (rows grouped by prompt, k each) -> advantage [B]."""
         k = self.cfg.samples_per_prompt
+        if self.cfg.objective == "nash_md":  # reward: P(row > rival) [- kl]; 1/2 the control variate, unnormalised (TRL's)
+            return (reward - 0.5).detach()
         if self.cfg.baseline == "rloo":
             r = reward.view(-1, k)  # [P, k]
             adv = (r - (r.sum(1, keepdim=True) - r) / (k - 1)).view(-1)
@@ -318,6 +352,22 @@ class RLTrainer:
                 ckpt.write_final(self.out, last)
         self._log.close()
         return last or ckpt.latest_checkpoint(self.out)
+
+
+def online_dpo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
+    """Online DPO's loss, a scalar: the rows' token log-probs under the policy and the reference
+    [b, K, T] and rewards [b], rows (2i, 2i+1) a prompt's pair. The clip the reward scores higher is
+    chosen (the preference model's likelier label); a pair with equal rewards says nothing (0)."""
+    # imported here: that module imports this one
+    from musicrl.train.dpo_trainer import preference_loss
+
+    ratio = (logp - ref_logp).sum((1, 2)).view(-1, 2)  # [P, 2]: log pi - log ref of each clip
+    r = reward.view(-1, 2)  # [P, 2]
+    first = (r[:, 0] > r[:, 1])[:, None]  # [P, 1]
+    chosen, rejected = torch.where(first, ratio, ratio.flip(1)).unbind(1)  # [P] each
+    tie = r[:, 0] == r[:, 1]
+    losses = preference_loss(chosen, rejected, tie, loss="sigmoid", beta=beta)
+    return torch.where(tie, torch.zeros_like(losses), losses).mean()
 
 
 def _find_clap(reward):
