@@ -52,7 +52,7 @@ def noise(seconds: float, sr: int = SR, seed: int = 0) -> torch.Tensor:
 def test_its_log_mel_is_the_checkpoints_feature_extractor(clap_dir, reward, seconds):
     from transformers import AutoFeatureExtractor
 
-    from musicrl.rewards.clap import ClapLogMel, repeat_pad
+    from musicrl.rewards.clap import repeat_pad
 
     fe = AutoFeatureExtractor.from_pretrained(clap_dir)  # what the directory ships
     assert {k: fe.to_dict()[k] for k in LARGER_CLAP_FEATURES} == LARGER_CLAP_FEATURES
