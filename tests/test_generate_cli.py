@@ -100,3 +100,20 @@ def test_generate_threads_reach_torch(random_musicgen_dir, tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_threads_default_to_one_for_the_shipped_tiny_models_only(monkeypatch):
+    """A tiny model's decoding step is ~170 small ops: on a CPU another job shares, a second thread
+    makes each op wait (up to 10x slower). So without --threads the shipped tiny models run on one
+    thread; any other model keeps torch's choice, and an explicit --threads always wins."""
+    from musicrl.commands.common import apply_threads
+
+    set_to = []
+    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+    apply_threads(None, ["tiny"])
+    apply_threads(None, ["tiny", "tiny-r"])
+    apply_threads(None, ["tiny", "facebook/musicgen-small"])  # a real model among them: torch's choice
+    apply_threads(None, [])
+    apply_threads(3, ["tiny"])
+    apply_threads(0, ["tiny"])
+    assert set_to == [1, 1, 3]

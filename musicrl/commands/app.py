@@ -184,7 +184,7 @@ def prepare(args: argparse.Namespace):
     if not args.reload_every >= 0:
         raise UserError(f"--reload-every must be >= 0 s (0 = off), got {args.reload_every}")
     limits, per_session_cap = limits_from(args)
-    apply_threads(args.threads)
+    apply_threads(args.threads, models)  # (a --models-dir run of a tiny model: torch's choice)
     examples, duration = examples_and_duration(args, models)
     data_dir = Path(args.data_dir).expanduser()
     try:

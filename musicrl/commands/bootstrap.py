@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from musicrl.logs import quiet_transformers
     from musicrl.tiny.bootstrap import bootstrap
 
-    apply_threads(args.threads)
+    apply_threads(args.threads, ["tiny"])  # it builds the tiny world
     quiet_transformers()
     bootstrap(args.out, tuple(s for s in args.stages.split(",") if s))
     print(f"done: {args.out} (copy codec/ musicgen/ clap/ quality/ into musicrl/assets/tiny to ship them)")

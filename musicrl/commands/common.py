@@ -22,14 +22,21 @@ def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (default 0: torch's choice, one per core). On a CPU that another job "
-                        "shares, 1 is much faster for the tiny models")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads. Default: 1 when every model is a shipped tiny one (a decoding step is "
+                        "~170 small ops, and with 2 threads each waits for a core that another job holds: up to "
+                        "10x slower on a shared CPU, and only ~28%% faster on a quiet one); otherwise 0, torch's "
+                        "choice, one per core")  # fmt: skip
 
 
-def apply_threads(threads: int | None) -> None:
-    """Set torch's CPU threads (0 or None: leave torch's choice); a negative count is a one-line error."""
-    if threads is None or threads == 0:
+def apply_threads(threads: int | None, models=()) -> None:
+    """Set torch's CPU threads: `threads`, or None: 1 if every one of `models` is a shipped tiny model
+    (docs/results/rollout-speed.md), else torch's choice; 0 leaves torch's choice; negative: one-line error."""
+    if threads is None:
+        from musicrl.model.hub import SHIPPED
+
+        threads = 1 if models and all(str(m) in SHIPPED for m in models) else 0
+    if threads == 0:
         return
     if threads < 0:
         raise UserError(f"--threads must be >= 0, got {threads}")

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from musicrl.tiny.prompts import resolve_prompts
 
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, guidance_scale=args.guidance)
-    apply_threads(args.threads)
+    apply_threads(args.threads, models)
     quiet_transformers()
     device = resolve_device(args.device)
     judges = _judges(args.rewards, args.raters, device)

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--duration must be > 0, got {args.duration:g}")
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
-    apply_threads(args.threads)
+    apply_threads(args.threads, [args.model])
     out = writable_dir(args.out)
 
     from musicrl.audio import write_wav

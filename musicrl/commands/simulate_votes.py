@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--noise must be >= 0, got {args.noise}")
     if not 0 < args.duration <= 30:
         raise UserError(f"--duration must be in (0, 30] seconds, got {args.duration}")
-    apply_threads(args.threads)
+    apply_threads(args.threads, [args.model or "tiny"])  # without a model: the tiny world's synthetic clips
     panel = Panel.default(args.raters, args.noise, args.seed)
     generate = model_clips(args.model, args.duration, args.guidance, args.device) if args.model else None
     path = simulate_votes(args.num, panel, args.seed, args.out, duration_s=args.duration,

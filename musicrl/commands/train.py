@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from musicrl.logs import quiet_transformers
     from musicrl.presets import apply_overrides, load_yaml
 
-    apply_threads(args.threads)
     data = apply_overrides(load_yaml(args.config), args.overrides)
+    apply_threads(args.threads, [data.get("model", "tiny")])  # (every preset names its model; tiny by default)
     method = data.pop("method", "rl")
     if method not in ("rl", "dpo"):
         raise UserError(f"method must be 'rl' or 'dpo', got {str(method)[:40]!r}")

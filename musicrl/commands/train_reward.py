@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from musicrl.logs import quiet_transformers
 
     quiet_transformers()
-    apply_threads(args.threads)
+    apply_threads(args.threads, [args.backbone])
     device = resolve_device(args.device)
     if args.which == "quality" and args.ratings:
         from musicrl.rewards import train_quality as tq
