@@ -29,7 +29,7 @@ _LABELS = MappingProxyType(
     {"a": ("A is better", "A"), "b": ("B is better", "B"), "tie": ("Tie", "a tie"), "both_bad": ("Both bad", "both bad")}
 )
 VOTES: tuple[tuple[str, str, str], ...] = tuple((c, *_LABELS[c]) for c in CHOICES)  # (choice, label, reveal word)
-N_GENERATE_OUT = 9  # on_generate's outputs before the gate's (layout.GENERATE_OUT)
+N_GENERATE_OUT = 10  # on_generate's outputs before the gate's (layout.GENERATE_OUT)
 N_VOTE_OUT = 3  # on_vote's outputs before the gate's and the leaderboard's (layout.VOTE_OUT)
 N_GATE_OUT = len(VOTES) + 3  # status, the vote buttons, next pair, timer
 N_LB_OUT = 3  # note, ratings, win rates
@@ -149,7 +149,7 @@ class Handlers:
         s.session = self.arena.session_from_cookie(cookie) or s.session
         s.pair, s.listening, s.vote_id, s.rated = pair, Listening(), None, set()
         paths = paths if pair.left == "a" else paths[::-1]  # screen order: left, right
-        return (*paths, None, None, "", echo(pair.prompt), *self.headers(s), self.serving_note(), *self.gate(s))
+        return (*paths, None, None, "", echo(pair.prompt), *self.headers(s), self.serving_note(), s, *self.gate(s))
 
     def headers(self, s: UiSession) -> tuple[str, str]:
         """The players' headers: 'A' and 'B' while blind; with each clip's model once the vote is stored."""

@@ -175,8 +175,10 @@ def _wire_vote(h: Handlers, ui: SimpleNamespace, sess: gr.State, timer: gr.Timer
     buttons and the prompt's counter."""
     gate_out = [ui.status, *ui.buttons, ui.next, timer]
     gen_in = [ui.prompt, ui.duration, sess]
+    # the session is an output too: gradio makes a page's State on its first use without a lock, so a
+    # default made by an event racing the first Generate could replace the one Generate filled in
     gen_out = [ui.audio["A"], ui.audio["B"], ui.rating["A"], ui.rating["B"], ui.reveal, ui.echo,
-               ui.head["A"], ui.head["B"], note, *gate_out]  # fmt: skip
+               ui.head["A"], ui.head["B"], note, sess, *gate_out]  # fmt: skip
     assert len(gate_out) == N_GATE_OUT and len(gen_out) == N_GENERATE_OUT + N_GATE_OUT and len(lb_out) == N_LB_OUT
     gr.on([ui.generate.click, ui.prompt.submit, ui.next.click], h.on_generate, gen_in, gen_out, concurrency_limit=1)
     ui.prompt.change(None, [ui.prompt], [ui.count], js=COUNT_JS % h.arena.config.max_prompt_chars, **QUIET)
