@@ -41,3 +41,20 @@ def test_gradient_checkpointing_recomputes_the_layers_and_changes_no_number(rand
     assert grads_ck.keys() == grads.keys() and len(grads) > 0
     for n in grads:
         torch.testing.assert_close(grads_ck[n], grads[n], rtol=1e-5, atol=1e-7)
+
+
+def test_without_per_layer_checkpointing_the_decoder_is_the_checkpointed_module(random_musicgen_dir, monkeypatch):
+    """transformers 4.x has no GradientCheckpointingLayer: there the decoder's own loop checkpoints its
+    layers while the decoder's training flag is set, so it is the module eval_mode flags."""
+    import sys
+
+    policy = MusicGenPolicy.from_pretrained(str(random_musicgen_dir))
+    cfg = RLConfig(model=str(random_musicgen_dir), reward={"components": {"clap": {}}}, gradient_checkpointing=True)
+    tuning.prepare_policy(policy, cfg, torch.device("cpu"))
+    layers = tuning.checkpointed_layers(policy)
+    decoder = policy.model.decoder.model.decoder  # MusicgenForCausalLM -> MusicgenDecoder
+    assert layers and decoder not in layers  # this transformers: the layers checkpoint themselves
+    monkeypatch.setitem(sys.modules, "transformers.modeling_layers", None)  # the import fails, as on 4.x
+    assert decoder in tuning.checkpointed_layers(policy)
+    tuning.eval_mode(policy)
+    assert decoder.training and not decoder.layers[0].self_attn.training  # its children keep eval mode

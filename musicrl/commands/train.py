@@ -29,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
     from musicrl.presets import apply_overrides, load_yaml
 
     data = apply_overrides(load_yaml(args.config), args.overrides)
-    apply_threads(args.threads, [data.get("model", "tiny")])  # (every preset names its model; tiny by default)
     method = data.pop("method", "rl")
     if method not in ("rl", "dpo"):
         raise UserError(f"method must be 'rl' or 'dpo', got {str(method)[:40]!r}")
@@ -51,6 +50,7 @@ def _rl(data: dict, args) -> Path:
     from musicrl.train.rl_trainer import RLTrainer
 
     cfg = RLConfig.from_dict(data)
+    apply_threads(args.threads, [cfg.model])
     prompts, eval_prompts = rl_prompts(cfg)
     reward = build_reward(cfg.reward, resolve_device(cfg.device), rewards=oracle_rewards(cfg.reward))
     return RLTrainer(cfg, prompts, eval_prompts, reward=reward).train(resume=args.resume)
@@ -70,6 +70,7 @@ def _dpo(data: dict, args) -> Path:
     if args.data_dir:
         data["data_dir"] = args.data_dir
     cfg = DPOConfig.from_dict(data)
+    apply_threads(args.threads, [cfg.model])
     source = Path(cfg.votes) / "train.jsonl" if "://" not in cfg.votes and Path(cfg.votes).is_dir() else cfg.votes
     rows = load_votes(source, cfg.data_dir)  # one line: no votes, a missing clip or codes file
     policy = MusicGenPolicy.from_pretrained(cfg.model, device=resolve_device(cfg.device))

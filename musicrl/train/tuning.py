@@ -45,7 +45,9 @@ def prepare_policy(policy: MusicGenPolicy, cfg, device, reference: MusicGenPolic
         else:
             decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         for layer in checkpointed_layers(policy):  # see `eval_mode`
-            layer.dropout = layer.activation_dropout = 0.0
+            for rate in ("dropout", "activation_dropout", "layerdrop"):
+                if hasattr(layer, rate):
+                    setattr(layer, rate, 0.0)
     if cfg.lora_rank:
         add_lora(policy, cfg)
         return None
@@ -60,10 +62,15 @@ def prepare_policy(policy: MusicGenPolicy, cfg, device, reference: MusicGenPolic
 
 
 def checkpointed_layers(policy: MusicGenPolicy) -> list[nn.Module]:
-    """The decoder layers that recompute their activations in the backward pass instead of keeping them."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    return [m for m in policy.model.decoder.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    """The modules whose `training` flag decides whether activations are recomputed in the backward
+    pass: the decoder layers where transformers has GradientCheckpointingLayer (they checkpoint
+    themselves), else the decoder, whose own loop checkpoints its layers (transformers 4.x)."""
+    flagged = [m for m in policy.model.decoder.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:
+        return flagged
+    return [m for m in flagged if isinstance(m, GradientCheckpointingLayer)] or flagged
 
 
 def eval_mode(policy: MusicGenPolicy) -> None:
