@@ -305,3 +305,49 @@ def token_share_trainer(cfg: RLConfig, prompts: list[str], scale: float = 1.0) -
 
     policy.decode = keep_codes
     return RLTrainer(cfg, prompts, prompts, policy=policy, reward=WeightedReward({"share": share}, {"share": 1.0}, normalize=False))
+
+
+def loud_unless_flat(audio, sample_rate, prompts):  # [B,1,S] -> [B]: constant on the prompt "flat"
+    return torch.stack([torch.tensor(0.5) if p == "flat" else a.pow(2).mean() for a, p in zip(audio, prompts)])
+
+
+def make_flat(tmp_path, policy_dir, prompts, **kw):
+    from musicrl.model.policy import MusicGenPolicy
+
+    cfg = RLConfig(reward=REWARD_CFG, model=str(policy_dir), out_dir=str(tmp_path / "run"), steps=2,
+                   prompts_per_step=2, samples_per_prompt=3, duration_s=0.2, lr=1e-3, eval_every=100,
+                   checkpoint_every=1, eval_prompts_count=2, device="cpu", skip_flat_groups=True, **kw)  # fmt: skip
+    policy = MusicGenPolicy.from_pretrained(str(policy_dir), device="cpu")
+    return RLTrainer(cfg, prompts, ["e1", "e2"], policy=policy,
+                     reward=WeightedReward({"r": loud_unless_flat}, {"r": 1.0}))  # fmt: skip
+
+
+def test_skip_flat_groups_keeps_exactly_the_rows_of_prompts_whose_rewards_differ(tmp_path, random_musicgen_dir):
+    from musicrl.model.policy import Rollout
+
+    tr = make_flat(tmp_path, random_musicgen_dir, ["flat", "loud"])
+    codes = torch.arange(9 * 2 * 4).view(9, 2, 4)  # [B, K, T], every row distinct
+    roll = Rollout(codes, codes.float() / 100, ["a"] * 3 + ["b"] * 3 + ["c"] * 3, torch.arange(9), None)
+    target = torch.tensor([1.0, 1.0, 1.0, 0.0, 2.0, 0.0, 3.0, 3.0, 3.0 + 1e-3])  # a flat, b and c not
+    kept, adv, tgt = tr._informative(roll, tr.advantages(target, roll.prompts), target)
+    assert kept.prompts == ["b"] * 3 + ["c"] * 3
+    assert torch.equal(kept.codes, codes[3:]) and torch.equal(kept.log_probs, codes[3:].float() / 100)
+    assert torch.equal(kept.seeds, torch.arange(3, 9)) and torch.equal(tgt, target[3:])
+    assert adv.abs().sum() > 0
+
+
+def test_skip_flat_groups_updates_on_the_informative_prompts_only(tmp_path, random_musicgen_dir):
+    flat = make_flat(tmp_path / "a", random_musicgen_dir, ["flat", "flat"])
+    before = decoder_params(flat)
+    m = flat.step(0)
+    assert m["informative"] == 0.0 and m["grad_norm"] == 0.0  # nothing to learn: no update at all
+    assert all(torch.equal(v, decoder_params(flat)[k]) for k, v in before.items())
+    mixed = make_flat(tmp_path / "b", random_musicgen_dir, ["flat", "loud"])
+    m = mixed.step(0)
+    assert m["informative"] == 0.5 and m["grad_norm"] > 0  # the "loud" prompt's 3 rows of 6
+    assert any(not torch.equal(v, decoder_params(mixed)[k]) for k, v in before.items())
+
+
+def test_skip_flat_groups_is_for_the_reward_objective_only():
+    with pytest.raises(UserError, match="skip_flat_groups needs objective=reward"):
+        RLConfig(reward=REWARD_CFG, objective="nash_md", skip_flat_groups=True)

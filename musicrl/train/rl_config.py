@@ -62,6 +62,11 @@ class RLConfig:
     """'batch': divide advantages by their standard deviation over the batch; 'prompt': by their
     standard deviation over each prompt's k samples (GRPO's), so every prompt weighs the same
     whatever its reward spread; 'none'."""
+    skip_flat_groups: bool = False
+    """objective=reward: leave out of the update the prompts whose k samples all got the same reward
+    (DAPO's dynamic sampling, without resampling). Their advantages are zero, so they only add the KL
+    term and, through the batch mean, shrink the others' policy gradient; skipping them also skips their
+    share of the update's compute. With a 0/1-point reward most groups of an easy prompt are flat."""
     ppo_epochs: int = 1
     """Optimisation passes over each batch; > 1 uses the PPO clipped ratio."""
     clip_eps: float = 0.2
@@ -121,6 +126,8 @@ class RLConfig:
             bad(f"objective must be 'reward', 'online_dpo' or 'nash_md', got {self.objective!r}")
         if self.objective == "reward" and self.baseline == "rloo" and self.samples_per_prompt < 2:
             bad("the RLOO baseline needs samples_per_prompt >= 2")
+        if self.skip_flat_groups and self.objective != "reward":
+            bad("skip_flat_groups needs objective=reward (a group's advantages are what it compares)")
         if self.objective == "online_dpo" and (self.samples_per_prompt != 2 or self.kl_estimator != "exact"):
             bad("objective=online_dpo needs samples_per_prompt=2 (a pair per prompt) and kl_estimator=exact")
         if self.objective == "online_dpo" and self.prompts_per_step % self.grad_accum:

@@ -32,7 +32,7 @@ import hashlib
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -165,12 +165,16 @@ class RLTrainer:
             kl_sampled = (roll.log_probs - ref_lp).sum((1, 2))  # [B]
             target = target - cfg.kl_coef * kl_sampled
         adv = self.advantages(target, roll.prompts)  # [B]
+        if cfg.skip_flat_groups:  # only the prompts whose k rewards differ carry a policy gradient
+            roll, adv, target = self._informative(roll, adv, target)
+        n = len(roll.prompts)
         stats = {"kl": 0.0, "entropy": 0.0, "loss": 0.0, "clip_frac": 0.0}
-        for _ in range(cfg.ppo_epochs):
-            for i in range(0, B, mb):
-                s = self._micro_step(roll, adv, target, i, i + mb)
+        grad_norm = torch.zeros(())
+        for _ in range(cfg.ppo_epochs if n else 0):
+            for i in range(0, n, mb):  # each micro-batch weighs its share of the rows
+                s = self._micro_step(roll, adv, target, i, min(i + mb, n), min(mb, n - i) / n)
                 for key in stats:
-                    stats[key] += s[key] / (cfg.grad_accum * cfg.ppo_epochs)
+                    stats[key] += s[key] * min(mb, n - i) / (n * cfg.ppo_epochs)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
@@ -180,6 +184,8 @@ class RLTrainer:
         if kl_sampled is not None:
             stats["kl"] = kl_sampled.mean().item() / (roll.codes.shape[1] * roll.codes.shape[2])
         metrics = {"step": step + 1, "reward": reward.mean().item(), "grad_norm": float(grad_norm), **stats, **extra}
+        if cfg.skip_flat_groups:
+            metrics["informative"] = n / B  # the share of rows the update used
         metrics.update({f"reward/{n}": v.float().mean().item() for n, v in components.items()})
         metrics["diversity"] = self._diversity(audio, k)
         metrics["lr"] = self.opt.param_groups[0]["lr"]
@@ -203,7 +209,18 @@ class RLTrainer:
                                         seed=seed + len(roll.prompts), mixture=mixture)  # fmt: skip
         return roll, rival
 
-    def _micro_step(self, roll, adv, reward, i: int, j: int) -> dict:
+    def _informative(self, roll, adv, target):
+        """The rows of the prompts whose k rewards are not all equal (DAPO's dynamic sampling, without
+        resampling). A flat group's advantages are all zero, so its rows would only add the KL term and
+        dilute the policy gradient of the others in the batch mean."""
+        k = self.cfg.samples_per_prompt
+        r = target.view(-1, k)  # [P, k]
+        keep = ((r.max(1).values - r.min(1).values) > 1e-6).repeat_interleave(k).nonzero()[:, 0].cpu()  # [n]
+        kept = replace(roll, codes=roll.codes[keep], log_probs=roll.log_probs[keep],
+                                   prompts=[roll.prompts[i] for i in keep.tolist()], seeds=roll.seeds[keep])  # fmt: skip
+        return kept, adv[keep.to(adv.device)], target[keep.to(target.device)]
+
+    def _micro_step(self, roll, adv, reward, i: int, j: int, weight: float) -> dict:
         cfg, pol = self.cfg, self.policy
         prompts, codes = roll.prompts[i:j], roll.codes[i:j]
         with self._autocast():
@@ -222,7 +239,7 @@ class RLTrainer:
         if self.value is not None:
             states, mask = pol.encode_text(prompts)
             loss = loss + 0.5 * (self.value(states, mask) - reward[i:j]).pow(2).mean()
-        (loss / cfg.grad_accum).backward()
+        (loss * weight).backward()
         with torch.no_grad():
             entropy = -(torch.where(dist > -torch.inf, dist.exp() * dist, torch.zeros_like(dist))).sum(-1)
             clipped = ((ratio - 1).abs() > cfg.clip_eps).float().mean()
