@@ -1,13 +1,17 @@
 """The whole MusicRL-U loop on the tiny world, through the app and the CLI, with simulated raters.
 
-    1. `musicrl app --model BASE --models-dir OUT/musicrl-u` runs as a subprocess for the whole loop
+    1. `musicrl app --model BASE --models-dir OUT/RUN` runs as a subprocess for the whole loop
        (the models dir is empty at first, so only BASE is served: pairs are two seeds of it);
     2. simulated raters (`musicrl.tiny.simulate.Panel.default`) vote through the app's JSON API;
     3. `musicrl votes export` -> OUT/votes.jsonl;
-    4. `musicrl train-reward preference --votes OUT/votes.jsonl --out OUT/preference`;
-    5. `musicrl train --config rl/musicrl-u reward.components.user.model=OUT/preference
-       out_dir=OUT/musicrl-u steps=N ...`, while the app keeps running: it picks up each checkpoint
-       of OUT/musicrl-u, and finally OUT/musicrl-u/final, by itself (--reload-every);
+    4. `--route rl` (the default; RUN is musicrl-u): the RM -> RL route,
+       `musicrl train-reward preference --votes OUT/votes.jsonl --out OUT/preference`, then
+       `musicrl train --config rl/musicrl-u reward.components.user.model=OUT/preference
+       out_dir=OUT/musicrl-u steps=N ...`;
+       `--route dpo` (RUN is dpo): offline DPO straight from the round-1 votes, no preference model,
+       `musicrl train --config po/dpo --votes OUT/votes.jsonl out_dir=OUT/dpo steps=N ...`;
+    5. while it trains the app keeps running: it picks up each checkpoint of OUT/RUN, and finally
+       OUT/RUN/final, by itself (--reload-every);
     6. the raters vote again, now on pairs of BASE against the retrained model;
     7. the leaderboard (Bradley-Terry, 95% bootstrap CIs) should show the retrained model above BASE,
        with intervals that do not overlap (for two models: the win rate's interval excludes 1/2).
@@ -15,12 +19,16 @@
 Besides the votes, OUT/loop.json holds what the panel *expects* on the round-2 pairs (each clip heard
 through `musicrl.tiny.attributes`, P(retrained preferred) averaged over the raters): the effect the
 realized votes estimate. A per-vote edge of a few points needs several hundred decisive votes to show.
+`round2` also holds the decisive-vote win rate (Wilson 95%) and `round2_curve` the two ratings and
+intervals after every 50 round-2 votes (the project's leaderboard on the exported votes in the order
+cast), with the first count at which the intervals were apart and the count from which they stayed apart.
 
 Everything runs `nice`d with one torch thread per process. Logs of each step go to OUT/logs/;
 OUT/loop.json holds the leaderboards and figures. Exit status 0 when the retrained model is rated
 above the base with non-overlapping 95% intervals.
 
     python benchmarks/closed_loop.py --out runs/loop                      # the shipped tiny world
+    python benchmarks/closed_loop.py --out runs/loop_dpo --route dpo      # DPO from the round-1 votes
     python benchmarks/closed_loop.py --out /tmp/loop --random --rl-steps 2 --votes-before 40 \\
         --votes-after 20                                   # plumbing only: random tiny models
     python benchmarks/closed_loop.py --out runs/loop --more-votes 1000   # the same app, 1,000 more
@@ -45,6 +53,9 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from benchmarks.load_test import AppProcess, Tally, free_port, voter  # noqa: E402
 
 SECRET = "closed-loop"
+ROUTES = {"rl": "musicrl-u", "dpo": "dpo"}  # route -> its run directory under OUT, served by the app
+DEFAULT_STEPS = {"rl": 60, "dpo": 200}  # dpo: the po/dpo preset's
+CURVE_EVERY = 50  # round-2 votes between two points of round2_curve
 
 
 def env() -> dict:
@@ -95,11 +106,16 @@ def served(app: AppProcess) -> list[dict]:
     return httpx.get(app.url + "/api/admin/models", headers={"X-Admin-Secret": SECRET}, timeout=30).json()["models"]
 
 
-def loop_app(base: str, out: Path, log_name: str, reload_every: float) -> AppProcess:
-    """The loop's app (not started): BASE and whatever OUT/musicrl-u holds, its store in OUT/app."""
+def run_dir(out: Path, route: str) -> Path:
+    """The training run's directory, which the app serves beside BASE."""
+    return out / ROUTES[route]
+
+
+def loop_app(base: str, out: Path, log_name: str, reload_every: float, route: str) -> AppProcess:
+    """The loop's app (not started): BASE and whatever the route's run directory holds, its store in OUT/app."""
     # no per-session cap on the leaderboard: each simulated voter casts a hundred votes or more
     app = AppProcess(base, out / "app", free_port(), out / "logs" / log_name,
-                     extra=("--models-dir", shown_path(out / "musicrl-u"), "--reload-every", str(reload_every),
+                     extra=("--models-dir", shown_path(run_dir(out, route)), "--reload-every", str(reload_every),
                             "--per-session-cap", "0"))  # fmt: skip
     app.env = env()
     return app
@@ -149,10 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--votes-before", type=int, default=400, help="votes on the base model's clips (default 400)")
     p.add_argument("--votes-after", type=int, default=150, help="votes on base vs retrained (default 150)")
     p.add_argument("--duration", type=float, default=2.0, help="clip length for votes and RL, s (default 2)")
-    p.add_argument("--rl-steps", type=int, default=60)
-    p.add_argument("--rl-set", action="append", default=[], metavar="KEY=VALUE", help="more `musicrl train` overrides")
+    p.add_argument("--route", choices=sorted(ROUTES), default="rl",
+                   help="rl: preference model, then rl/musicrl-u on it (default); dpo: po/dpo on the round-1 votes")
+    p.add_argument("--steps", "--rl-steps", dest="steps", type=int, default=None,
+                   help=f"training steps (default {DEFAULT_STEPS['rl']} for rl, {DEFAULT_STEPS['dpo']} for dpo)")
+    p.add_argument("--train-set", "--rl-set", dest="train_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="more `musicrl train` overrides")
     p.add_argument("--reward-set", action="append", default=[], metavar="--FLAG=VALUE",
-                   help="more `train-reward preference` flags, e.g. --reward-set=--epochs=50")  # fmt: skip
+                   help="more `train-reward preference` flags (route rl), e.g. --reward-set=--epochs=50")  # fmt: skip
     p.add_argument("--reload-every", type=float, default=5.0, help="the app's checkpoint poll, s (default 5)")
     p.add_argument("--timeout", type=float, default=3600.0, help="per voting round and for the final model, s")
     p.add_argument("--no-nice", action="store_true", help="do not lower this run's CPU priority")
@@ -160,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="continue the finished loop in --out: serve its models again on the same store and cast N "
                         "more round-2 votes (the leaderboard counts all of them)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = DEFAULT_STEPS[args.route]
 
     if not args.no_nice:
         os.nice(10)
@@ -178,12 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         from musicrl.tiny.musicgen import save_random
 
         base, backbone = str(save_random(out / "random-musicgen")), str(save_random_clap(out / "random-clap"))
-    run_dir, data = out / "musicrl-u", out / "app"
-    run_dir.mkdir()
+    run, data = run_dir(out, args.route), out / "app"
+    run.mkdir()
     data.mkdir()
     report: dict = {"base": base, "backbone": backbone, "args": vars(args), "timings_s": {}}
 
-    app = loop_app(base, out, "app.log", args.reload_every)
+    app = loop_app(base, out, "app.log", args.reload_every, args.route)
     t = report["timings_s"]
     try:
         t["app_start"] = round(app.start(), 1)
@@ -193,14 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         report["leaderboard_before"] = leaderboard(app)
         votes = out / "votes.jsonl"
         t["export"] = export_votes(out, votes, "export")
-        t["train_reward"] = musicrl(["train-reward", "preference", "--votes", str(votes), "--out", str(out / "preference"),
-                                     "--backbone", backbone, "--threads", "1", *args.reward_set],
-                                    out / "logs" / "train-reward.log", "preference model")  # fmt: skip
-        report["preference"] = json.loads((out / "preference" / "metrics.json").read_text())
-        overrides = [f"reward.components.user.model={out / 'preference'}", f"out_dir={run_dir}", f"steps={args.rl_steps}",
-                     f"model={base}", f"duration_s={args.duration}", f"eval_every={max(1, args.rl_steps)}",
-                     f"checkpoint_every={max(1, args.rl_steps // 4)}", *args.rl_set]  # fmt: skip
-        t["rl"] = musicrl(["train", "--config", "rl/musicrl-u", *overrides], out / "logs" / "train.log", "RL")
+        t.update(train(args, out, base, backbone, votes, report))
         t["swap_wait"] = wait_for_final(app, args.timeout)
         report["served_after"] = served(app)
         print(f"[loop] round 2: {args.votes_after} votes, serving {[m['model'] for m in report['served_after']]}", flush=True)
@@ -211,6 +226,25 @@ def main(argv: list[str] | None = None) -> int:
     return finish(report, out)
 
 
+def train(args, out: Path, base: str, backbone: str, votes: Path, report: dict) -> dict:
+    """The route's training on the round-1 votes, into its run directory; returns the stages' wall times."""
+    run, steps, t = run_dir(out, args.route), args.steps, {}
+    common = [f"out_dir={run}", f"steps={steps}", f"model={base}", f"eval_every={max(1, steps)}",
+              f"checkpoint_every={max(1, steps // 4)}"]  # fmt: skip
+    if args.route == "dpo":
+        t["dpo"] = musicrl(["train", "--config", "po/dpo", "--votes", str(votes), *common, *args.train_set,
+                            "--threads", "1"], out / "logs" / "train.log", "DPO")  # fmt: skip
+        return t
+    t["train_reward"] = musicrl(["train-reward", "preference", "--votes", str(votes), "--out", str(out / "preference"),
+                                 "--backbone", backbone, "--threads", "1", *args.reward_set],
+                                out / "logs" / "train-reward.log", "preference model")  # fmt: skip
+    report["preference"] = json.loads((out / "preference" / "metrics.json").read_text())
+    overrides = [f"reward.components.user.model={out / 'preference'}", f"duration_s={args.duration}", *common]
+    t["rl"] = musicrl(["train", "--config", "rl/musicrl-u", *overrides, *args.train_set, "--threads", "1"],
+                      out / "logs" / "train.log", "RL")  # fmt: skip
+    return t
+
+
 def more_votes(out: Path, n: int) -> int:
     """`--more-votes`: the app of a finished loop again (same store, same models dir), n more round-2 votes."""
     path = out / "loop.json"
@@ -218,7 +252,7 @@ def more_votes(out: Path, n: int) -> int:
         raise SystemExit(f"[loop] {path} missing: --more-votes continues a finished loop")
     report = json.loads(path.read_text())
     a = report["args"]
-    app = loop_app(report["base"], out, "app-more.log", a["reload_every"])
+    app = loop_app(report["base"], out, "app-more.log", a["reload_every"], a.get("route", "rl"))
     extra = report.setdefault("more_votes", [])
     try:
         app.start()
@@ -237,28 +271,71 @@ def finish(report: dict, out: Path) -> int:
     from musicrl.tiny.simulate import panel_expectation
 
     a, t = report["args"], report["timings_s"]
-    base, run_dir = report["base"], out / "musicrl-u"
+    base, run = report["base"], run_dir(out, a.get("route", "rl"))
     all_votes = out / "votes_all.jsonl"
     export_votes(out, all_votes, "export_all")
     report["expected_round2"] = panel_expectation(all_votes, base, a["voters"])
     lb = report["leaderboard_after"]
     rated = {r["model"]: r for r in lb["ratings"]}
-    new = next((m["model"] for m in report["served_after"] if m["model_id"] == shown_path(run_dir)), None)
+    new = next((m["model"] for m in report["served_after"] if m["model_id"] == shown_path(run)), None)
     old = next((m["model"] for m in report["served_after"] if m["model_id"] == base), None)
     both = new in rated and old in rated
     report["retrained_rated_higher"] = bool(both and rated[new]["rating"] > rated[old]["rating"])
     report["retrained_above_base"] = bool(both and rated[new]["ci_low"] > rated[old]["ci_high"])
+    if both:
+        report["round2_decisive"] = decisive(rated[new])
+        report["round2_curve"] = round2_curve(all_votes, new, old)
     (out / "loop.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    pref = report["preference"].get("val", {})
-    print(f"\npreference model: val accuracy {pref.get('accuracy')}, noise ceiling {pref.get('noise_ceiling')}, "
-          f"{report['preference'].get('votes_used')} votes used")  # fmt: skip
+    if "preference" in report:
+        pref = report["preference"].get("val", {})
+        print(f"\npreference model: val accuracy {pref.get('accuracy')}, noise ceiling {pref.get('noise_ceiling')}, "
+              f"{report['preference'].get('votes_used')} votes used")  # fmt: skip
     print("\n## Leaderboard before (after round 1)\n\n" + show(report["leaderboard_before"]))
     print("\n## Leaderboard after (round 2)\n\n" + show(lb))
     print(f"\ntimings (s): {t}")
     print(f"the panel expects on the round-2 pairs: {report['expected_round2']}")
+    if "round2_decisive" in report:
+        c = report["round2_curve"]
+        print(f"round 2, decisive votes: {report['round2_decisive']}; intervals first apart after "
+              f"{c['first_apart']} round-2 votes, apart from {c['apart_from']} on")  # fmt: skip
     print(f"retrained rated higher: {report['retrained_rated_higher']}; above the base with non-overlapping 95% "
           f"intervals: {report['retrained_above_base']}  (report: {out / 'loop.json'})")  # fmt: skip
     return 0 if report["retrained_above_base"] else 1
+
+
+def decisive(r: dict) -> dict:
+    """The retrained model's round-2 record on the leaderboard as a share of the decisive votes (Wilson 95%)."""
+    from musicrl.train.evaluate import wilson
+
+    won, lost = r["wins"], r["losses"]
+    lo, hi = wilson(won, won + lost)
+    return {"won": won, "lost": lost, "ties": r["ties"], "share": round(won / max(1, won + lost), 4),
+            "ci95": [round(lo, 4), round(hi, 4)]}  # fmt: skip
+
+
+def round2_curve(all_votes: Path, new: str, old: str, every: int = CURVE_EVERY) -> dict:
+    """Both models' ratings and 95% intervals after every `every` round-2 votes (new against old, in the
+    order cast; the leaderboard's own fit on those votes), and when the intervals came apart: first
+    (`first_apart`) and for good (`apart_from`: apart at that point and at every later one; None if not)."""
+    from musicrl.votes.leaderboard import leaderboard
+    from musicrl.votes.store import model_key
+
+    rows = sorted((json.loads(line) for line in all_votes.read_text().splitlines()), key=lambda r: r["vote_id"])
+    pairs = [(model_key(r["model_a"], r.get("model_a_version") or ""), model_key(r["model_b"], r.get("model_b_version") or ""),
+              r["choice"]) for r in rows]  # fmt: skip
+    pairs = [v for v in pairs if {v[0], v[1]} == {new, old}]
+    points = []
+    for n in sorted({*range(every, len(pairs), every), len(pairs)}):
+        rated = {r.model: r for r in leaderboard(pairs[:n]).ratings}
+        if {new, old} <= rated.keys():
+            x, y = rated[new], rated[old]
+            points.append({"votes": n, "retrained": [round(x.rating, 1), round(x.ci_low, 1), round(x.ci_high, 1)],
+                           "base": [round(y.rating, 1), round(y.ci_low, 1), round(y.ci_high, 1)],
+                           "apart": bool(x.ci_low > y.ci_high)})  # fmt: skip
+    first = next((p["votes"] for p in points if p["apart"]), None)
+    tail = [p["apart"] for p in points]
+    lasting = next((p["votes"] for i, p in enumerate(points) if all(tail[i:])), None)
+    return {"every": every, "first_apart": first, "apart_from": lasting, "points": points}
 
 
 if __name__ == "__main__":

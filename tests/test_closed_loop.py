@@ -46,3 +46,72 @@ def test_expected_round2_sees_which_side_the_panel_prefers(tmp_path):
     assert e["population_utility"]["retrained"] > e["population_utility"]["base"] + 1.0
     flipped = panel_expectation(path, "run", voters=5)  # now "tiny" is the challenger: the worse clips
     assert flipped["p_retrained_wins_decisive"] < 0.1
+
+
+def _loop():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    return importlib.import_module("benchmarks.closed_loop")
+
+
+def test_dpo_route_trains_po_dpo_on_the_round1_votes_and_serves_its_run(tmp_path, monkeypatch):
+    loop = _loop()
+    calls = []
+    monkeypatch.setattr(loop, "musicrl", lambda args, log, what: calls.append(args) or 1.0)
+    args = loop.argparse.Namespace(route="dpo", steps=8, train_set=["lr=1e-5"], reward_set=[], duration=4.0)
+    report: dict = {}
+    times = loop.train(args, tmp_path, "tiny", "tiny", tmp_path / "votes.jsonl", report)
+    assert times == {"dpo": 1.0} and "preference" not in report  # no preference model on this route
+    (cmd,) = calls
+    assert cmd[:5] == ["train", "--config", "po/dpo", "--votes", str(tmp_path / "votes.jsonl")]
+    assert f"out_dir={tmp_path / 'dpo'}" in cmd and "steps=8" in cmd and "model=tiny" in cmd
+    assert "checkpoint_every=2" in cmd and cmd.index("lr=1e-5") > cmd.index("steps=8")  # the user's overrides win
+    assert loop.run_dir(tmp_path, "dpo") == tmp_path / "dpo" and loop.run_dir(tmp_path, "rl") == tmp_path / "musicrl-u"
+    app = loop.loop_app("tiny", tmp_path, "app.log", 5.0, "dpo")
+    cmd = app.cmd
+    assert cmd[cmd.index("--models-dir") + 1] == loop.shown_path(tmp_path / "dpo")  # served beside the base
+
+
+def test_rl_route_trains_the_preference_model_then_rl_on_it(tmp_path, monkeypatch):
+    loop = _loop()
+    calls = []
+
+    def fake(args, log, what):
+        calls.append(args)
+        if args[0] == "train-reward":
+            (tmp_path / "preference").mkdir()
+            (tmp_path / "preference" / "metrics.json").write_text('{"val": {"accuracy": 0.6}}')
+        return 1.0
+
+    monkeypatch.setattr(loop, "musicrl", fake)
+    args = loop.argparse.Namespace(route="rl", steps=4, train_set=[], reward_set=["--epochs=3"], duration=2.0)
+    report: dict = {}
+    assert loop.train(args, tmp_path, "tiny", "tiny", tmp_path / "votes.jsonl", report) == {"train_reward": 1.0, "rl": 1.0}
+    assert [c[:3] for c in calls] == [["train-reward", "preference", "--votes"], ["train", "--config", "rl/musicrl-u"]]
+    assert "--epochs=3" in calls[0] and report["preference"]["val"]["accuracy"] == 0.6
+    assert f"reward.components.user.model={tmp_path / 'preference'}" in calls[1] and "duration_s=2.0" in calls[1]
+
+
+def test_round2_curve_says_when_the_intervals_came_apart(tmp_path):
+    loop = _loop()
+    # round 1: base against itself (left out); round 2: the new model loses the first 100 votes 50-50,
+    # then wins 3 in 4 of the next 300; a vote of the base against another model is left out too
+    rows = [("tiny", "tiny", "a")] * 40 + [("run", "tiny", "a" if i % 2 else "b") for i in range(100)]
+    rows += [("tiny", "run", "b" if i % 4 else "a") for i in range(300)] + [("tiny", "other", "a")] * 30
+    path = tmp_path / "votes_all.jsonl"
+    lines = [json.dumps({"vote_id": i, "model_a": a, "model_a_version": "", "model_b": b, "model_b_version": "",
+                         "choice": c}) + "\n" for i, (a, b, c) in enumerate(rows)]
+    path.write_text("".join(lines[::-1]))  # the curve follows vote ids, not the file's order
+    c = loop.round2_curve(path, "run", "tiny")
+    assert [p["votes"] for p in c["points"]] == list(range(50, 401, 50))
+    assert not c["points"][1]["apart"]  # 50-50 after 100
+    assert c["first_apart"] is not None and 100 < c["first_apart"] <= c["apart_from"] <= 400
+    last = c["points"][-1]
+    assert last["retrained"][1] > last["base"][2] and last["apart"]
+    from musicrl.votes.leaderboard import leaderboard
+
+    full = {r.model: r for r in leaderboard([r for r in rows if {r[0], r[1]} == {"run", "tiny"}]).ratings}
+    assert last["retrained"][0] == round(full["run"].rating, 1)  # the last point is the leaderboard of all round-2 votes
