@@ -15,11 +15,13 @@ from typing import Callable
 import gradio as gr
 
 from musicrl.app.arena import Arena, Busy, Listening, Pair
-from musicrl.app.board import leaderboard_note, matrix_frame, ratings_frame, serving_note
+from musicrl.app.board import (leaderboard_note, matrix_frame, ratings_figure, ratings_frame, serving_note,
+                               win_rate_figure)
 from musicrl.app.clip_gc import ClipsFull
 from musicrl.app.limits import RateLimited, client_key
 from musicrl.app.tokens import SESSION_COOKIE, new_id
 from musicrl.errors import UserError
+from musicrl.votes.leaderboard import win_rate_over_time
 from musicrl.votes.store import CHOICES, StoreUnavailable, model_key
 
 # Each vote choice's button label and how the reveal names it. The buttons "a"/"b" are screen slots
@@ -32,7 +34,7 @@ VOTES: tuple[tuple[str, str, str], ...] = tuple((c, *_LABELS[c]) for c in CHOICE
 N_GENERATE_OUT = 10  # on_generate's outputs before the gate's (layout.GENERATE_OUT)
 N_VOTE_OUT = 3  # on_vote's outputs before the gate's and the leaderboard's (layout.VOTE_OUT)
 N_GATE_OUT = len(VOTES) + 3  # status, the vote buttons, next pair, timer
-N_LB_OUT = 3  # note, ratings, win rates
+N_LB_OUT = 5  # note, ratings, win rates, the ratings' figure, the win rate over time
 
 
 class UiSession:
@@ -193,7 +195,7 @@ class Handlers:
             for slot in "AB":
                 c = s.pair.clip(s.key(slot))
                 reveal.append(f"- **{slot}** was `{model_key(c.model_id, c.model_version)}` (seed {c.seed})")
-            return "\n".join(reveal), *self.headers(s), *self.gate(s), *self.leaderboard_outputs()
+            return "\n".join(reveal), *self.headers(s), *self.gate(s), *self.leaderboard_outputs(figures=False)
 
         return fn
 
@@ -216,16 +218,25 @@ class Handlers:
         return vote.id
 
     # -- leaderboard -----------------------------------------------------------------------------
-    def leaderboard_outputs(self):
-        """(note, ratings table, win-rate matrix) for the Leaderboard tab; a database that cannot
-        serve now is said in the note (so a vote already stored still shows its reveal)."""
+    def leaderboard_outputs(self, figures: bool = True):
+        """(note, ratings table, win-rate matrix, ratings figure, win rate against the base over time)
+        for the Leaderboard tab; a database that cannot serve now is said in the note (so a vote already
+        stored still shows its reveal). The base is the first served model (`--model`'s first).
+        `figures=False` leaves the figures as they are (gr.skip): a vote answers from the Vote tab, and
+        drawing them costs a few tenths of a second on 2 cores; opening the Leaderboard tab draws them afresh."""
+        served = self.arena.model_list()
+        base = served[0]["model"] if served else None
+        skip = (gr.skip(), gr.skip())
         try:
             lb = self.arena.leaderboard()
         except StoreUnavailable as e:
-            return f"The leaderboard is unavailable right now: {e}", ratings_frame(None), matrix_frame(None)
-        served = [m["model_id"] for m in self.arena.model_list()]
-        note = leaderboard_note(lb, served, self.arena.config.leaderboard_min_votes)
-        return note, ratings_frame(lb), matrix_frame(lb)
+            # the figures stay as they were: an empty one would say "no votes yet"
+            return f"The leaderboard is unavailable right now: {e}", ratings_frame(None), matrix_frame(None), *skip
+        note = leaderboard_note(lb, [m["model_id"] for m in served], self.arena.config.leaderboard_min_votes)
+        if not figures:
+            return note, ratings_frame(lb), matrix_frame(lb), *skip
+        trend = win_rate_over_time(self.arena.live.counted_votes(), base) if base else []
+        return note, ratings_frame(lb), matrix_frame(lb), ratings_figure(lb), win_rate_figure(trend, base)
 
     # -- admin -----------------------------------------------------------------------------------
     def admin(self, action: Callable[[], str]) -> Callable[[str], str]:

@@ -3,7 +3,8 @@
 A rules panel over the tabs: Vote (prompt with its live character count, duration, the prompt echoed
 over two players headed A and B, named after the vote, optional 1–5 ratings, the status line, one button
 per vote choice, Next pair, the reveal), Leaderboard (ratings with +/- intervals, votes and win rates,
-and the win-rate matrix), Admin (only when an admin secret is set). The event functions are
+the win-rate matrix, and plots of the ratings with their intervals and of the win rate against the base
+over time), Admin (only when an admin secret is set). The event functions are
 `musicrl.app.handlers.Handlers`; the counter runs in the browser alone (`COUNT_JS`).
 """
 
@@ -90,7 +91,7 @@ def build_blocks(h: Handlers, title: str) -> gr.Blocks:
             if h.arena.config.admin_secret:  # no tab at all without a secret: nothing to do there
                 with gr.Tab("Admin"):
                     _admin_tab(h)
-        lb_out = [lb.note, lb.table, lb.matrix]
+        lb_out = [lb.note, lb.table, lb.matrix, lb.ratings_plot, lb.trend]
         _wire_vote(h, vote, sess, timer, lb_out, note)
         lb.refresh.click(h.leaderboard_outputs, None, lb_out)
         lb_tab.select(h.leaderboard_outputs, None, lb_out)
@@ -153,8 +154,12 @@ def _leaderboard_tab() -> SimpleNamespace:
     table = gr.Dataframe(label="Ratings", interactive=False, elem_id="leaderboard", wrap=True)
     matrix = gr.Dataframe(label="Win rates: the row model's share of its games against the column model (games)",
                           interactive=False, elem_id="winrate", wrap=True)  # fmt: skip
+    # matplotlib figures (gr.Plot), not gr.LinePlot: the intervals need error bars and a filled band
+    ratings_plot = gr.Plot(label="Ratings with their 95% intervals", elem_id="ratings-plot", format="png")
+    trend = gr.Plot(label="Win rate against the base model over time", elem_id="winrate-plot", format="png")
     refresh = gr.Button("Refresh", elem_id="refresh")
-    return SimpleNamespace(note=note, table=table, matrix=matrix, refresh=refresh)
+    return SimpleNamespace(note=note, table=table, matrix=matrix, ratings_plot=ratings_plot, trend=trend,
+                           refresh=refresh)  # fmt: skip
 
 
 def _admin_tab(h: Handlers) -> None:
@@ -180,7 +185,10 @@ def _wire_vote(h: Handlers, ui: SimpleNamespace, sess: gr.State, timer: gr.Timer
     gen_out = [ui.audio["A"], ui.audio["B"], ui.rating["A"], ui.rating["B"], ui.reveal, ui.echo,
                ui.head["A"], ui.head["B"], note, sess, *gate_out]  # fmt: skip
     assert len(gate_out) == N_GATE_OUT and len(gen_out) == N_GENERATE_OUT + N_GATE_OUT and len(lb_out) == N_LB_OUT
-    gr.on([ui.generate.click, ui.prompt.submit, ui.next.click], h.on_generate, gen_in, gen_out, concurrency_limit=1)
+    # with batching on, up to a batch of pages' generations may wait in the arena's batcher at once
+    gen_concurrency = h.arena.batcher.max_batch if h.arena.batcher.enabled else 1
+    gr.on([ui.generate.click, ui.prompt.submit, ui.next.click], h.on_generate, gen_in, gen_out,
+          concurrency_limit=gen_concurrency)  # fmt: skip
     ui.prompt.change(None, [ui.prompt], [ui.count], js=COUNT_JS % h.arena.config.max_prompt_chars, **QUIET)
     for slot in "AB":
         ui.audio[slot].play(h.on_play(slot), [sess], gate_out, **EVERY)

@@ -303,8 +303,49 @@ def test_one_model_served_says_votes_are_kept_and_how_to_add_a_second(served):
     from musicrl.app.handlers import Handlers
 
     h = Handlers(served[2])
-    note, table, _ = h.leaderboard_outputs()
+    note, table, *_ = h.leaderboard_outputs()
     for text in (h.serving_note(), note):
         assert "Only one model is served" in text and "votes are kept" in text
         assert "the leaderboard needs two models" in text and "--model tiny --model tiny-r" in text
     assert list(table.columns) == ["Rank", "Model", "Rating", "95% interval", "Votes", "Win rate", "Won / lost / tied"]
+
+
+def test_the_leaderboard_tab_plots_ratings_and_the_win_rate_against_the_base(model_dir, tmp_path, monkeypatch):
+    """The Leaderboard tab's figures: with no votes, notes instead of plots; with votes, each rated
+    model's interval (best at the top) and the win rate of the other model against the first served
+    one, vote by vote; a vote's own answer, or a store that cannot answer, leaves them as they are."""
+    from matplotlib.figure import Figure
+
+    from musicrl.app.handlers import Handlers
+    from musicrl.votes.store import StoreUnavailable
+
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
+    g1, g2 = Generator.from_pretrained(model_dir), Generator.from_pretrained(model_dir)
+    g2.model_id = "other"
+    arena = build_app([g1, g2], store, leaderboard_min_votes=1, n_boot=50, seed=0).musicrl_arena
+    h = Handlers(arena)
+    *_, ratings_fig, trend_fig = h.leaderboard_outputs()
+    assert "No ratings yet" in ratings_fig.axes[0].texts[0].get_text()
+    assert "No votes against the base model" in trend_fig.axes[0].texts[0].get_text()
+    clip = {g.model_id: store.add_clip(np.zeros(1600, np.float32) + k, 16000, model_id=g.model_id, model_version=g.version,
+                                       prompt="p", seed=k).id for k, g in enumerate((g1, g2))}  # fmt: skip
+    for i, choice in enumerate(["a", "a", "tie", "b"]):  # 'other' is clip a: won, won, tied, lost
+        store.record_vote(clip_a=clip["other"], clip_b=clip[g1.model_id], choice=choice, session=f"s{i}")
+    note, table, _, ratings_fig, trend_fig = h.leaderboard_outputs()
+    assert isinstance(ratings_fig, Figure) and isinstance(trend_fig, Figure) and "**4** votes" in note
+    ax = ratings_fig.axes[0]
+    top = max(zip(ax.get_yticks(), (t.get_text() for t in ax.get_yticklabels())))[1]
+    assert top == table["Model"][0] == f"other@{g2.version[:8]}"  # sorted by rating, as the table
+    ax = trend_fig.axes[0]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [1, 1, 2.5 / 3, 2.5 / 4])
+    assert ax.get_legend().get_texts()[0].get_text() == f"other@{g2.version[:8]} (4 votes)"
+    assert g1.model_id in ax.get_ylabel()
+    assert not any(isinstance(x, Figure) for x in h.leaderboard_outputs(figures=False))
+
+    def down():
+        raise StoreUnavailable("the vote database is busy")
+
+    monkeypatch.setattr(arena, "leaderboard", down)
+    out = h.leaderboard_outputs()
+    assert "unavailable right now" in out[0] and not any(isinstance(x, Figure) for x in out)
+    store.close()

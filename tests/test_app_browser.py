@@ -1,5 +1,5 @@
 """The arena as a person meets it, in headless Chromium: `musicrl app` with its defaults (tiny and
-tiny-r), warnings that keep the pair, Play on a fresh pair, the layout on a phone. Screenshots go to
+tiny-r), the leaderboard's table and plots after a vote, warnings that keep the pair, Play on a fresh pair, the layout on a phone. Screenshots go to
 the test's tmp dir (printed)."""
 
 import os
@@ -89,6 +89,9 @@ def test_two_models_by_default_and_a_vote_moves_the_leaderboard(app, open_page):
         expect(table).to_contain_text(column)
     expect(table).to_contain_text("tiny-r@")
     expect(table).to_contain_text("tiny@")
+    for plot in ("#ratings-plot", "#winrate-plot"):  # the figures, drawn afresh when the tab opens
+        expect(page.locator(f"{plot} img")).to_be_visible(timeout=10_000)
+        page.locator(plot).screenshot(path=str(app[4] / f"{plot[1:]}.png"))
     page.screenshot(path=str(app[4] / "leaderboard.png"), full_page=True)
     page.get_by_role("tab", name="Vote").click()
     page.locator("#next").click()  # the next pair, same prompt

@@ -1,12 +1,14 @@
-"""Bradley–Terry leaderboard: recovers known strengths, CIs cover them, ties/both_bad/min votes."""
+"""Bradley–Terry leaderboard: recovers known strengths, CIs cover them, ties/both_bad/min votes; the win
+rate against the base over time."""
 
 import math
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 
 from musicrl.errors import UserError
-from musicrl.votes.leaderboard import fit_bradley_terry, leaderboard
+from musicrl.votes.leaderboard import fit_bradley_terry, leaderboard, wilson_band, win_rate_over_time
 
 ELO = 400 / math.log(10)
 THETA = {"m0": 0.0, "m1": 0.5, "m2": 1.0, "m3": -0.7}
@@ -100,3 +102,47 @@ def test_degenerate_and_bad_input():
         leaderboard([("x", "y", "left")])
     with pytest.raises(UserError, match="anchor"):
         leaderboard(simulate(50, 0), anchor="zzz")
+
+
+def test_win_rate_over_time_counts_votes_against_the_base_in_time_order_as_the_ratings_do():
+    rows = [  # (time, model a, model b, choice), not in time order; the base on either side
+        (30, "x", "base", "a"),  # x wins
+        (10, "base", "x", "b"),  # x wins
+        (20, "base", "x", "tie"),  # half a win
+        (25, "x", "base", "both_bad"),  # says nothing
+        (35, "x", "y", "a"),  # not against the base
+        (40, "base", "base", "a"),  # the base against itself
+        (50, "base", "x", "a"),  # x loses
+        (45, "y", "base", "b"),  # y loses
+        (datetime.fromtimestamp(55, timezone.utc), "base", "y", "tie"),  # a datetime, as the store keeps it
+    ]
+    x, y = win_rate_over_time(rows, "base")
+    assert (x.model, x.base, y.model) == ("x", "base", "y")
+    np.testing.assert_array_equal(x.times, [10, 20, 30, 50])
+    np.testing.assert_array_equal(x.games, [1, 2, 3, 4])
+    np.testing.assert_allclose(x.win_rate, [1, 1.5 / 2, 2.5 / 3, 2.5 / 4])
+    np.testing.assert_allclose(y.times, [45, 55])
+    np.testing.assert_allclose(y.win_rate, [0, 0.25])
+    # the last point is the leaderboard's own win rate of the model against the base
+    lb = leaderboard([r[1:] for r in rows], n_boot=0)
+    i, j, k = (lb.models.index(m) for m in ("x", "base", "y"))
+    assert x.win_rate[-1] == pytest.approx(lb.win_rate[i, j]) and y.win_rate[-1] == pytest.approx(lb.win_rate[k, j])
+    assert win_rate_over_time(rows, "nobody") == [] and win_rate_over_time([], "base") == []
+    with pytest.raises(UserError, match="unknown choice"):
+        win_rate_over_time([(1, "x", "base", "left")], "base")
+
+
+def test_win_rate_intervals_are_wilsons_and_hold_the_estimate():
+    lo, hi = wilson_band(np.array([1.0, 0.0, 0.5]), np.array([1, 1, 1]))
+    np.testing.assert_allclose(lo, [0.2065, 0.0, 0.0546], atol=1e-4)
+    np.testing.assert_allclose(hi, [1.0, 0.7935, 0.9454], atol=1e-4)
+    votes = simulate(600, seed=7)
+    rows = [(t, a, b, c) for t, (a, b, c) in enumerate(votes + [("m0", "m1", "tie")] * 40)]
+    series = win_rate_over_time(rows, "m0")
+    assert [s.model for s in series] == ["m1", "m2", "m3"]
+    for s in series:
+        assert np.all((0 <= s.ci_low) & (s.ci_low <= s.win_rate) & (s.win_rate <= s.ci_high) & (s.ci_high <= 1))
+        assert s.ci_high[-1] - s.ci_low[-1] < s.ci_high[9] - s.ci_low[9]  # more votes, a narrower interval
+    # THETA: m2 is stronger than the base m0, m3 weaker
+    final = {s.model: s.win_rate[-1] for s in series}
+    assert final["m2"] > 0.6 and final["m3"] < 0.4

@@ -1,6 +1,7 @@
 """The live leaderboard (issue 26, item 8) equals the full recomputation, on SQLite and PostgreSQL:
 after votes, corrections, repeated votes, new sessions and new models, with and without the
-per-session cap, and when a row commits below the last id it read."""
+per-session cap, and when a row commits below the last id it read; so do the counted votes it keeps
+for the win rate over time."""
 
 import time
 
@@ -9,7 +10,7 @@ import pytest
 
 from musicrl.votes.leaderboard import leaderboard
 from musicrl.votes.live import LiveVotes
-from musicrl.votes.store import VoteStore, vote_pairs
+from musicrl.votes.store import VoteStore, model_key, vote_pairs
 from tests.test_votes import _tone, db_url, postgres  # noqa: F401  (fixtures: SQLite and PostgreSQL)
 
 OPTIONS = {"min_votes": 3, "n_boot": 50, "seed": 0}
@@ -31,6 +32,12 @@ class Clock:
 def _full(store, cap):
     """The leaderboard recomputed from every row, as before the live one."""
     return leaderboard(vote_pairs(store.votes(effective=True, per_session_cap=cap)), **OPTIONS)
+
+
+def _counted(store, cap):
+    """The counted votes as the win rate over time takes them, recomputed from every row."""
+    return [(v.created_at.timestamp(), model_key(v.model_a, v.model_a_version), model_key(v.model_b, v.model_b_version),
+             v.choice) for v in store.votes(effective=True, per_session_cap=cap)]  # fmt: skip
 
 
 def _same(a, b):
@@ -70,6 +77,7 @@ def test_the_live_leaderboard_equals_the_full_recomputation(db_url, tmp_path, ca
             session_of[v.id] = session
         if step % 7 == 0 or step > 55:
             _same(live.leaderboard(), _full(store, cap))
+            assert live.counted_votes() == _counted(store, cap)
     lb = live.leaderboard()
     assert lb is live.leaderboard()  # no new vote: the cached one
     assert "m4@m4-v1" in lb.models + list(lb.provisional)
@@ -102,6 +110,7 @@ def test_a_row_committed_below_the_last_id_read_is_not_missed(tmp_path):
     _same(live.leaderboard(), leaderboard(vote_pairs(late.votes()), **OPTIONS))  # 5 rows, ids past the late one
     late.committed = True
     _same(live.leaderboard(), _full(store, None))  # the count says 6: all read again
+    assert live.counted_votes() == _counted(store, None)  # read again from scratch, not twice
     store.close()
 
 

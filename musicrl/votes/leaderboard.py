@@ -263,3 +263,57 @@ def rate(
         provisional=provisional,
         n_votes=n_used,
     )
+
+
+@dataclass(frozen=True)
+class WinRateSeries:
+    """One model's win rate against the base, after each of their informative votes in time order."""
+
+    model: str
+    base: str
+    times: np.ndarray  # [n] the votes' times, seconds since the epoch
+    games: np.ndarray  # [n] 1, 2, ..., n: informative votes between the two so far
+    win_rate: np.ndarray  # [n] the model's share of them (a tie half a win), cumulative
+    ci_low: np.ndarray  # [n] its 95% Wilson interval
+    ci_high: np.ndarray
+
+
+def wilson_band(won: np.ndarray, games: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score intervals of the shares won/games, elementwise (games > 0); a tie's half a win
+    enters as half a success, as in the ratings."""
+    n = np.asarray(games, dtype=np.float64)
+    p = np.asarray(won, dtype=np.float64) / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return centre - half, centre + half
+
+
+def _seconds(t) -> float:
+    return float(t.timestamp()) if hasattr(t, "timestamp") else float(t)
+
+
+def win_rate_over_time(votes: Iterable[Sequence], base: str) -> list[WinRateSeries]:
+    """Each model's cumulative win rate against `base` over time, from `(time, model_a, model_b,
+    choice)` rows (time: a datetime or seconds); one series per model with a vote against the base,
+    by model name. The votes count as in the ratings: a tie is half a win each, 'both bad' and a
+    model against itself say nothing; rows are taken in time order (ties in time: as given)."""
+    rows = sorted(((_seconds(t), str(a), str(b), c) for t, a, b, c in votes), key=lambda r: r[0])
+    per_model: dict[str, tuple[list[float], list[float]]] = {}
+    for t, a, b, choice in rows:
+        if choice not in CHOICES:
+            raise UserError(f"unknown choice {choice!r}: expected one of {', '.join(CHOICES)}")
+        if choice == "both_bad" or a == b or base not in (a, b):
+            continue
+        other, won = (b, _OUTCOME[choice] == 1) if a == base else (a, _OUTCOME[choice] == 0)
+        times, points = per_model.setdefault(other, ([], []))
+        times.append(t)
+        points.append(0.5 if choice == "tie" else float(won))
+    out = []
+    for model in sorted(per_model):
+        times, points = (np.asarray(x) for x in per_model[model])
+        games = np.arange(1, len(points) + 1)
+        won = np.cumsum(points)
+        lo, hi = wilson_band(won, games)
+        out.append(WinRateSeries(model, base, times, games, won / games, lo, hi))
+    return out

@@ -3,7 +3,8 @@
 Re-reading and de-duplicating every vote on each page load takes seconds at 100k votes. `LiveVotes`
 keeps what the leaderboard needs in memory instead: the effective-vote filter's state
 (`musicrl.votes.store.EffectiveVotes`, with the per-session cap) and the tally of the counted votes
-(`musicrl.votes.leaderboard.VoteTally`), plus the ids of clips that have any vote (the app's clip
+(`musicrl.votes.leaderboard.VoteTally`) and, for the win rate over time, each counted vote's time,
+models and choice (tens of bytes a vote), plus the ids of clips that have any vote (the app's clip
 garbage collector never removes those). `refresh()` reads the rows with an id above the last one
 read, and the rated `Leaderboard` is cached until a refresh finds a new row.
 
@@ -45,6 +46,8 @@ class LiveVotes:
     def _reset(self) -> None:
         self._admit = EffectiveVotes(self._cap).admit
         self._tally = VoteTally()
+        self._counted: list[tuple[float, str, str, str]] = []  # (time, model a, model b, choice) of the counted votes
+        self._names: dict[str, str] = {}  # one string per model key: 100k counted votes share a few names
         self._voted_clips: set[str] = set()
         self._rows = 0  # rows read
         self._last_id = 0
@@ -61,8 +64,14 @@ class LiveVotes:
             self._recent.append((now, v.id))
             self._voted_clips.update((v.clip_a, v.clip_b))
             if self._admit(v):
-                self._tally.add(model_key(v.model_a, v.model_a_version), model_key(v.model_b, v.model_b_version), v.choice)
+                a = self._name(model_key(v.model_a, v.model_a_version))
+                b = self._name(model_key(v.model_b, v.model_b_version))
+                self._tally.add(a, b, v.choice)
+                self._counted.append((v.created_at.timestamp(), a, b, v.choice))
                 self._rated = None
+
+    def _name(self, key: str) -> str:
+        return self._names.setdefault(key, key)
 
     def _complete(self, every_row: bool) -> bool:
         """Whether every committed row has been read: counting all rows, or those above the settled id."""
@@ -93,6 +102,12 @@ class LiveVotes:
             if self._rated is None:
                 self._rated = rate(self._tally, **self._rate_options)
             return self._rated
+
+    def counted_votes(self) -> list[tuple[float, str, str, str]]:
+        """(time in seconds, model a, model b, choice) of each counted vote in the order read, as of the
+        last refresh: what `musicrl.votes.leaderboard.win_rate_over_time` takes."""
+        with self._lock:
+            return list(self._counted)
 
     def tally(self) -> VoteTally:
         """A copy of the counted votes' tally, as of the last refresh."""
