@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -351,3 +352,28 @@ def test_skip_flat_groups_updates_on_the_informative_prompts_only(tmp_path, rand
 def test_skip_flat_groups_is_for_the_reward_objective_only():
     with pytest.raises(UserError, match="skip_flat_groups needs objective=reward"):
         RLConfig(reward=REWARD_CFG, objective="nash_md", skip_flat_groups=True)
+
+
+def test_resume_may_move_the_run_and_change_its_bookkeeping_but_not_what_it_learns(tmp_path, random_musicgen_dir):
+    import shutil
+
+    first = make(tmp_path / "a", random_musicgen_dir, ema_decay=0.5)
+    first.train(progress=False, stop_after=1)
+    shutil.copytree(tmp_path / "a" / "run", tmp_path / "b" / "run")  # moved, extended, checkpointed less often
+    moved = make(tmp_path / "b", random_musicgen_dir, ema_decay=0.5, keep_checkpoints=5)
+    moved.cfg = replace(moved.cfg, steps=3)
+    moved.train(resume=True, progress=False)
+    assert latest_checkpoint(tmp_path / "b" / "run").name == "step-000003"
+    with pytest.raises(UserError, match=r"another kl_coef \(only steps, out_dir"):
+        make(tmp_path / "a", random_musicgen_dir, ema_decay=0.5, kl_coef=0.5).train(resume=True, progress=False)
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_with_the_runs_value(tmp_path, random_musicgen_dir):
+    from musicrl.train import checkpoints as ckpt
+
+    tr = make(tmp_path, random_musicgen_dir)
+    path = tr.train(progress=False, stop_after=1)
+    state = torch.load(path / ckpt.TRAINER_STATE, weights_only=False)
+    del state["config"]["skip_flat_groups"]  # as written before the setting existed
+    torch.save(state, path / ckpt.TRAINER_STATE)
+    assert make(tmp_path, random_musicgen_dir).load_checkpoint(path) == 1

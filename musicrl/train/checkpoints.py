@@ -131,15 +131,23 @@ def write_final(out_dir: str | Path, last: Path) -> Path:
     return final_dir(out_dir)
 
 
+# Settings that say where a run writes and how often, not what it learns: a resumed run may change them
+# (a run extended to more steps, with other checkpoint cadence, continued in a copied directory).
+BOOKKEEPING = ("steps", "out_dir", "eval_every", "checkpoint_every", "keep_checkpoints", "log_audio")
+
+
 def load_state(path: Path, config: dict, device) -> dict:
-    """A checkpoint's trainer state, checked against the resuming run's config (only `steps` may change)."""
+    """A checkpoint's trainer state, checked against the resuming run's config: only BOOKKEEPING may
+    change, and settings newer than the checkpoint (keys its config lacks) take the resuming run's values."""
     import torch
 
     from musicrl.errors import UserError
 
     state = torch.load(path / TRAINER_STATE, weights_only=False, map_location=device)
-    if {k: v for k, v in state["config"].items() if k != "steps"} != {k: v for k, v in config.items() if k != "steps"}:
-        raise UserError(f"{path} was written with another config (only `steps` may change on resume)")
+    changed = sorted(k for k, v in state["config"].items() if k not in BOOKKEEPING and config.get(k, v) != v)
+    changed += sorted(k for k in state["config"] if k not in config)
+    if changed:
+        raise UserError(f"{path} was written with another {', '.join(changed)} (only {', '.join(BOOKKEEPING)} may change on resume)")
     return state
 
 
