@@ -8,7 +8,8 @@
     GET  /api/clips/{id}.wav  the clip's WAV (ids are content hashes; nothing else is served)
     GET  /api/leaderboard   ratings with CIs, win-rate matrix, counts
     GET  /api/health
-    admin, header X-Admin-Secret: GET /api/admin/models, POST /api/admin/reload,
+    admin, header X-Admin-Secret: GET /api/admin/models, GET /api/admin/batches (the batcher's
+                            window, max batch and {requests in a batch: batches served}), POST /api/admin/reload,
                             POST /api/admin/export {"format"?: "jsonl"|"hf", "per_session_cap"?: int,
                                                     "exclude_flagged"?: bool}
 
@@ -182,7 +183,7 @@ def _info_routes(router: APIRouter, arena: Arena) -> None:
 
 
 def _admin_routes(router: APIRouter, arena: Arena) -> None:
-    """/admin/models, /admin/reload, /admin/export: each needs the X-Admin-Secret header."""
+    """/admin/models, /admin/batches, /admin/reload, /admin/export: each needs the X-Admin-Secret header."""
 
     def admin(secret: str | None):
         try:
@@ -194,6 +195,12 @@ def _admin_routes(router: APIRouter, arena: Arena) -> None:
     @router.get("/admin/models")
     def models(x_admin_secret: str | None = Header(default=None)):
         return admin(x_admin_secret) or {"models": arena.model_list()}
+
+    @router.get("/admin/batches")
+    def batches(x_admin_secret: str | None = Header(default=None)):
+        b = arena.batcher
+        sizes = {str(k): v for k, v in b.batch_sizes().items()}
+        return admin(x_admin_secret) or {"batch_window_ms": 1000 * b.window_s, "max_batch": b.max_batch, "batch_sizes": sizes}
 
     @router.post("/admin/reload")
     def reload(x_admin_secret: str | None = Header(default=None)):

@@ -1,8 +1,11 @@
 """The arena: what the voting UI and the HTTP API share (no gradio, no web framework here).
 
 One `Arena` per app: the served generators, the vote store, request limits, a generation lock
-(a torch model is not re-entrant, so one generation runs at a time) and an admission bound (at most
-`queue_size` generations waiting or running through this object; more get a clear "busy" error).
+(a torch model is not re-entrant, so one generation runs at a time), a `Batcher`
+(`musicrl.app.batcher`: requests for one model that arrive within `batch_window_s` of each other
+decode as one batch, at most `max_batch` requests; started by the first request, stopped by
+`close()`) and an admission bound (at most `queue_size` generations waiting or running through this
+object; more get a clear "busy" error). Voting takes neither the generation lock nor a batch slot.
 Per-client token buckets (`musicrl.app.limits`) bound how often one address may generate and vote
 (`Arena.limit`, called by the UI and the API), and `musicrl.app.clip_gc` caps the clips nobody
 voted on. The leaderboard is `musicrl.votes.live.LiveVotes`: it reads only new votes, counts at
@@ -24,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
+from musicrl.app.batcher import Batcher, Busy
 from musicrl.app.clip_gc import ClipJanitor
 from musicrl.app.limits import Limits, TokenBucket
 from musicrl.app.tokens import Signer, Ticket, decode_ticket, encode_ticket, new_id, session_from_cookie
@@ -45,10 +49,6 @@ class GeneratorLike(Protocol):
     def generate(self, prompt: str, num_samples: int, duration_s: float, seed: int, **settings) -> list: ...
 
 
-class Busy(Exception):
-    """Too many generations queued; the message says so (HTTP 503)."""
-
-
 class Expired(UserError):
     """The pair was served longer ago than the token lifetime (HTTP 410)."""
 
@@ -68,6 +68,8 @@ class ArenaConfig:
     token_ttl_s: float = 4 * 3600.0  # a served pair (and its API token) takes a vote this long
     limits: Limits = Limits()
     per_session_cap: int | None = SESSION_CAP  # counted votes per session on the leaderboard and exports
+    batch_window_s: float = 0.05  # how long a generation waits for others to join its batch; 0: no batching
+    max_batch: int = 8  # generate requests (each 1-2 clips) decoded together at most
 
     def __post_init__(self):
         if self.min_listen_s < 0:
@@ -80,6 +82,10 @@ class ArenaConfig:
             raise UserError(f"queue size must be >= 1, got {self.queue_size}")
         if not 0 < self.token_ttl_s <= MAX_LISTEN_MS / 1000:
             raise UserError(f"token lifetime must be in (0, {MAX_LISTEN_MS // 1000}] s (a week), got {self.token_ttl_s}")
+        if not 0 <= self.batch_window_s <= 10:
+            raise UserError(f"batch window must be in [0, 10000] ms, got {1000 * self.batch_window_s:g}")
+        if not (isinstance(self.max_batch, int) and self.max_batch >= 1):
+            raise UserError(f"max batch must be an integer >= 1, got {self.max_batch}")
         if self.per_session_cap is not None and not (isinstance(self.per_session_cap, int) and self.per_session_cap >= 1):
             raise UserError(f"per-session cap must be an integer >= 1 (or none), got {self.per_session_cap}")
 
@@ -143,6 +149,8 @@ class Arena:
         self._reload = reload
         self._gen_lock = threading.Lock()
         self._reload_lock = threading.Lock()
+        self._draw_lock = threading.Lock()  # the random draws of models and seeds (requests run concurrently)
+        self.batcher = Batcher(config.batch_window_s, config.max_batch, self._gen_lock)
         self._slots = threading.BoundedSemaphore(config.queue_size)
         self._rng = random.Random(config.seed) if config.seed is not None else random.SystemRandom()
         self._pair_signer = Signer(store.derive_key("pair-token"))
@@ -213,34 +221,40 @@ class Arena:
 
     def generate_pair(self, prompt: str | None, duration_s: float | None = None) -> Pair:
         """Two clips for a prompt: two different random models if several are served (random order),
-        else two samples of the one model with different seeds; both stored before returning."""
+        else two samples of the one model with different seeds; both stored before returning.
+        The clips come from the batcher: this request may share a batch with others for the same model."""
         prompt, duration = self.check_request(prompt, duration_s)
         self.janitor.admit(self._clock())  # ClipsFull: too many clips nobody voted on
         if not self._slots.acquire(blocking=False):
             raise Busy(f"The server is busy ({self.config.queue_size} generations queued); try again in a minute.")
         try:
-            with self._gen_lock:
+            with self._draw_lock:
                 gens = self._generators
                 seed = self._rng.randrange(2**31 - 2)
                 if len(gens) >= 2:
-                    ga, gb = self._rng.sample(gens, 2)
-                    clips = [(ga, ga.generate(prompt, 1, duration, seed)[0])]
-                    clips.append((gb, gb.generate(prompt, 1, duration, self._rng.randrange(2**31 - 2))[0]))
+                    jobs = [(g, 1, s) for g, s in zip(self._rng.sample(gens, 2), (seed, self._rng.randrange(2**31 - 2)))]
                 else:
-                    g = gens[0]
-                    clips = [(g, c) for c in g.generate(prompt, 2, duration, seed)[:2]]
-                records = [self._store_clip(g, c, prompt) for g, c in clips]
-                if records[0].id == records[1].id:  # identical audio (a degenerate model): one more try
-                    g = clips[1][0]
-                    c = g.generate(prompt, 1, duration, seed + 7919)[0]
-                    records[1] = self._store_clip(g, c, prompt)
-                    if records[0].id == records[1].id:
-                        raise UserError("The model produced the same audio twice; nothing to compare.")
+                    jobs = [(gens[0], 2, seed)]
+            # both models' requests are queued before either is awaited, so each can join its model's batch
+            futures = [(g, self.batcher.submit(g, prompt, n, duration, s)) for g, n, s in jobs]
+            clips = [(g, c) for g, f in futures for c in f.result()][:2]
+            records = [self._store_clip(g, c, prompt) for g, c in clips]
+            if records[0].id == records[1].id:  # identical audio (a degenerate model): one more try
+                g = clips[1][0]
+                c = self.batcher.submit(g, prompt, 1, duration, seed + 7919).result()[0]
+                records[1] = self._store_clip(g, c, prompt)
+                if records[0].id == records[1].id:
+                    raise UserError("The model produced the same audio twice; nothing to compare.")
         finally:
             self._slots.release()
         self.janitor.served([r.id for r in records], self._clock())
-        return Pair(prompt=prompt, a=records[0], b=records[1], left=self._rng.choice("ab"), id=new_id(),
-                    issued_at=self._clock())  # fmt: skip
+        with self._draw_lock:
+            left = self._rng.choice("ab")
+        return Pair(prompt=prompt, a=records[0], b=records[1], left=left, id=new_id(), issued_at=self._clock())
+
+    def close(self) -> None:
+        """Stop the batcher: the batch in progress finishes, waiting requests get `Busy`."""
+        self.batcher.stop()
 
     def _store_clip(self, g: GeneratorLike, clip, prompt: str) -> ClipRecord:
         return self.store.add_clip(

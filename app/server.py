@@ -27,6 +27,7 @@ on request bodies (`BodyLimit`, which also caps Gradio's uploads; the UI takes n
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Callable, Sequence
@@ -78,6 +79,8 @@ def build_app(
     token_ttl_s: float = 4 * 3600.0,
     limits: Limits = Limits(),
     per_session_cap: int | None = SESSION_CAP,
+    batch_window_ms: float = 50.0,
+    max_batch: int = 8,
 ) -> gr.Blocks:
     """The voting UI over `generators` (one or more) and `store`. See the module doc for behaviour.
 
@@ -86,6 +89,8 @@ def build_app(
     models", POST /api/admin/reload). `token_ttl_s`: how long a served pair takes its vote.
     `limits`: per-client rates and the caps (`musicrl.app.limits.Limits`); `per_session_cap`: the
     most votes of one session the leaderboard and the admin export count (None: no cap).
+    `batch_window_ms`, `max_batch`: generate requests for one model that arrive within the window
+    decode as one batch of at most `max_batch` requests (`musicrl.app.batcher`; 0 ms: one at a time).
     """
     cap = min([max_duration_s] + [float(g.max_duration_s) for g in generators])
     config = ArenaConfig(
@@ -102,6 +107,8 @@ def build_app(
         token_ttl_s=token_ttl_s,
         limits=limits,
         per_session_cap=per_session_cap,
+        batch_window_s=batch_window_ms / 1000,
+        max_batch=max_batch,
     )
     arena = Arena(generators, store, config, reload)
     demo = build_blocks(Handlers(arena), title)
@@ -126,7 +133,13 @@ def create_server(blocks: gr.Blocks, *, expose_api_docs: bool = False, monitorin
     arena: Arena = blocks.musicrl_arena
     store = arena.store
     docs_url, openapi_url = ("/api/docs", "/api/openapi.json") if expose_api_docs else (None, None)
-    app = FastAPI(title="musicrl arena", docs_url=docs_url, redoc_url=None, openapi_url=openapi_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):  # the batcher's worker starts with the first request and ends with the server
+        yield
+        arena.close()
+
+    app = FastAPI(title="musicrl arena", docs_url=docs_url, redoc_url=None, openapi_url=openapi_url, lifespan=lifespan)
     app.include_router(api_router(arena))
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -20,11 +20,18 @@ come from one address. Each voter keeps the session cookie the app issues (one s
 than a clip's length after the pair arrived, reporting that as its listening time (the app checks
 both against its minimum listen time).
 
-Prints a markdown table (votes/s, generate and vote latency p50/p95, 503s, lost votes); `--out`
-writes the report as JSON.
+Prints a markdown table (votes/s, pairs/s, generate and vote latency p50/p95, 503s, lost votes,
+the app's generation batch sizes); `--out` writes the report as JSON.
+
+`--compare-batching`: instead of the two runs above, steady runs with batched generation off
+(`--batch-window-ms 0`, one generation at a time) and on (`--batch-window-ms W --max-batch N`),
+interleaved over `--rounds` rounds (off, on; then on, off; ...) so that load from other jobs falls on
+both alike; then the ratio of the medians of pairs/s. Batch sizes come from the app's
+GET /api/admin/batches ({requests in a batch: batches}) at the end of each run.
 
     python benchmarks/load_test.py                      # tiny if shipped, else a random tiny MusicGen
     python benchmarks/load_test.py --model DIR --votes 200 --voters 20 --duration 0.5 --out load.json
+    python benchmarks/load_test.py --compare-batching --rounds 2 --out batching.json
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 import numpy as np  # noqa: E402
 
 RETRY_STATUS = (502, 503, 504)
+ADMIN_SECRET = "load-test"  # the app's admin routes, for its batch sizes
 
 
 def free_port() -> int:
@@ -83,7 +91,7 @@ class AppProcess:
         self.log = log
         self.proc: subprocess.Popen | None = None
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                    "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
+                    "GRADIO_ANALYTICS_ENABLED": "False", "MUSICRL_ADMIN_SECRET": ADMIN_SECRET}  # fmt: skip
 
     def start(self, timeout_s: float = 180.0) -> float:
         """Start and wait until /api/health answers; returns the start-up time in seconds."""
@@ -103,6 +111,14 @@ class AppProcess:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"the app did not answer within {timeout_s:.0f} s:\n{self.log.read_text()[-3000:]}")
+
+    def batch_sizes(self) -> dict[int, int]:
+        """The app's {requests in a batch: batches served} since it started (GET /api/admin/batches)."""
+        import httpx
+
+        r = httpx.get(self.url + "/api/admin/batches", headers={"X-Admin-Secret": ADMIN_SECRET}, timeout=10)
+        r.raise_for_status()
+        return {int(k): v for k, v in r.json()["batch_sizes"].items()}
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -128,6 +144,7 @@ class Tally:
     claimed: int = 0  # votes confirmed or in progress
     confirmed: dict = field(default_factory=dict)  # vote_id -> (session, clip_a, clip_b, choice)
     generate_s: list = field(default_factory=list)
+    pairs: int = 0  # pairs served (generate answered 200)
     vote_s: list = field(default_factory=list)
     busy: int = 0  # 503 answers
     conn_errors: int = 0  # refused / reset / timed out requests (retried)
@@ -194,6 +211,8 @@ def voter(i: int, rater, url: str, tally: Tally, duration_s: float, deadline: fl
                                     json={"prompt": prompt, "duration_s": duration_s})  # fmt: skip
                 if r.status_code != 200:
                     raise GiveUp(f"generate: {r.status_code} {r.text[:200]}")
+                with tally.lock:
+                    tally.pairs += 1
                 served_at, body = time.monotonic(), r.json()
                 clips = []
                 for c in body["clips"]:
@@ -230,16 +249,26 @@ def _pct(xs: list, q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
+def _batch_summary(sizes: dict[int, int]) -> dict:
+    """{size: batches} -> the histogram, batches, mean (requests per batch) and max."""
+    n = sum(sizes.values())
+    mean = sum(k * v for k, v in sizes.items()) / n if n else float("nan")
+    return {"batch_sizes": {str(k): v for k, v in sorted(sizes.items())}, "batches": n,
+            "batch_mean": round(mean, 2), "batch_max": max(sizes, default=0)}  # fmt: skip
+
+
 def run(model: str, work: Path, *, votes: int = 200, voters: int = 20, duration_s: float = 0.5,
-        kill_after: int | None = None, seed: int = 0, timeout_s: float = 600.0) -> dict:  # fmt: skip
+        kill_after: int | None = None, seed: int = 0, timeout_s: float = 600.0,
+        app_args: tuple[str, ...] = ()) -> dict:  # fmt: skip
     """One load-test run in `work` (a new data dir); `kill_after`: SIGKILL the app after that many
-    confirmed votes, then start it again. Returns the report (see `TABLE` for the main figures)."""
+    confirmed votes, then start it again; `app_args`: more `musicrl app` flags. Returns the report
+    (see `TABLE` for the main figures; batch sizes are the last app process's)."""
     from musicrl.tiny.simulate import Panel
     from musicrl.votes.store import VoteStore
 
     data = work / "data"
     data.mkdir(parents=True)
-    app = AppProcess(model, data, free_port(), work / "app.log")
+    app = AppProcess(model, data, free_port(), work / "app.log", extra=("--reload-every", "0", *app_args))
     startup_s = app.start()
     panel = Panel.default(voters, seed=seed)
     tally = Tally(votes)
@@ -261,6 +290,7 @@ def run(model: str, work: Path, *, votes: int = 200, voters: int = 20, duration_
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()) + 5)
         wall = time.monotonic() - t0
+        batches = _batch_summary(app.batch_sizes())
     finally:
         app.stop()
     store = VoteStore(f"sqlite:///{data / 'votes.db'}", data)  # a new reader, as after a restart
@@ -277,6 +307,7 @@ def run(model: str, work: Path, *, votes: int = 200, voters: int = 20, duration_
     n = len(tally.confirmed)
     return {
         "run": "kill-9" if kill_after is not None else "steady",
+        "app_args": list(app_args),
         "model": model,
         "voters": voters,
         "target_votes": votes,
@@ -289,6 +320,9 @@ def run(model: str, work: Path, *, votes: int = 200, voters: int = 20, duration_
         "integrity": integrity,
         "wall_s": round(wall, 2),
         "votes_per_s": round(n / wall, 3) if wall > 0 else None,
+        "pairs": tally.pairs,
+        "pairs_per_s": round(tally.pairs / wall, 3) if wall > 0 else None,
+        **batches,
         "generate_p50_s": round(_pct(tally.generate_s, 50), 3),
         "generate_p95_s": round(_pct(tally.generate_s, 95), 3),
         "vote_p50_s": round(_pct(tally.vote_s, 50), 4),
@@ -309,6 +343,7 @@ def run(model: str, work: Path, *, votes: int = 200, voters: int = 20, duration_
 
 
 TABLE = [("run", "run"), ("votes", "confirmed"), ("wall s", "wall_s"), ("votes/s", "votes_per_s"),
+         ("pairs/s", "pairs_per_s"), ("batch mean / max", "batch"),
          ("gen p50 s", "generate_p50_s"), ("gen p95 s", "generate_p95_s"), ("vote p50 s", "vote_p50_s"),
          ("vote p95 s", "vote_p95_s"), ("503s", "busy_503"), ("conn err", "conn_errors"), ("re-sent", "resent_votes"),
          ("rows", "stored_rows"), ("lost", "missing"), ("integrity", "integrity"), ("restart s", "restart_s")]  # fmt: skip
@@ -316,12 +351,41 @@ TABLE = [("run", "run"), ("votes", "confirmed"), ("wall s", "wall_s"), ("votes/s
 
 def table(reports: list[dict]) -> str:
     def cell(r, k):
+        if k == "batch":
+            return f"{r['batch_mean']} / {r['batch_max']}"
         v = r[k]
         return str(len(v)) if isinstance(v, list) else ("–" if v is None else str(v))
 
     lines = ["| " + " | ".join(h for h, _ in TABLE) + " |", "|" + "---|" * len(TABLE)]
     lines += ["| " + " | ".join(cell(r, k) for _, k in TABLE) + " |" for r in reports]
     return "\n".join(lines)
+
+
+def compare_batching(model: str, work: Path, args: argparse.Namespace) -> int:
+    """Steady runs with batching off and on, interleaved (off, on, on, off, ...); prints each run and
+    the ratio of the median pairs/s. Returns 0 if no vote was lost."""
+    modes = {"off": ("--batch-window-ms", "0"),
+             "on": ("--batch-window-ms", f"{args.batch_window_ms:g}", "--max-batch", str(args.max_batch))}  # fmt: skip
+    reports = []
+    for i in range(args.rounds):
+        for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
+            r = run(model, work / f"{mode}-{i}", votes=args.votes, voters=args.voters, duration_s=args.duration,
+                    app_args=modes[mode])  # fmt: skip
+            reports.append({**r, "run": f"batching {mode}, round {i + 1}", "batching": mode})
+            print(f"{reports[-1]['run']}: {r['pairs_per_s']} pairs/s, generate p50 {r['generate_p50_s']} s, "
+                  f"batches {r['batch_sizes']}", flush=True)  # fmt: skip
+    print(f"model {model}, {args.voters} voters, {args.votes} votes a run, {args.duration:g} s clips, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; work dir {work}")
+    print(table(reports))
+    med = {m: float(np.median([r["pairs_per_s"] for r in reports if r["batching"] == m])) for m in modes}
+    lat = {m: [float(np.median([r[k] for r in reports if r["batching"] == m])) for k in ("generate_p50_s", "generate_p95_s")]
+           for m in modes}  # fmt: skip
+    print(f"median pairs/s: off {med['off']:.2f}, on {med['on']:.2f} ({med['on'] / med['off']:.2f}x); "
+          f"median generate p50 / p95 s: off {lat['off'][0]:.2f} / {lat['off'][1]:.2f}, "
+          f"on {lat['on'][0]:.2f} / {lat['on'][1]:.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(reports, indent=2) + "\n")
+    return 0 if all(not r["missing"] and not r["mismatched"] and r["confirmed"] == args.votes for r in reports) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,14 +396,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=0.5, help="clip length, s (default 0.5)")
     p.add_argument("--kill-at", type=float, default=0.5, help="kill -9 after this fraction of the votes (default 0.5)")
     p.add_argument("--skip-kill", action="store_true", help="only the steady run")
+    p.add_argument("--compare-batching", action="store_true",
+                   help="steady runs with batched generation off and on, interleaved (no kill -9 run)")
+    p.add_argument("--rounds", type=int, default=2, help="--compare-batching: rounds of (off, on) (default 2)")
+    p.add_argument("--batch-window-ms", type=float, default=50.0, help="the 'on' runs' window (default 50)")
+    p.add_argument("--max-batch", type=int, default=8, help="the 'on' runs' max batch (default 8)")
     p.add_argument("--work", default=None, help="working dir (default: a temp dir, kept)")
     p.add_argument("--out", default=None, help="write the reports as JSON here")
     args = p.parse_args(argv)
-    if args.votes < 1 or args.voters < 1 or not 0 < args.kill_at < 1:
-        p.error("--votes and --voters must be >= 1, --kill-at in (0, 1)")
+    if args.votes < 1 or args.voters < 1 or not 0 < args.kill_at < 1 or args.rounds < 1:
+        p.error("--votes, --voters and --rounds must be >= 1, --kill-at in (0, 1)")
     work = Path(args.work or tempfile.mkdtemp(prefix="musicrl-load-"))
     work.mkdir(parents=True, exist_ok=True)
     model = args.model or default_model(work)
+    if args.compare_batching:
+        return compare_batching(model, work, args)
     reports = [run(model, work / "steady", votes=args.votes, voters=args.voters, duration_s=args.duration)]
     if not args.skip_kill:
         reports.append(run(model, work / "kill9", votes=args.votes, voters=args.voters, duration_s=args.duration,

@@ -12,6 +12,8 @@ generations; the new weights rate as a new `RUN@version` row on the leaderboard.
 session cookies are signed with the store secret: replicas on one database share MUSICRL_SALT.
 Gradio's API description and monitoring routes are off (404) unless --expose-api-docs / --monitoring.
 A damaged SQLite database (PRAGMA quick_check) stops the app before it serves.
+Generate requests for one model that arrive within --batch-window-ms (default 50; 0 = off) decode
+as one batch of at most --max-batch requests; each clip is the one a lone request would get.
 Limits: per-client token buckets on generate and vote (--generate-rate/--generate-burst,
 --vote-rate/--vote-burst; 429 with Retry-After), --max-unvoted-clips (their files removed once
 their pairs expire), --max-request-kb (any request body, Gradio uploads included: 413); the
@@ -54,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-duration", type=float, default=10.0, help="longest clip a user may ask for, s (default 10)")
     p.add_argument("--max-prompt-chars", type=int, default=300, help="longest prompt (default 300)")
     p.add_argument("--queue-size", type=int, default=16, help="generations that may wait at once (default 16)")
+    p.add_argument("--batch-window-ms", type=float, default=50.0, metavar="MS",
+                   help="generate requests for one model arriving within this many ms decode as one batch "
+                        "(default 50; 0 = one at a time)")  # fmt: skip
+    p.add_argument("--max-batch", type=int, default=8, metavar="N",
+                   help="generate requests decoded together at most (default 8)")  # fmt: skip
     p.add_argument("--min-votes", type=int, default=5, help="games a model needs to be rated on the leaderboard (default 5)")
     p.add_argument("--examples", metavar="FILE",
                    help="example prompts: a file, one per line, or a packaged list (examples, tiny-examples; "
@@ -181,6 +188,10 @@ def prepare(args: argparse.Namespace):
         raise UserError(f"--token-ttl must be in (0, 604800] s (a week at most), got {args.token_ttl:g}")
     if not 0 < args.db_lock_timeout <= 600:
         raise UserError(f"--db-lock-timeout must be in (0, 600] s, got {args.db_lock_timeout:g}")
+    if not 0 <= args.batch_window_ms <= 10000:
+        raise UserError(f"--batch-window-ms must be in [0, 10000], got {args.batch_window_ms:g}")
+    if args.max_batch < 1:
+        raise UserError(f"--max-batch must be >= 1, got {args.max_batch}")
     if not args.reload_every >= 0:
         raise UserError(f"--reload-every must be >= 0 s (0 = off), got {args.reload_every}")
     limits, per_session_cap = limits_from(args)
@@ -220,6 +231,8 @@ def prepare(args: argparse.Namespace):
         token_ttl_s=args.token_ttl,
         limits=limits,
         per_session_cap=per_session_cap,
+        batch_window_ms=args.batch_window_ms,
+        max_batch=args.max_batch,
     )
     demo.musicrl_arena.leaderboard()  # every vote read once now, not on the first visitor's page load
     poller = Poller(demo.musicrl_arena.reload_models, args.reload_every) if args.reload_every > 0 else None

@@ -274,11 +274,19 @@ class FastSampler:
         seed: int = 0,
         progress: bool = False,
         mixture: Mixture | None = None,
+        seeds: list[int] | None = None,
     ) -> Rollout:
         """Same contract as `MusicGenPolicy.sample`: rows [p0]*n + [p1]*n + ..., row i seeded `seed + i`.
-        `mixture`: draw from the geometric mixture with a reference instead (log-probs: the mixture's)."""
+        `mixture`: draw from the geometric mixture with a reference instead (log-probs: the mixture's).
+        `seeds`: one seed per row in place of `seed + i` (the app's batcher joins requests with seeds of
+        their own); a row's tokens depend on its seed alone, so each row equals a single call with it."""
         pol = self.policy
-        rows, seeds, T = pol.rollout_rows(prompts, num_samples, duration_s, num_frames, seed)
+        rows, row_seeds, T = pol.rollout_rows(prompts, num_samples, duration_s, num_frames, seed)
+        if seeds is not None:
+            if len(seeds) != len(rows):
+                raise UserError(f"{len(seeds)} seeds for {len(rows)} rows")
+            row_seeds = torch.tensor([int(x) for x in seeds], dtype=torch.long)
+        seeds = row_seeds  # [B]
         dev = pol.device
         use_graph = self._use_graph(dev) and mixture is None
         dtype = self.dtype

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -57,16 +58,35 @@ class Generator:
         self, prompt: str, num_samples: int = 1, duration_s: float = 4.0, seed: int = 0, progress: bool = False, **settings
     ) -> list[Clip]:
         """`num_samples` clips of one prompt; clip i has seed `seed + i`. settings: SamplingConfig fields."""
-        if not prompt or not prompt.strip():
-            raise UserError("the prompt is empty")
+        return self.generate_batch([(prompt, num_samples, seed)], duration_s, progress=progress, **settings)[0]
+
+    def generate_batch(
+        self, requests: Sequence[tuple[str, int, int]], duration_s: float = 4.0, progress: bool = False, **settings
+    ) -> list[list[Clip]]:
+        """Several `generate` calls of one duration and settings, sampled as one batch: requests are
+        (prompt, num_samples, seed); returns each one's clips, equal bit for bit to its own `generate`.
+
+        Why equal: a row's tokens depend only on its seed (counter-based noise), and each request's
+        codes are decoded on their own, because the codec's float sums differ with its batch size.
+        """
+        for prompt, n, _ in requests:
+            if not prompt or not prompt.strip():
+                raise UserError("the prompt is empty")
+            if n < 1:
+                raise UserError(f"num_samples must be >= 1, got {n}")
         unknown = set(settings) - set(SamplingConfig.__dataclass_fields__)
         if unknown:
             raise UserError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
         sampling = SamplingConfig(**settings)
-        rollout = self.sampler.sample(
-            [prompt.strip()], num_samples, duration_s, sampling=sampling, seed=seed, progress=progress
-        )
-        audio = self.policy.decode(rollout.codes)[:, 0].float().cpu().numpy()  # [N, S]
+        rows = [p.strip() for p, n, _ in requests for _ in range(n)]  # [B] = sum of num_samples
+        seeds = [s + i for _, n, s in requests for i in range(n)]  # request r's row i: seed_r + i, as `generate`
+        rollout = self.sampler.sample(rows, 1, duration_s, sampling=sampling, seeds=seeds, progress=progress)
         info = {**sampling.to_dict(), "duration_s": float(duration_s)}
-        codes = rollout.codes.cpu().numpy()  # [N, K, T]
-        return [Clip(a, self.sample_rate, int(s), dict(info), c) for a, s, c in zip(audio, rollout.seeds.tolist(), codes)]
+        out, start = [], 0
+        for _, n, _ in requests:
+            codes = rollout.codes[start : start + n]  # [n, K, T]
+            audio = self.policy.decode(codes)[:, 0].float().cpu().numpy()  # [n, S]
+            row_seeds = rollout.seeds[start : start + n].tolist()
+            out.append([Clip(a, self.sample_rate, int(s), dict(info), c) for a, s, c in zip(audio, row_seeds, codes.cpu().numpy())])
+            start += n
+        return out
