@@ -121,6 +121,20 @@ def embed_clips(clap, clips: list[tuple[np.ndarray, int]], batch_size: int = 64,
     return torch.stack(out)  # type: ignore[arg-type]
 
 
+def embed_clip_files(clap, paths: list, progress: bool = False) -> torch.Tensor:
+    """The embeddings [N, D] (CPU) of the clips at `paths`, in order. Under torchrun each process reads
+    and embeds its own part of them (what training a head costs: a CLAP forward per clip) and the
+    parts are gathered, so every process holds them all."""
+    from musicrl.train.distributed import join
+
+    ranks, _ = join(torch.device(clap.device))
+    if len(paths) < ranks.world:  # too few to share: every process embeds them all
+        return embed_clips(clap, [read_clip(p) for p in paths], progress=progress)
+    part = ranks.part(len(paths))
+    emb = embed_clips(clap, [read_clip(p) for p in paths[part]], progress=progress and ranks.main)  # [n / world, D]
+    return ranks.gather_parts(emb.to(clap.device), len(paths)).cpu()
+
+
 def _read_config(model_dir: Path, model_type: str) -> dict:
     """A head directory's config.json; one-line errors for what is missing, unreadable or foreign."""
     import json

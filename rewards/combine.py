@@ -96,7 +96,17 @@ class WeightedReward:
         return self.train(False)
 
     def __call__(self, audio: torch.Tensor, sample_rate: int, prompts: list[str]) -> tuple[torch.Tensor, dict]:
-        components = {name: r(audio, sample_rate, prompts).float() for name, r in self.rewards.items()}
+        components = self.score(audio, sample_rate, prompts)
+        return self.combine(components), components
+
+    def score(self, audio: torch.Tensor, sample_rate: int, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Each component's raw reward [B]: pure functions of the audio, so a batch may be scored in
+        shares (data-parallel ranks) and the shares joined before `combine`."""
+        return {name: r(audio, sample_rate, prompts).float() for name, r in self.rewards.items()}
+
+    def combine(self, components: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The total [B] of the whole batch's raw components; in training mode this folds them into
+        the running normalisation first (so it must see the whole batch at once)."""
         total = None
         for name, raw in components.items():
             if self.normalize and self.training:
@@ -104,7 +114,7 @@ class WeightedReward:
             value = self.norms[name](raw) if self.normalize else raw
             term = self.weights[name] * value
             total = term if total is None else total + term.to(total.device)
-        return total, components
+        return total
 
     def state_dict(self) -> dict:
         return {"norms": {k: n.state_dict() for k, n in self.norms.items()}}
@@ -157,6 +167,12 @@ class SequentialReward:
 
     def __call__(self, audio: torch.Tensor, sample_rate: int, prompts: list[str]) -> tuple[torch.Tensor, dict]:
         return self.active(audio, sample_rate, prompts)
+
+    def score(self, audio: torch.Tensor, sample_rate: int, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return self.active.score(audio, sample_rate, prompts)
+
+    def combine(self, components: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.active.combine(components)
 
     def state_dict(self) -> dict:
         return {"step": self.step, "stages": [s.state_dict() for s in self.stages]}

@@ -6,7 +6,8 @@ its mean opinion score, as `musicrl.votes.rows.load_ratings` reads them from a r
 store: the trainer opens no database). A random `val_fraction` of the clips is held out and the
 Spearman correlation of score and MOS reported. The tiny world, which has no raters, fits the same
 head to synthetic ratings of degraded renders (`musicrl.tiny.quality`). Training is MSE on the cached
-embeddings: seconds.
+embeddings: seconds. Under torchrun the clips are embedded in parts and the head trains on every
+process as in one (as `musicrl.rewards.train_preference` says); rank 0 writes it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from musicrl.errors import UserError
 from musicrl.rewards import backbone as bb
+from musicrl.train import distributed
 from musicrl.votes.rows import RatingRow
 
 
@@ -112,7 +114,7 @@ def train_quality_from_ratings(ratings: list[RatingRow], out_dir: str | Path,
                         "(or use val_fraction 0)")
     order = np.random.default_rng([cfg.seed, 12]).permutation(len(ratings))
     val, train = order[:n_val], order[n_val:]
-    emb = bb.embed_clips(clap, [bb.read_clip(p) for p, _ in ratings], progress=progress)
+    emb = bb.embed_clip_files(clap, [p for p, _ in ratings], progress)  # [N, D], each process embedding its part
     mos = torch.tensor([r for _, r in ratings], dtype=torch.float32)
     model, train_mse = fit_head(clap, backbone, emb[train], mos[train], cfg, progress)
     metrics: dict = {"train_mse": train_mse, "train_clips": len(train), "val_clips": len(val),
@@ -121,7 +123,7 @@ def train_quality_from_ratings(ratings: list[RatingRow], out_dir: str | Path,
         s = scores(model, emb[val])
         metrics["val_spearman"] = spearman(s, mos[val].numpy())
         metrics["val_mae"] = float(np.abs(s - mos[val].numpy()).mean())
-    save(model, out_dir, cfg, metrics)
+    distributed.join(torch.device(clap.device))[0].write(lambda: save(model, out_dir, cfg, metrics))
     return metrics
 
 

@@ -4,6 +4,7 @@ or offline preference optimisation from votes (DPO, IPO, conservative DPO; confi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -36,8 +37,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--votes, --db and --data-dir are for preference optimisation presets (po/...); "
                         "RL reads its votes through the preference reward model")  # fmt: skip
     quiet_transformers()
-    last = _rl(data, args) if method == "rl" else _dpo(data, args)
-    print(f"final checkpoint: {last}")
+    try:  # under torchrun (docs/scaling-out.md) each process runs this; rank 0 logs and writes
+        last = _rl(data, args) if method == "rl" else _dpo(data, args)
+    finally:
+        from musicrl.train.distributed import leave
+
+        leave()
+    if os.environ.get("RANK", "0") == "0":
+        print(f"final checkpoint: {last}")
     return 0
 
 
@@ -46,13 +53,15 @@ def _rl(data: dict, args) -> Path:
     from musicrl.rewards.combine import build_reward
     from musicrl.tiny.adherence import oracle_rewards
     from musicrl.tiny.prompts import rl_prompts
+    from musicrl.train.distributed import join
     from musicrl.train.rl_config import RLConfig
     from musicrl.train.rl_trainer import RLTrainer
 
     cfg = RLConfig.from_dict(data)
     apply_threads(args.threads, [cfg.model])
     prompts, eval_prompts = rl_prompts(cfg)
-    reward = build_reward(cfg.reward, resolve_device(cfg.device), rewards=oracle_rewards(cfg.reward))
+    _, device = join(resolve_device(cfg.device))  # under torchrun: this process's GPU
+    reward = build_reward(cfg.reward, device, rewards=oracle_rewards(cfg.reward))
     return RLTrainer(cfg, prompts, eval_prompts, reward=reward).train(resume=args.resume)
 
 
@@ -60,6 +69,7 @@ def _dpo(data: dict, args) -> Path:
     """Votes -> preference pairs (stored codes, else re-encoded WAVs) -> `DPOTrainer`."""
     from musicrl.model.device import resolve_device
     from musicrl.model.policy import MusicGenPolicy
+    from musicrl.train.distributed import join
     from musicrl.train.dpo_trainer import DPOTrainer
     from musicrl.train.pairs import preference_pairs, split_pairs
     from musicrl.train.po_config import DPOConfig
@@ -73,7 +83,8 @@ def _dpo(data: dict, args) -> Path:
     apply_threads(args.threads, [cfg.model])
     source = Path(cfg.votes) / "train.jsonl" if "://" not in cfg.votes and Path(cfg.votes).is_dir() else cfg.votes
     rows = load_votes(source, cfg.data_dir)  # one line: no votes, a missing clip or codes file
-    policy = MusicGenPolicy.from_pretrained(cfg.model, device=resolve_device(cfg.device))
+    _, device = join(resolve_device(cfg.device))  # under torchrun: this process's GPU
+    policy = MusicGenPolicy.from_pretrained(cfg.model, device=device)
     pairs, counts = preference_pairs(rows, policy.codec, policy.num_codebooks, policy.vocab_size, cfg.ties)
     train, held = split_pairs(pairs, cfg.eval_fraction, cfg.seed)
     print(f"{counts['votes']} votes -> {counts['pairs']} pairs ({len(train)} to train on, {len(held)} held out); "

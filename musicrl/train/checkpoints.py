@@ -164,9 +164,10 @@ def restore_model(model, path: Path, state: dict) -> None:
         model.load_state_dict(saved.state_dict())
 
 
-def begin(out_dir: str | Path, config: dict, resume: bool, load) -> int:
+def begin(out_dir: str | Path, config: dict, resume: bool, load, write: bool = True) -> int:
     """Start or continue a run in `out_dir`: with `resume`, `load(path) -> step` its newest resumable
-    checkpoint (a one-line error if there is none); write config.json. Returns the step to start from."""
+    checkpoint (a one-line error if there is none); with `write` (the one process of several that
+    writes), write config.json. Returns the step to start from."""
     from musicrl.errors import UserError
 
     out = Path(out_dir)
@@ -177,5 +178,6 @@ def begin(out_dir: str | Path, config: dict, resume: bool, load) -> int:
         if latest is None:
             raise UserError(f"nothing to resume in {out}/checkpoints")
         start = load(latest)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    if write:
+        (out / "config.json").write_text(json.dumps(config, indent=2))
     return start

@@ -20,6 +20,11 @@ The trainer is handed its pairs and opens no database. LoRA, the reference (a fr
 checkpoint, or the adapters switched off), checkpoints and the metrics log are the RL trainer's
 (`musicrl.train.tuning`, `musicrl.train.checkpoints`): `--resume` continues exactly, and
 `musicrl app --models-dir` serves each new checkpoint as it does for RL.
+
+Under torchrun (`musicrl.train.distributed`, docs/scaling-out.md) each process scores its contiguous
+share of the step's pairs, each pair weighted by 1 / batch_size as in one process; the gradients are
+summed before one optimizer step and the per-pair scores gathered for the metrics, so the update and
+the metrics are one process's. Rank 0 logs, evaluates and writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from musicrl.errors import UserError
 from musicrl.model.device import resolve_device
 from musicrl.model.policy import MusicGenPolicy
 from musicrl.train import checkpoints as ckpt
-from musicrl.train import tuning
+from musicrl.train import distributed, tuning
 from musicrl.train.pairs import PreferencePair
 from musicrl.train.po_config import DPOConfig
 from musicrl.train.rl_trainer import exact_kl
@@ -69,12 +74,16 @@ class DPOTrainer:
         if not pairs:
             raise UserError("no preference pairs to train on")
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.ranks, self.device = distributed.join(resolve_device(cfg.device))
+        share = len(range(cfg.batch_size)[self.ranks.share(cfg.batch_size, "batch_size")])
+        if share % cfg.grad_accum:
+            raise UserError(f"each of the {self.ranks.world} processes has {share} pairs a step, not divisible by grad_accum={cfg.grad_accum}")
         self.out = Path(cfg.out_dir)
         self.pairs, self.eval_pairs = list(pairs), list(eval_pairs)
         self.policy = policy or MusicGenPolicy.from_pretrained(cfg.model, device=self.device)
         self.reference = tuning.prepare_policy(self.policy, cfg, self.device, reference)  # None with LoRA: adapters off
         self.trained = [p for p in self.policy.model.decoder.parameters() if p.requires_grad]
+        self.ranks.broadcast(self.trained)  # as DDP does: every process starts from rank 0's weights
         self.opt = torch.optim.AdamW(self.trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.votes_hash = votes_hash
         self._log = tuning.MetricsLog(self.out)
@@ -152,16 +161,18 @@ class DPOTrainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         tuning.eval_mode(self.policy)  # no dropout: the distributions are those of sampling
         batch = self.batch_for(step)
+        batch = batch[self.ranks.share(len(batch), "batch_size")]  # ours (all of them in one process)
         mb = len(batch) // cfg.grad_accum
         parts = []
         for i in range(0, len(batch), mb):
             s = self.score(batch[i : i + mb])
-            (s["loss"].mean() / cfg.grad_accum).backward()
+            (s["loss"].mean() / (cfg.grad_accum * self.ranks.world)).backward()  # each pair weighs 1 / batch_size
             parts.append({k: v.detach() for k, v in s.items()})
+        self.ranks.sum_grads(self.trained)  # the global batch's gradient on every process
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trained, cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        stats = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        stats = {k: self.ranks.gather(torch.cat([p[k] for p in parts])) for k in parts[0]}  # [batch_size] each
         metrics = {"step": step + 1, **self.summary(stats), "grad_norm": float(grad_norm), "lr": self.opt.param_groups[0]["lr"]}
         metrics["time/step"] = time.perf_counter() - t
         if self.device.type == "cuda":
@@ -185,7 +196,8 @@ class DPOTrainer:
         model = self.policy.model
         state = {"step": step, "config": asdict(self.cfg), "reference": self.cfg.reference or self.cfg.model,
                  "votes_hash": self.votes_hash, "optimizer": self.opt.state_dict(), "decoder": ckpt.adapter_state(model)}
-        return ckpt.save(self.out, step, model, self.policy.tokenizer, state, self.cfg.keep_checkpoints)
+        self.ranks.write(lambda: ckpt.save(self.out, step, model, self.policy.tokenizer, state, self.cfg.keep_checkpoints))
+        return ckpt.step_dir(self.out, step)
 
     def load_checkpoint(self, path: Path) -> int:
         state = ckpt.load_state(path, asdict(self.cfg), self.device)
@@ -201,24 +213,28 @@ class DPOTrainer:
 
         from musicrl.train.evaluate import plot_preference_run
 
-        start = ckpt.begin(self.out, asdict(self.cfg), resume, self.load_checkpoint)
-        if start == 0 and (first := self.evaluate(0)) is not None:
+        main = self.ranks.main  # the process that logs, evaluates and writes (the others train alongside)
+        start = ckpt.begin(self.out, asdict(self.cfg), resume, self.load_checkpoint, write=main)
+        if start == 0 and main and (first := self.evaluate(0)) is not None:
             self._log(first, "eval.csv")
         end = self.cfg.steps if stop_after is None else min(self.cfg.steps, start + stop_after)
-        bar = tqdm(range(start, end), initial=start, total=self.cfg.steps, desc=f"DPO ({self.cfg.loss})", disable=not progress)
+        bar = tqdm(range(start, end), initial=start, total=self.cfg.steps, desc=f"DPO ({self.cfg.loss})",
+                   disable=not (progress and main))  # fmt: skip
         last = None
         for step in bar:
             metrics = self.step(step)
-            self._log(metrics, "metrics.csv")
+            if main:
+                self._log(metrics, "metrics.csv")
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['rewards/accuracy']:.2f}", kl=f"{metrics['kl']:.4f}")
             done = step + 1
-            if (done % self.cfg.eval_every == 0 or done == self.cfg.steps) and (ev := self.evaluate(done)) is not None:
+            if (done % self.cfg.eval_every == 0 or done == self.cfg.steps) and main and (ev := self.evaluate(done)) is not None:
                 self._log(ev, "eval.csv")
             if done % self.cfg.checkpoint_every == 0 or done == end:
                 last = self.save_checkpoint(done)
-            if done == self.cfg.steps:
+            if done == self.cfg.steps and main:
                 ckpt.write_final(self.out, last)
         self._log.close()
-        if end > start:
+        if end > start and main:
             plot_preference_run(self.out)
+        self.ranks.barrier()  # final/ and the plot are complete when train returns on any process
         return last or ckpt.latest_checkpoint(self.out)

@@ -24,6 +24,14 @@ the teacher-forced log-probs and the metrics log are `musicrl.train.tuning`, sha
 
 All randomness of a step is derived from (seed, step), so `--resume` from a checkpoint continues
 exactly as the uninterrupted run would have.
+
+Under torchrun (`musicrl.train.distributed`, docs/scaling-out.md) each process rolls out, decodes and
+scores its contiguous share of the step's prompts, all k samples of a prompt on one process (RLOO
+groups and flat-group checks stay whole), row r of the step seeded as in one process. The rewards are
+gathered, so advantages, their normalisation and the reward's running statistics are those of the
+global batch; each process back-propagates its own rows, weighted by their share of the global batch,
+and the gradients are summed before one optimizer step: the same update as one process. Rank 0 logs,
+evaluates and writes the checkpoints; every rank resumes from them.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from musicrl.errors import UserError
 from musicrl.train import checkpoints as ckpt
 from musicrl.model.device import resolve_device
 from musicrl.model.policy import MusicGenPolicy
-from musicrl.train import tuning
+from musicrl.train import distributed, tuning
 from musicrl.train.rl_config import RLConfig
 
 
@@ -80,7 +88,8 @@ class RLTrainer:
         if len(prompts) < cfg.prompts_per_step:
             raise UserError(f"prompts_per_step={cfg.prompts_per_step} but only {len(prompts)} training prompts")
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.ranks, self.device = distributed.join(resolve_device(cfg.device))
+        self._check_shares()
         self.out = Path(cfg.out_dir)
         if reward is None:  # first: a missing reward model fails before minutes of model loading
             from musicrl.rewards.combine import build_reward
@@ -90,10 +99,11 @@ class RLTrainer:
         self.policy = policy or MusicGenPolicy.from_pretrained(cfg.model, device=self.device)
         self.reference = tuning.prepare_policy(self.policy, cfg, self.device, reference)  # None with LoRA: adapters off
         self.trained = [p for p in self.policy.model.decoder.parameters() if p.requires_grad]  # the model's (not the value head)
-        self.ema = [p.detach().clone() for p in self.trained] if cfg.ema_decay else None
         learned = cfg.baseline == "value" and cfg.objective == "reward"  # the other objectives have no baseline
         self.value = ValueHead(self.policy.model.decoder.config.hidden_size).to(self.device) if learned else None
         self.params = self.trained + (list(self.value.parameters()) if self.value is not None else [])
+        self.ranks.broadcast(self.params)  # as DDP does: every process starts from rank 0's weights
+        self.ema = [p.detach().clone() for p in self.trained] if cfg.ema_decay else None
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.train_prompts, self.eval_prompts = list(prompts), list(eval_prompts)
         if cfg.engine == "fast":
@@ -106,6 +116,16 @@ class RLTrainer:
         self._log = tuning.MetricsLog(self.out)
 
     # ---- setup -------------------------------------------------------------------------------
+    def _check_shares(self) -> None:
+        """One line now, not a hang later: the step's prompts split evenly over the processes, and
+        each process's rows into grad_accum micro-batches (online DPO: whole pairs)."""
+        cfg = self.cfg
+        prompts = len(range(cfg.prompts_per_step)[self.ranks.share(cfg.prompts_per_step, "prompts_per_step")])
+        units = prompts if cfg.objective == "online_dpo" else prompts * cfg.samples_per_prompt
+        if units % cfg.grad_accum:
+            raise UserError(f"each of the {self.ranks.world} processes has {units} {'pairs' if cfg.objective == 'online_dpo' else 'rows'}"
+                            f" a step, not divisible by grad_accum={cfg.grad_accum}")  # fmt: skip
+
     @contextmanager
     def ema_weights(self):
         """The EMA weights in place of the live ones inside the block; yields a copy of the live
@@ -135,57 +155,61 @@ class RLTrainer:
 
     # ---- the step -------------------------------------------------------------------------------
     def step(self, step: int) -> dict:
-        cfg, pol, k = self.cfg, self.policy, self.cfg.samples_per_prompt
+        cfg, pol, k, ranks = self.cfg, self.policy, self.cfg.samples_per_prompt, self.ranks
         times = {}
         if self.device.type == "cuda":  # the step's own peak: weights, reference, optimizer state, activations
             torch.cuda.reset_peak_memory_stats(self.device)
         t = time.perf_counter()
         tuning.eval_mode(pol)  # no dropout: sampling and training distributions must be the same
-        roll, rival = self._rollouts(step)
+        roll, rival = self._rollouts(step)  # this process's rows (all of them in one process)
         times["rollout"], t = time.perf_counter() - t, time.perf_counter()
         both = roll.codes if rival is None else torch.cat([roll.codes, rival.codes])
-        audio = pol.decode(both)  # [B (+ B rivals), 1, S]
+        audio = pol.decode(both)  # [b (+ b rivals), 1, S]
         times["decode"], t = time.perf_counter() - t, time.perf_counter()
         if hasattr(self.reward, "set_step"):
             self.reward.set_step(step)
-        B, mb = len(roll.prompts), len(roll.prompts) // cfg.grad_accum
+        b = len(roll.prompts)
+        B, mb, mine = b * ranks.world, b // cfg.grad_accum, slice(ranks.rank * b, (ranks.rank + 1) * b)  # global rows, micro-batch, ours
         with torch.no_grad():
-            reward, components = self.reward(audio, pol.sample_rate, roll.prompts * (len(both) // B))  # [B (+ B)]
-        reward = reward.to(self.device).float()
+            reward, components = self._score(audio, roll.prompts, 1 if rival is None else 2)  # [B (+ B)], the global batch
         times["reward"], t = time.perf_counter() - t, time.perf_counter()
         target, extra = reward, {}  # what the policy gradient raises
         if rival is not None:  # Nash-MD: the preference of each row over its rival
-            reward, rival_reward, audio = reward[:B], reward[B:], audio[:B]
+            reward, rival_reward, audio = reward[:B], reward[B:], audio[:b]
             components = {n: v[:B] for n, v in components.items()}
             target = torch.sigmoid(reward - rival_reward)  # [B] P(row > rival), Bradley-Terry
             extra = {"preference": target.mean().item(), "reward_rival": rival_reward.mean().item()}
         kl_sampled = None
         if cfg.kl_estimator == "sampled":  # fold sum_t log(pi/ref) of the sampled tokens into the reward
-            ref_lp = torch.cat([self._ref_token_logp(roll, i, i + mb) for i in range(0, B, mb)])
-            kl_sampled = (roll.log_probs - ref_lp).sum((1, 2))  # [B]
+            ref_lp = torch.cat([self._ref_token_logp(roll, i, i + mb) for i in range(0, b, mb)])
+            kl_sampled = ranks.gather((roll.log_probs - ref_lp).sum((1, 2)))  # [B]
             target = target - cfg.kl_coef * kl_sampled
-        adv = self.advantages(target, roll.prompts)  # [B]
+        rows = [p for p in self.prompts_for(step) for _ in range(k)]  # the global rows' prompts (roll.prompts in one process)
+        adv, target = self.advantages(target, rows)[mine], target[mine]  # [b]: over the global batch, then ours
         if cfg.skip_flat_groups:  # only the prompts whose k rewards differ carry a policy gradient
             roll, adv, target = self._informative(roll, adv, target)
-        n = len(roll.prompts)
+        n, n_all = len(roll.prompts), int(ranks.sum(torch.tensor(len(roll.prompts), device=self.device)))
         stats = {"kl": 0.0, "entropy": 0.0, "loss": 0.0, "clip_frac": 0.0}
         grad_norm = torch.zeros(())
-        for _ in range(cfg.ppo_epochs if n else 0):
-            for i in range(0, n, mb):  # each micro-batch weighs its share of the rows
-                s = self._micro_step(roll, adv, target, i, min(i + mb, n), min(mb, n - i) / n)
+        for _ in range(cfg.ppo_epochs if n_all else 0):
+            for i in range(0, n, mb):  # each micro-batch weighs its share of the global batch's rows
+                s = self._micro_step(roll, adv, target, i, min(i + mb, n), min(mb, n - i) / n_all)
                 for key in stats:
-                    stats[key] += s[key] * min(mb, n - i) / (n * cfg.ppo_epochs)
+                    stats[key] += s[key] * min(mb, n - i) / (n_all * cfg.ppo_epochs)
+            ranks.sum_grads(self.params)  # the global batch's gradient on every process
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
         if self.ema is not None:  # once per batch, whatever ppo_epochs: the average is over training steps
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.trained], 1 - cfg.ema_decay)
         times["update"] = time.perf_counter() - t
+        if ranks.world > 1:  # each process's share of the weighted means -> the global ones
+            stats = dict(zip(stats, ranks.sum(torch.tensor(list(stats.values()), dtype=torch.float64, device=self.device)).tolist()))
         if kl_sampled is not None:
             stats["kl"] = kl_sampled.mean().item() / (roll.codes.shape[1] * roll.codes.shape[2])
         metrics = {"step": step + 1, "reward": reward.mean().item(), "grad_norm": float(grad_norm), **stats, **extra}
         if cfg.skip_flat_groups:
-            metrics["informative"] = n / B  # the share of rows the update used
+            metrics["informative"] = n_all / B  # the share of rows the update used
         metrics.update({f"reward/{n}": v.float().mean().item() for n, v in components.items()})
         metrics["diversity"] = self._diversity(audio, k)
         metrics["lr"] = self.opt.param_groups[0]["lr"]
@@ -195,19 +219,39 @@ class RLTrainer:
         return metrics
 
     def _rollouts(self, step: int):
-        """The step's rollout [B rows], and with nash_md each row's rival from the geometric mixture
-        (seeded apart: rows B..2B-1 of the step's seed), else None."""
-        cfg, prompts, seed = self.cfg, self.prompts_for(step), step_seed(self.cfg.seed, step)
+        """This process's share of the step's rollout [b rows], and with nash_md each row's rival from
+        the geometric mixture (seeded apart: rows B..2B-1 of the step's seed), else None. Row r of the
+        step's global batch is seeded `step_seed + r` however many processes share it."""
+        cfg, prompts, k = self.cfg, self.prompts_for(step), self.cfg.samples_per_prompt
+        mine = self.ranks.share(len(prompts), "prompts_per_step")
+        seed = step_seed(cfg.seed, step) + mine.start * k
         with self._autocast():
-            roll = self.sampler.sample(prompts, cfg.samples_per_prompt, cfg.duration_s, sampling=cfg.sampling, seed=seed)
+            roll = self.sampler.sample(prompts[mine], k, cfg.duration_s, sampling=cfg.sampling, seed=seed)
             if cfg.objective != "nash_md":
                 return roll, None
             from musicrl.model.engine import Mixture
 
             mixture = Mixture(self.reference, cfg.mixture_coef)  # reference None (LoRA): the adapters off
-            rival = self.sampler.sample(prompts, cfg.samples_per_prompt, cfg.duration_s, sampling=cfg.sampling,
-                                        seed=seed + len(roll.prompts), mixture=mixture)  # fmt: skip
+            rival = self.sampler.sample(prompts[mine], k, cfg.duration_s, sampling=cfg.sampling,
+                                        seed=seed + len(prompts) * k, mixture=mixture)  # fmt: skip
         return roll, rival
+
+    def _score(self, audio, prompts: list[str], parts: int) -> tuple[torch.Tensor, dict]:
+        """(total [parts * B], raw components) of the step's global batch, in its row order: rollout
+        rows, then (parts=2) the rivals. Each process scores its own clips [parts * b]; a combined
+        reward's running normalisation then sees the whole batch at once, as in one process."""
+        ranks, rows = self.ranks, prompts * parts
+
+        def whole(x):  # ours [parts * b] -> [parts * B]
+            return torch.cat([ranks.gather(h) for h in x.to(self.device).chunk(parts)]) if ranks.world > 1 else x
+
+        if hasattr(self.reward, "combine"):
+            components = {n: whole(v) for n, v in self.reward.score(audio, self.policy.sample_rate, rows).items()}
+            total = self.reward.combine(components)
+        else:  # a plain reward function: pure, so scoring in shares changes nothing
+            total, components = self.reward(audio, self.policy.sample_rate, rows)
+            total, components = whole(total), {n: whole(v) for n, v in components.items()}
+        return total.to(self.device).float(), components
 
     def _informative(self, roll, adv, target):
         """The rows of the prompts whose k rewards are not all equal (DAPO's dynamic sampling, without
@@ -271,7 +315,8 @@ class RLTrainer:
         return adv.detach()
 
     def _diversity(self, audio: torch.Tensor, k: int) -> float:
-        """Mean pairwise cosine distance of CLAP audio embeddings among the k clips of a prompt."""
+        """Mean pairwise cosine distance of CLAP audio embeddings among the k clips of a prompt (over
+        every process's prompts: each holds as many)."""
         clap = _find_clap(self.reward)
         if clap is None or k < 2:
             return float("nan")
@@ -280,7 +325,7 @@ class RLTrainer:
         emb = emb.view(-1, k, emb.shape[-1])  # [P, k, D]
         sim = emb @ emb.transpose(1, 2)  # [P, k, k]
         off = ~torch.eye(k, dtype=torch.bool, device=sim.device)
-        return (1 - sim[:, off]).mean().item()
+        return (self.ranks.sum((1 - sim[:, off]).mean()) / self.ranks.world).item()
 
     # ---- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -319,8 +364,12 @@ class RLTrainer:
         tokenizer, trainer_state.pt (with ema_decay, also the live weights, for --resume).
 
         Written to a temporary directory and renamed: a crash never leaves a half checkpoint."""
-        with self.ema_weights() as live:
-            return self._save_checkpoint(step, live)
+        def save():
+            with self.ema_weights() as live:
+                self._save_checkpoint(step, live)
+
+        self.ranks.write(save)
+        return ckpt.step_dir(self.out, step)
 
     def _save_checkpoint(self, step: int, live: list[torch.Tensor] | None) -> Path:
         model = self.policy.model
@@ -352,21 +401,24 @@ class RLTrainer:
         """Run to `cfg.steps` (or `stop_after` steps of this call, for tests); returns the last checkpoint."""
         from tqdm.auto import tqdm
 
-        start = ckpt.begin(self.out, asdict(self.cfg), resume, self.load_checkpoint)
+        main = self.ranks.main  # the process that logs, evaluates and writes (the others train alongside)
+        start = ckpt.begin(self.out, asdict(self.cfg), resume, self.load_checkpoint, write=main)
         end = self.cfg.steps if stop_after is None else min(self.cfg.steps, start + stop_after)
-        bar = tqdm(range(start, end), initial=start, total=self.cfg.steps, desc="RL", disable=not progress)
+        bar = tqdm(range(start, end), initial=start, total=self.cfg.steps, desc="RL", disable=not (progress and main))
         last = None
         for step in bar:
             metrics = self.step(step)
-            self._log(metrics, "metrics.csv")
+            if main:
+                self._log(metrics, "metrics.csv")
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.4f}")
             done = step + 1
-            if done % self.cfg.eval_every == 0 or done == self.cfg.steps:
+            if (done % self.cfg.eval_every == 0 or done == self.cfg.steps) and main:
                 self._log(self.evaluate(done), "eval.csv")
             if done % self.cfg.checkpoint_every == 0 or done == end:
                 last = self.save_checkpoint(done)
-            if done == self.cfg.steps:  # out_dir/final: the finished model, servable and loadable by path
+            if done == self.cfg.steps and main:  # out_dir/final: the finished model, servable and loadable by path
                 ckpt.write_final(self.out, last)
+        self.ranks.barrier()  # final/ is complete when train returns on any process
         self._log.close()
         return last or ckpt.latest_checkpoint(self.out)
 
