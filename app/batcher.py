@@ -5,18 +5,22 @@ per-op dispatch, not arithmetic), so requests that arrive together are cheaper d
 than one after another under a lock.
 
 `Batcher(window_s, max_batch, lock)`: `submit(generator, prompt, num_samples, duration_s, seed)`
-returns a `Future` of that request's clips. One worker thread (started on the first submit,
-stopped by `stop()`) takes the oldest waiting request, waits up to `window_s` after its arrival
-for more with the same key (the same generator object, duration and settings: only those can
-share a decoding loop) until `max_batch` requests are waiting, and runs them as one
-`generator.generate_batch` call under `lock` (the arena's: a model swap waits for a running batch).
-Other keys wait their turn, oldest first. Each request's clips equal its own `generate` call bit
-for bit (`musicrl.model.generator.Generator.generate_batch`).
+returns a `Pending` whose `result()` is that request's clips. One worker thread (started on the
+first submit, stopped by `stop()`) takes the oldest waiting request, waits up to `window_s` after
+its arrival for more with the same key (the same generator object, duration and settings: only
+those can share a decoding loop) until `max_batch` requests are waiting, and samples their tokens
+as one `generator.sample_batch` call under `lock` (the arena's: a model swap waits for a running
+batch). Other keys wait their turn, oldest first. Each caller then decodes its own request's
+tokens to audio (`generator.decode_sampled`) in its own thread, so the codec of one batch runs
+beside the sampling of the next (on a CPU, torch ops release the GIL: two cores, two threads).
+Each request's clips equal its own `generate` call bit for bit
+(`musicrl.model.generator.Generator.sample_batch`). A generator without `sample_batch` (a
+`GeneratorLike` of tests) gets one `generate` call per request, in the worker.
 
 A batch that raises is run again one request at a time, so an error reaches only the caller whose
-request causes it. `window_s == 0` turns batching off: `submit` generates in the caller's thread
-under `lock`, one request at a time, as the arena did before batching. Nothing here is module-level
-state: the arena owns its batcher.
+request causes it. `window_s == 0` or `max_batch == 1` turns batching off: `submit` calls
+`generate` in the caller's thread under `lock`, one request at a time, as the arena did before
+batching. Nothing here is module-level state: the arena owns its batcher.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from musicrl.errors import UserError
 
@@ -44,7 +48,7 @@ class _Request:
     seed: int
     settings: tuple  # sorted (name, value) pairs of sampling settings
     arrived: float  # time.monotonic() at submit
-    future: Future = field(default_factory=Future)
+    future: Future = field(default_factory=Future)  # the worker's output: tokens (`Sampled`) or clips
 
     @property
     def key(self) -> tuple:
@@ -77,13 +81,20 @@ class Batcher:
         with self._cond:
             return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, generator, prompt: str, num_samples: int, duration_s: float, seed: int, **settings) -> Future:
-        """A future of `generator.generate(prompt, num_samples, duration_s, seed, **settings)`'s clips."""
+    def submit(self, generator, prompt: str, num_samples: int, duration_s: float, seed: int, **settings) -> Pending:
+        """`generator.generate(prompt, num_samples, duration_s, seed, **settings)`'s clips, to come."""
         req = _Request(generator, prompt, num_samples, float(duration_s), seed, tuple(sorted(settings.items())),
                        time.monotonic())  # fmt: skip
         if not self.enabled:  # batching off: here and now, one at a time (the arena before batching)
-            self._run([req])
-            return req.future
+            try:
+                with self._lock:
+                    clips = generator.generate(prompt, num_samples, req.duration_s, seed, **settings)
+            except Exception as e:  # noqa: BLE001 (raised by result(), as when batched)
+                req.future.set_exception(e)
+            else:
+                req.future.set_result(clips)
+                self._count(1)
+            return Pending(req.future, _clips)
         with self._cond:
             if self._stopping:
                 raise Busy("The server is stopping; try again in a minute.")
@@ -92,7 +103,7 @@ class Batcher:
                 self._thread.start()
             self._pending.append(req)
             self._cond.notify_all()
-        return req.future
+        return Pending(req.future, generator.decode_sampled if _batches(generator) else _clips)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Finish the batch in progress, refuse what still waits (`Busy`), end the worker. A later
@@ -145,7 +156,7 @@ class Batcher:
             return batch
 
     def _run(self, batch: list[_Request]) -> None:
-        """Generate `batch` (one key) and settle each future; a failed batch is retried request by request."""
+        """Sample `batch` (one key) and settle each future; a failed batch is retried request by request."""
         try:
             with self._lock:
                 results = _generate(batch)
@@ -157,19 +168,43 @@ class Batcher:
             batch[0].future.set_exception(e)
             return
         self._count(len(batch))
-        for req, clips in zip(batch, results):
-            req.future.set_result(clips)
+        for req, out in zip(batch, results):
+            req.future.set_result(out)
 
     def _count(self, size: int) -> None:
         with self._cond:
             self._sizes[size] += 1
 
 
-def _generate(batch: list[_Request]) -> list[list]:
-    """Each request's clips: one `generate_batch` call when the generator has it, else one `generate` each."""
+class Pending:
+    """A submitted request. `result(timeout)` waits for its batch, then decodes its clips in the
+    caller's thread; an error of this request (and only this one) is raised here."""
+
+    def __init__(self, future: Future, finish: Callable[[Any], list]):
+        self._future, self._finish = future, finish
+
+    def done(self) -> bool:
+        """Whether its batch has run (its clips may still need decoding)."""
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> list:
+        return self._finish(self._future.result(timeout))
+
+
+def _batches(generator) -> bool:
+    """Whether `generator` samples batches (`Generator.sample_batch` and `decode_sampled`)."""
+    return hasattr(generator, "sample_batch") and hasattr(generator, "decode_sampled")
+
+
+def _clips(clips: list) -> list:
+    return clips
+
+
+def _generate(batch: list[_Request]) -> list:
+    """Each request's tokens (`sample_batch`, one call), or its clips (`generate`, one call each)."""
     first = batch[0]
     settings = dict(first.settings)
-    if len(batch) > 1 and hasattr(first.generator, "generate_batch"):
+    if _batches(first.generator):
         specs = [(r.prompt, r.num_samples, r.seed) for r in batch]
-        return first.generator.generate_batch(specs, first.duration_s, **settings)
+        return first.generator.sample_batch(specs, first.duration_s, **settings)
     return [r.generator.generate(r.prompt, r.num_samples, r.duration_s, r.seed, **settings) for r in batch]

@@ -194,7 +194,13 @@ def _request(client, tally: Tally, method: str, url: str, deadline: float, **kw)
         pause = min(1.0, pause * 2)
 
 
+def coin_vote(rng: np.random.Generator) -> str:
+    """A vote without listening: what `--judge coin` voters send (no audio analysis on the client)."""
+    return str(rng.choice(["a", "b", "tie"]))
+
+
 def voter(i: int, rater, url: str, tally: Tally, duration_s: float, deadline: float, seed: int) -> None:
+    """One voter's loop; `rater` None: coin votes (`coin_vote`) instead of the rater's judgement."""
     import httpx
     import soundfile as sf
 
@@ -219,9 +225,10 @@ def voter(i: int, rater, url: str, tally: Tally, duration_s: float, deadline: fl
                     w, _, _ = _request(client, tally, "GET", c["url"], deadline)
                     if w.status_code != 200 or hashlib.sha256(w.content).hexdigest() != c["id"]:
                         raise GiveUp(f"clip {c['id'][:12]}: {w.status_code}, or its bytes do not match its id")
-                    audio, sr = sf.read(io.BytesIO(w.content), dtype="float32")
-                    clips.append(Clip(audio, sr))
-                choice = rater.vote(body["prompt"], clips[0], clips[1])
+                    if rater is not None:
+                        audio, sr = sf.read(io.BytesIO(w.content), dtype="float32")
+                        clips.append(Clip(audio, sr))
+                choice = rater.vote(body["prompt"], clips[0], clips[1]) if rater is not None else coin_vote(rng)
                 time.sleep(max(0.0, served_at + duration_s - time.monotonic()))  # both clips heard (in parallel)
                 vote = {"pair": body["pair"], "choice": choice,
                         "listen_ms_a": int(1000 * duration_s), "listen_ms_b": int(1000 * duration_s)}  # fmt: skip
@@ -259,10 +266,12 @@ def _batch_summary(sizes: dict[int, int]) -> dict:
 
 def run(model: str, work: Path, *, votes: int = 200, voters: int = 20, duration_s: float = 0.5,
         kill_after: int | None = None, seed: int = 0, timeout_s: float = 600.0,
-        app_args: tuple[str, ...] = ()) -> dict:  # fmt: skip
+        app_args: tuple[str, ...] = (), judge: str = "rater") -> dict:  # fmt: skip
     """One load-test run in `work` (a new data dir); `kill_after`: SIGKILL the app after that many
-    confirmed votes, then start it again; `app_args`: more `musicrl app` flags. Returns the report
-    (see `TABLE` for the main figures; batch sizes are the last app process's)."""
+    confirmed votes, then start it again; `app_args`: more `musicrl app` flags; `judge`: "rater"
+    (the simulated raters hear both clips) or "coin" (votes at random: no audio analysis in this
+    process, which shares the CPU with the app). Returns the report (see `TABLE` for the main
+    figures; batch sizes are the last app process's)."""
     from musicrl.tiny.simulate import Panel
     from musicrl.votes.store import VoteStore
 
@@ -274,7 +283,8 @@ def run(model: str, work: Path, *, votes: int = 200, voters: int = 20, duration_
     tally = Tally(votes)
     t0 = time.monotonic()
     deadline = t0 + timeout_s
-    threads = [threading.Thread(target=voter, args=(i, panel.raters[i], app.url, tally, duration_s, deadline, seed),
+    raters = panel.raters if judge == "rater" else [None] * voters
+    threads = [threading.Thread(target=voter, args=(i, raters[i], app.url, tally, duration_s, deadline, seed),
                                 name=f"voter-{i}", daemon=True) for i in range(voters)]  # fmt: skip
     for t in threads:
         t.start()
@@ -308,6 +318,7 @@ def run(model: str, work: Path, *, votes: int = 200, voters: int = 20, duration_
     return {
         "run": "kill-9" if kill_after is not None else "steady",
         "app_args": list(app_args),
+        "judge": judge,
         "model": model,
         "voters": voters,
         "target_votes": votes,
@@ -370,12 +381,12 @@ def compare_batching(model: str, work: Path, args: argparse.Namespace) -> int:
     for i in range(args.rounds):
         for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
             r = run(model, work / f"{mode}-{i}", votes=args.votes, voters=args.voters, duration_s=args.duration,
-                    app_args=modes[mode])  # fmt: skip
+                    app_args=modes[mode], judge=args.judge)  # fmt: skip
             reports.append({**r, "run": f"batching {mode}, round {i + 1}", "batching": mode})
             print(f"{reports[-1]['run']}: {r['pairs_per_s']} pairs/s, generate p50 {r['generate_p50_s']} s, "
                   f"batches {r['batch_sizes']}", flush=True)  # fmt: skip
-    print(f"model {model}, {args.voters} voters, {args.votes} votes a run, {args.duration:g} s clips, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; work dir {work}")
+    print(f"model {model}, {args.voters} voters ({args.judge} votes), {args.votes} votes a run, {args.duration:g} s "
+          f"clips, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; work dir {work}")
     print(table(reports))
     med = {m: float(np.median([r["pairs_per_s"] for r in reports if r["batching"] == m])) for m in modes}
     lat = {m: [float(np.median([r[k] for r in reports if r["batching"] == m])) for k in ("generate_p50_s", "generate_p95_s")]
@@ -401,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="--compare-batching: rounds of (off, on) (default 2)")
     p.add_argument("--batch-window-ms", type=float, default=50.0, help="the 'on' runs' window (default 50)")
     p.add_argument("--max-batch", type=int, default=8, help="the 'on' runs' max batch (default 8)")
+    p.add_argument("--judge", choices=("rater", "coin"), default="rater",
+                   help="rater: simulated raters hear both clips (default); coin: random votes, so that the "
+                        "voters' audio analysis does not take CPU from the app on a small machine")  # fmt: skip
     p.add_argument("--work", default=None, help="working dir (default: a temp dir, kept)")
     p.add_argument("--out", default=None, help="write the reports as JSON here")
     args = p.parse_args(argv)
@@ -411,10 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or default_model(work)
     if args.compare_batching:
         return compare_batching(model, work, args)
-    reports = [run(model, work / "steady", votes=args.votes, voters=args.voters, duration_s=args.duration)]
+    reports = [run(model, work / "steady", votes=args.votes, voters=args.voters, duration_s=args.duration,
+                   judge=args.judge)]  # fmt: skip
     if not args.skip_kill:
         reports.append(run(model, work / "kill9", votes=args.votes, voters=args.voters, duration_s=args.duration,
-                           kill_after=max(1, round(args.kill_at * args.votes))))  # fmt: skip
+                           kill_after=max(1, round(args.kill_at * args.votes)), judge=args.judge))  # fmt: skip
     print(f"model {model}, {args.voters} voters, {args.votes} votes a run, {args.duration:g} s clips, "
           f"{os.cpu_count()} CPUs; work dir {work}")
     print(table(reports))

@@ -27,8 +27,9 @@ WAIT_S = 60  # a bound on waits for another thread, so a broken batcher fails in
 
 
 class FakeGenerator:
-    """Records each call's requests [(prompt, n, seed)]; `hold` set: calls wait for `release`.
-    A prompt containing 'boom' fails: a lone request with a one-line UserError, a batch with a RuntimeError."""
+    """Records each call's requests [(prompt, n, seed)] and threads; `hold` set: calls wait for `release`.
+    A prompt containing 'boom' fails: a lone request with a one-line UserError, a batch with a RuntimeError.
+    Its "tokens" are the clips themselves: `decode_sampled` only notes the thread it runs in."""
 
     max_duration_s = 10.0
     sample_rate = 8000
@@ -36,7 +37,8 @@ class FakeGenerator:
     def __init__(self, model_id="fake", version="v1"):
         self.model_id, self.version = model_id, version
         self.calls: list[list[tuple]] = []
-        self.threads: list[int] = []
+        self.threads: list[int] = []  # where each call ran
+        self.decoded_in: list[int] = []
         self.hold, self.entered, self.release = threading.Event(), threading.Event(), threading.Event()
 
     def _wait(self):
@@ -57,12 +59,19 @@ class FakeGenerator:
             raise UserError(f"cannot make {prompt!r}")
         return self._clips(prompt, num_samples, duration_s, seed)
 
-    def generate_batch(self, requests, duration_s, **settings):
+    def sample_batch(self, requests, duration_s, **settings):
         self.calls.append(list(requests))
+        self.threads.append(threading.get_ident())
         self._wait()
         if any("boom" in p for p, _, _ in requests):
+            if len(requests) == 1:
+                raise UserError(f"cannot make {requests[0][0]!r}")
             raise RuntimeError("one bad row spoils the whole batch")
         return [self._clips(p, n, duration_s, s) for p, n, s in requests]
+
+    def decode_sampled(self, clips):
+        self.decoded_in.append(threading.get_ident())
+        return clips
 
 
 @pytest.fixture
@@ -141,6 +150,8 @@ def test_a_request_waits_in_its_window_for_others_to_join():
     finally:
         b.stop()
     assert gen.calls == [[("p0", 1, 0), ("p1", 1, 1), ("p2", 1, 2)]]
+    me = threading.get_ident()  # sampled by the worker, decoded by each caller (beside the next batch)
+    assert gen.threads != [me] and gen.decoded_in == [me] * 3
 
 
 def test_window_zero_generates_in_the_callers_thread_one_at_a_time():

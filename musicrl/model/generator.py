@@ -29,6 +29,15 @@ class Clip:
     codes: np.ndarray | None = None  # int64 [K, T]: the tokens the audio was decoded from (generated clips)
 
 
+@dataclass(frozen=True)
+class Sampled:
+    """One request's tokens, not yet decoded (`Generator.sample_batch`)."""
+
+    codes: torch.Tensor  # long [n, K, T]
+    seeds: list[int]  # [n]
+    settings: dict  # the sampling settings and duration_s, as `Clip.settings`
+
+
 def weights_version(model: torch.nn.Module) -> str:
     """A short content hash of the weights: it changes whenever a different checkpoint is served."""
     h = hashlib.sha256()
@@ -58,16 +67,17 @@ class Generator:
         self, prompt: str, num_samples: int = 1, duration_s: float = 4.0, seed: int = 0, progress: bool = False, **settings
     ) -> list[Clip]:
         """`num_samples` clips of one prompt; clip i has seed `seed + i`. settings: SamplingConfig fields."""
-        return self.generate_batch([(prompt, num_samples, seed)], duration_s, progress=progress, **settings)[0]
+        return self.decode_sampled(self.sample_batch([(prompt, num_samples, seed)], duration_s, progress, **settings)[0])
 
-    def generate_batch(
+    def sample_batch(
         self, requests: Sequence[tuple[str, int, int]], duration_s: float = 4.0, progress: bool = False, **settings
-    ) -> list[list[Clip]]:
-        """Several `generate` calls of one duration and settings, sampled as one batch: requests are
-        (prompt, num_samples, seed); returns each one's clips, equal bit for bit to its own `generate`.
+    ) -> list[Sampled]:
+        """The tokens of several `generate` calls of one duration and settings, sampled as one batch:
+        requests are (prompt, num_samples, seed). `decode_sampled` of each equals its own `generate`
+        bit for bit: a row's tokens depend only on its seed (counter-based noise).
 
-        Why equal: a row's tokens depend only on its seed (counter-based noise), and each request's
-        codes are decoded on their own, because the codec's float sums differ with its batch size.
+        Decoding is left to the caller, one request at a time, because the codec's float sums differ
+        with its batch size; the app's batcher decodes in each request's own thread, beside the next batch.
         """
         for prompt, n, _ in requests:
             if not prompt or not prompt.strip():
@@ -82,11 +92,11 @@ class Generator:
         seeds = [s + i for _, n, s in requests for i in range(n)]  # request r's row i: seed_r + i, as `generate`
         rollout = self.sampler.sample(rows, 1, duration_s, sampling=sampling, seeds=seeds, progress=progress)
         info = {**sampling.to_dict(), "duration_s": float(duration_s)}
-        out, start = [], 0
-        for _, n, _ in requests:
-            codes = rollout.codes[start : start + n]  # [n, K, T]
-            audio = self.policy.decode(codes)[:, 0].float().cpu().numpy()  # [n, S]
-            row_seeds = rollout.seeds[start : start + n].tolist()
-            out.append([Clip(a, self.sample_rate, int(s), dict(info), c) for a, s, c in zip(audio, row_seeds, codes.cpu().numpy())])
-            start += n
-        return out
+        bounds = np.cumsum([0] + [n for _, n, _ in requests])
+        return [Sampled(rollout.codes[a:b], rollout.seeds[a:b].tolist(), info) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def decode_sampled(self, sampled: Sampled) -> list[Clip]:
+        """One request's clips from its tokens (see `sample_batch`)."""
+        audio = self.policy.decode(sampled.codes)[:, 0].float().cpu().numpy()  # [n, S]
+        codes = sampled.codes.cpu().numpy()  # [n, K, T]
+        return [Clip(a, self.sample_rate, int(s), dict(sampled.settings), c) for a, s, c in zip(audio, sampled.seeds, codes)]
