@@ -19,3 +19,16 @@ def test_exponent_floats_in_a_yaml_file(tmp_path):
     path.write_text("lr: 3e-4\nreward: {components: {clap: {weight: 1e0}}}\nname: e5\n")
     data = load_yaml(str(path))
     assert data["lr"] == 3e-4 and data["reward"]["components"]["clap"]["weight"] == 1.0 and data["name"] == "e5"
+
+
+def test_the_ru_presets_keep_their_kl_reference_on_the_model_given():
+    """MusicRL-RU starts from an R run and is held by KL to it: `model=DIR` alone moves both. (With a
+    `reference:` line the preset kept pointing at its own R run, and `model=DIR` stopped at start-up
+    with 'no such model directory: runs/small-musicrl-r/final'.)"""
+    from musicrl.train.rl_config import RLConfig
+
+    for preset in ("rl/musicrl-ru", "rl/small/musicrl-ru"):
+        cfg = RLConfig.from_dict(apply_overrides(load_yaml(preset), ["model=/data/my-r-run/final"]))
+        assert cfg.model == "/data/my-r-run/final" and cfg.reference is None  # None: the starting model
+        cfg = RLConfig.from_dict(apply_overrides(load_yaml(preset), ["reference=/data/other"]))
+        assert cfg.reference == "/data/other"  # another reference is still one override away
