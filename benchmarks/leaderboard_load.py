@@ -8,8 +8,10 @@ times, each `--repeats` times:
 - `cold`: the first GET /api/leaderboard after start (everything read once);
 - `warm`: GET /api/leaderboard again, no vote in between;
 - `after vote`: GET /api/leaderboard right after a new vote through the API;
-- `ui vote`: the UI's vote handler (the stored vote, the reveal and the refreshed leaderboard tab),
-  called as Gradio calls it, on a pair generated beforehand.
+- `ui vote`: the UI's vote handler (the stored vote, the reveal and the refreshed leaderboard table;
+  the plots are left to the tab), called as Gradio calls it, on a pair generated beforehand;
+- `ui leaderboard tab`: opening the Leaderboard tab: its table, and its two plots drawn and encoded
+  as PNG (the seeded votes are 10 s apart, so the win rate over time spans 11.6 days at 100k).
 
 Prints a markdown table of median and max milliseconds; `--out` writes them as JSON.
 
@@ -28,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,9 +65,9 @@ def seed_store(store, n_votes: int, n_models: int, n_sessions: int, seed: int = 
         p = 1 / (1 + np.exp(-(strength[ma] - strength[mb])))
         u = rng.random()
         choice = "tie" if u > 0.9 else ("a" if u < 0.9 * p else "b")
-        votes.append(dict(created_at=now, prompt="bench", clip_a=clip_ids[a], clip_b=clip_ids[b],
-                          model_a=f"model-{ma}", model_a_version=f"{ma}" * 16, model_b=f"model-{mb}",
-                          model_b_version=f"{mb}" * 16, left="a", choice=choice, listen_ms_a=2000,
+        votes.append(dict(created_at=now - timedelta(seconds=10 * (n_votes - k)), prompt="bench",  # 10 s apart
+                          clip_a=clip_ids[a], clip_b=clip_ids[b], model_a=f"model-{ma}", model_a_version=f"{ma}" * 16,
+                          model_b=f"model-{mb}", model_b_version=f"{mb}" * 16, left="a", choice=choice, listen_ms_a=2000,
                           listen_ms_b=2000, session=sessions[int(rng.integers(n_sessions))], supersedes=None,
                           pair_id=f"{k:032x}"))  # fmt: skip
     with store._db(write=True) as conn:
@@ -81,6 +83,15 @@ def _ms(f) -> float:
     t0 = time.perf_counter()
     f()
     return 1000 * (time.perf_counter() - t0)
+
+
+def leaderboard_tab(h) -> None:
+    """What opening the Leaderboard tab costs the server: its outputs, and the two figures encoded as
+    PNG, as gradio does before sending them."""
+    from gradio.processing_utils import encode_plot_to_base64
+
+    for figure in h.leaderboard_outputs()[3:]:
+        encode_plot_to_base64(figure, "png")
 
 
 def run(db: str, work: Path, *, votes: int, models: int, sessions: int, repeats: int) -> dict:
@@ -99,7 +110,7 @@ def run(db: str, work: Path, *, votes: int, models: int, sessions: int, repeats:
     demo = build_app(gens, store, min_listen_s=0.2, leaderboard_min_votes=5, seed=0, limits=NO_RATE_LIMITS)
     arena = demo.musicrl_arena
     h = Handlers(arena)
-    out: dict = {"cold": [], "warm": [], "after vote": [], "ui vote": []}
+    out: dict = {"cold": [], "warm": [], "after vote": [], "ui vote": [], "ui leaderboard tab": []}
     with start_server(demo) as srv, httpx.Client(base_url=srv.url, timeout=600) as client:
         out["cold"].append(_ms(lambda: client.get("/api/leaderboard").raise_for_status()))
         for i in range(repeats):
@@ -114,6 +125,7 @@ def run(db: str, work: Path, *, votes: int, models: int, sessions: int, repeats:
             s.pair = dataclasses.replace(s.pair, issued_at=s.pair.issued_at - 5)
             s.listening.listened = {"A": 1.0, "B": 1.0}
             out["ui vote"].append(_ms(lambda: h.on_vote("b")(s, None, None)))
+            out["ui leaderboard tab"].append(_ms(lambda: leaderboard_tab(h)))
     n_after = len(store.votes())
     store.close()
     return {

@@ -16,6 +16,10 @@ odds; the anchor is one named model (pinned at `base`) or, by default, the mean 
 Intervals: a bootstrap over votes (resampled with replacement). Only a vote's cell matters to the
 fit (its model pair and outcome), so a resample is one multinomial draw over the cells, and all
 `n_boot` resamples are fitted at once (batched Newton): a few ms whatever the number of votes.
+
+Over time: `win_rate_over_time` takes `(time, model_a, model_b, choice)` rows and gives each model's
+cumulative win rate against one base model after each of their votes, counted as above (a tie half,
+'both bad' and self-pairs left out), with a 95% Wilson interval (`wilson_band`).
 """
 
 from __future__ import annotations
