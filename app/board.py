@@ -90,7 +90,8 @@ def ratings_figure(lb: Leaderboard | None) -> Figure:
     ratings = lb.ratings if lb is not None else []
     fig = Figure(figsize=(7, 1.6 + 0.45 * max(len(ratings), 1)), layout="constrained")
     if not ratings:
-        return _empty(fig, "No ratings yet: they need votes between two different models.")
+        return _empty(fig, "No ratings yet: a model is rated once it has votes against another model "
+                           "(the note above says how many).")  # fmt: skip
     ax = fig.add_subplot()
     y = np.arange(len(ratings))[::-1]  # best first, at the top
     point = np.array([r.rating for r in ratings])
@@ -104,12 +105,14 @@ def ratings_figure(lb: Leaderboard | None) -> Figure:
     return fig
 
 
-def win_rate_figure(series: list[WinRateSeries], base: str | None) -> Figure:
+def win_rate_figure(series: list[WinRateSeries], base: str | None, n_served: int = 2) -> Figure:
     """Each model's share of its votes against `base` (a tie half), cumulative over the votes' times,
-    with its 95% Wilson band; the dashed line is an even match."""
+    with its 95% Wilson band; the dashed line is an even match. `n_served`: models served now."""
     fig = Figure(figsize=(7, 3.6), layout="constrained")
     if base is None:
         return _empty(fig, "No base model: nothing is served.")
+    if not series and n_served < 2:
+        return _empty(fig, f"Only one model is served ({base}): a win rate against it needs a second model.")
     if not series:
         return _empty(fig, f"No votes against the base model ({base}) yet: its win rates over time appear here.")
     ax = fig.add_subplot()

@@ -236,7 +236,8 @@ class Handlers:
         if not figures:
             return note, ratings_frame(lb), matrix_frame(lb), *skip
         trend = win_rate_over_time(self.arena.live.counted_votes(), base) if base else []
-        return note, ratings_frame(lb), matrix_frame(lb), ratings_figure(lb), win_rate_figure(trend, base)
+        drawn = ratings_figure(lb), win_rate_figure(trend, base, len(served))
+        return note, ratings_frame(lb), matrix_frame(lb), *drawn
 
     # -- admin -----------------------------------------------------------------------------------
     def admin(self, action: Callable[[], str]) -> Callable[[str], str]:

@@ -303,7 +303,9 @@ def test_one_model_served_says_votes_are_kept_and_how_to_add_a_second(served):
     from musicrl.app.handlers import Handlers
 
     h = Handlers(served[2])
-    note, table, *_ = h.leaderboard_outputs()
+    note, table, _, ratings_fig, trend_fig = h.leaderboard_outputs()
+    assert "No ratings yet" in ratings_fig.axes[0].texts[0].get_text()
+    assert "Only one model is served" in trend_fig.axes[0].texts[0].get_text()
     for text in (h.serving_note(), note):
         assert "Only one model is served" in text and "votes are kept" in text
         assert "the leaderboard needs two models" in text and "--model tiny --model tiny-r" in text
