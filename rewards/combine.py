@@ -297,6 +297,9 @@ def build_reward(config: dict | WeightedConfig | SequentialConfig, device: str |
                             "built (`musicrl train` does)")  # fmt: skip
         if c.type == "clap":
             return clap_for(c.model)
+        if c.model not in hub.SHIPPED and not Path(c.model).expanduser().is_dir():  # a preset's path, not trained yet
+            raise UserError(f"reward component {name!r}: no {c.type} model at {c.model} (no such directory); train one "
+                            f"with `musicrl train-reward {c.type} ... --out DIR` and pass reward.components.{name}.model=DIR")  # fmt: skip
         if c.type == "quality":
             from musicrl.rewards.quality import QualityReward
 

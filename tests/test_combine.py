@@ -149,3 +149,15 @@ def test_loaded_components_share_one_clap_backbone(tmp_path):
     total, comps = w(audio, synth.SAMPLE_RATE, ["slow piano", "fast organ"])
     assert total.shape == (2,) and ((comps["quality"] >= 1) & (comps["quality"] <= 5)).all()
     assert ((comps["clap"] >= -1) & (comps["clap"] <= 1)).all()
+
+
+@pytest.mark.parametrize("kind", ["preference", "quality"])
+def test_a_reward_model_not_trained_yet_is_a_one_line_error_that_names_the_key(tmp_path, kind):
+    """A preset names its reward models at runs/...; a new user has none there yet. The error says
+    which component, that the directory is missing, how to make one and which key takes it."""
+    missing = tmp_path / "runs" / f"{kind}-larger-clap"
+    with pytest.raises(UserError) as e:
+        build_reward({"components": {"r": {"type": kind, "model": str(missing)}}})
+    text = str(e.value)
+    assert "\n" not in text and f"no {kind} model at {missing} (no such directory)" in text
+    assert f"musicrl train-reward {kind}" in text and "reward.components.r.model=DIR" in text
