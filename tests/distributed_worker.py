@@ -40,8 +40,10 @@ def rl_trainer(policy_dir: str, out: Path, **kw):
 
 def trained(trainer) -> dict:
     """The live trained weights and, with EMA, the averages; the reward's running statistics."""
-    out = {f"w{i}": p.detach().clone() for i, p in enumerate(trainer.trained)}
-    out.update({f"ema{i}": e.clone() for i, e in enumerate(getattr(trainer, "ema", None) or [])})
+    whole = distributed.full_state  # FSDP shards -> whole tensors on rank 0 (every rank takes part)
+    ranks = trainer.ranks
+    out = {f"w{i}": whole(p.detach().clone(), ranks) for i, p in enumerate(trainer.trained)}
+    out.update({f"ema{i}": whole(e.clone(), ranks) for i, e in enumerate(getattr(trainer, "ema", None) or [])})
     reward = getattr(trainer, "reward", None)
     state = reward.state_dict() if hasattr(reward, "state_dict") else {}
     out.update({f"norm/{k}/{n}": torch.tensor(v) for k, s in state.get("norms", {}).items() for n, v in s.items()})
@@ -64,7 +66,7 @@ def rl_runs(policy_dir: str, out: Path) -> dict:
     return results
 
 
-def dpo_trainer(policy_dir: str, out: Path):
+def dpo_trainer(policy_dir: str, out: Path, **kw):
     """A 2-step DPO run on 6 random pairs, 4 a step in 2 micro-batches (the pass wraps in step 2)."""
     from musicrl.model.policy import MusicGenPolicy
     from musicrl.train.dpo_trainer import DPOTrainer
@@ -72,7 +74,7 @@ def dpo_trainer(policy_dir: str, out: Path):
     from musicrl.train.po_config import DPOConfig
 
     cfg = DPOConfig(votes="random pairs", model=policy_dir, out_dir=str(out), steps=2, batch_size=4, grad_accum=2,
-                    lr=1e-3, guidance_scale=1.0, eval_every=100, checkpoint_every=1, device="cpu")  # fmt: skip
+                    lr=1e-3, guidance_scale=1.0, eval_every=100, checkpoint_every=1, device="cpu", **kw)  # fmt: skip
     policy = MusicGenPolicy.from_pretrained(policy_dir, device="cpu")
     gen = torch.Generator().manual_seed(0)
     codes = torch.randint(policy.vocab_size, (12, policy.num_codebooks, 6), generator=gen)  # [2 x 6 clips, K, T]
@@ -80,13 +82,27 @@ def dpo_trainer(policy_dir: str, out: Path):
     return DPOTrainer(cfg, pairs, policy=policy)
 
 
-def dpo_runs(policy_dir: str, out: Path) -> dict:
+def dpo_runs(policy_dir: str, out: Path, name: str = "dpo", **kw) -> dict:
     """'dpo/step1': after one step (and its logged metrics); 'dpo/resumed': stopped after 1, resumed to 2."""
-    first = dpo_trainer(policy_dir, out / "dpo")
+    first = dpo_trainer(policy_dir, out / name, **kw)
     first.train(progress=False, stop_after=1)
-    resumed = dpo_trainer(policy_dir, out / "dpo")
+    results = {f"{name}/step1": trained(first)}
+    resumed = dpo_trainer(policy_dir, out / name, **kw)
     resumed.train(resume=True, progress=False)
-    return {"dpo/step1": trained(first), "dpo/resumed": trained(resumed)}
+    return {**results, f"{name}/resumed": trained(resumed)}
+
+
+def fsdp_runs(policy_dir: str, out: Path) -> dict:
+    """The RL run (without skip_flat_groups) and the DPO run with fsdp=true: 'fsdp-rl/...', 'fsdp-dpo/...'."""
+    results = {}
+    first = rl_trainer(policy_dir, out / "fsdp-rl", fsdp=True, skip_flat_groups=False, eval_every=2)
+    first.train(progress=False, stop_after=1)
+    results["fsdp-rl/step1"] = trained(first)
+    resumed = rl_trainer(policy_dir, out / "fsdp-rl", fsdp=True, skip_flat_groups=False, eval_every=2)
+    resumed.train(resume=True, progress=False)
+    results["fsdp-rl/resumed"] = trained(resumed)
+    results["meta"] = {"sharded": torch.tensor([first.sharded, resumed.sharded])}  # FSDP did shard (2 processes)
+    return {**results, **dpo_runs(policy_dir, out, "fsdp-dpo", fsdp=True)}
 
 
 def head_runs(clap_dir: str, out: Path) -> dict:
@@ -122,7 +138,7 @@ def head_weights(model_dir: Path) -> dict:
 
 
 def run_all(policy_dir: str, clap_dir: str, out: Path) -> dict:
-    return {**rl_runs(policy_dir, out), **dpo_runs(policy_dir, out), **head_runs(clap_dir, out)}
+    return {**rl_runs(policy_dir, out), **dpo_runs(policy_dir, out), **head_runs(clap_dir, out), **fsdp_runs(policy_dir, out)}
 
 
 if __name__ == "__main__":

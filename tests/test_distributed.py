@@ -1,7 +1,8 @@
 """Data-parallel training (torchrun, 2 CPU processes on gloo) equals one process with the same
 global batch: the RL step (EMA, micro-batches, flat groups skipped, the reward's running
 normalisation; LoRA with the sampled KL), the DPO step, resuming under 2 processes from a
-checkpoint they wrote, and an epoch of each reward head (its clips embedded in parts). The runs are tests/distributed_worker.py's."""
+checkpoint they wrote, and an epoch of each reward head (its clips embedded in parts); the RL and DPO
+runs again with fsdp=true (the decoder sharded over the 2 processes). The runs are tests/distributed_worker.py's."""
 
 import os
 import subprocess
@@ -55,6 +56,16 @@ def test_two_processes_update_as_one(runs, run):
     assert_same(single[run], double[run])
 
 
+@pytest.mark.parametrize("run", ["fsdp-rl/step1", "fsdp-rl/resumed", "fsdp-dpo/step1", "fsdp-dpo/resumed"])
+def test_fsdp_on_two_processes_updates_as_one(runs, run):
+    """FSDP2 (fully_shard) runs on a CPU with gloo in the installed torch: the decoder sharded over 2
+    processes, rollouts and evaluation on gathered weights, checkpoints written whole and resumed
+    into shards."""
+    single, double, _, _ = runs
+    assert double["meta"]["sharded"].all() and not single["meta"]["sharded"].any()  # one process: nothing to shard
+    assert_same(single[run], double[run])
+
+
 def test_the_compared_updates_are_far_larger_than_the_tolerance(runs):
     single, _, start, _ = runs
     moved = max((single["rl/step1"][k] - start[k]).abs().max().item() for k in start if k.startswith("w"))
@@ -84,3 +95,29 @@ def test_shares_that_do_not_divide_are_one_line_errors():
     assert Ranks(1, 2).share(6, "x") == slice(3, 6)
     with pytest.raises(UserError, match="prompts_per_step=4 must be divisible by the number of processes \\(3\\)"):
         Ranks(0, 3).share(4, "prompts_per_step")
+
+
+def test_a_checkpoint_written_under_fsdp_loads_in_one_process_without_it(runs, random_musicgen_dir, tmp_path):
+    import shutil
+
+    from musicrl.train.checkpoints import latest_checkpoint
+
+    _, double, _, (_, two) = runs
+    shutil.copytree(two / "fsdp-rl", tmp_path / "run")
+    trainer = distributed_worker.rl_trainer(str(random_musicgen_dir), tmp_path / "run", skip_flat_groups=False, eval_every=2)
+    assert trainer.load_checkpoint(latest_checkpoint(tmp_path / "run")) == 2
+    assert_same(double["fsdp-rl/resumed"], distributed_worker.trained(trainer))  # live weights, EMA, reward statistics
+
+
+def test_fsdp_is_for_full_fine_tuning_and_same_passes_everywhere():
+    from musicrl.train.po_config import DPOConfig
+    from musicrl.train.rl_config import RLConfig
+
+    reward = {"components": {"clap": {}}}
+    with pytest.raises(UserError, match="fsdp is for full fine-tuning"):
+        RLConfig(reward=reward, fsdp=True, lora_rank=16)
+    with pytest.raises(UserError, match="fsdp is for full fine-tuning"):
+        DPOConfig(votes="v.jsonl", fsdp=True, lora_rank=16)
+    with pytest.raises(UserError, match="skip_flat_groups does not work with fsdp"):
+        RLConfig(reward=reward, fsdp=True, skip_flat_groups=True)
+    assert RLConfig(reward=reward, fsdp=True).fsdp and not RLConfig(reward=reward).fsdp

@@ -16,6 +16,7 @@ import sys
 from dataclasses import fields
 
 from musicrl.commands.common import add_device, add_threads, apply_threads
+from musicrl.errors import UserError
 from musicrl.model.device import resolve_device
 
 
@@ -79,9 +80,25 @@ def warn_small_validation(metrics: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     from musicrl.logs import quiet_transformers
 
+    from musicrl.train.distributed import join, leave
+
     quiet_transformers()
     apply_threads(args.threads, [args.backbone])
-    device = resolve_device(args.device)
+    ranks, device = join(resolve_device(args.device))  # under torchrun: the clips are embedded in parts
+    try:
+        metrics, keys = _train(args, device, ranks.world)
+    finally:
+        leave()
+    if ranks.main:
+        if args.which == "preference":
+            warn_small_validation(metrics)
+        print(json.dumps({k: metrics.get(k) for k in keys}, indent=2))
+        print(f"saved to {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace, device, world: int) -> tuple[dict, tuple]:
+    """(the metrics, the keys printed) of the head `args.which` asks for."""
     if args.which == "quality" and args.ratings:
         from musicrl.rewards import train_quality as tq
         from musicrl.votes.rows import load_ratings
@@ -93,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.which == "quality":
         from musicrl.tiny.quality import TinyQualityConfig, train_tiny_quality
 
+        if world > 1:
+            raise UserError("the tiny world's synthetic quality head trains in one process: run it without torchrun")
         metrics = train_tiny_quality(args.out, _config(TinyQualityConfig, args), args.backbone, device)
         keys = ("spearman_vs_level", "spearman_by_kind", "train_clips", "eval_clips")
     else:
@@ -108,7 +127,4 @@ def run(args: argparse.Namespace) -> int:
                    "val_votes": val.get("decisive_votes"), "train_accuracy": metrics["train"].get("accuracy"),
                    "votes_used": metrics["votes_used"]}  # fmt: skip
         keys = tuple(metrics)
-        warn_small_validation(metrics)
-    print(json.dumps({k: metrics.get(k) for k in keys}, indent=2))
-    print(f"saved to {args.out}")
-    return 0
+    return metrics, keys

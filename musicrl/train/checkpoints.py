@@ -90,11 +90,12 @@ def prune(out_dir: str | Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save(out_dir: str | Path, step: int, model, tokenizer, state: dict, keep: int) -> Path:
+def save(out_dir: str | Path, step: int, model, tokenizer, state: dict, keep: int, weights: dict | None = None) -> Path:
     """Write `checkpoints/step-N` atomically: `model` (a MusicgenForConditionalGeneration; a peft
     decoder is saved merged, so the checkpoint loads without peft) and `tokenizer` in transformers
     format, `state` as trainer_state.pt and its INFO_KEYS as musicrl.json; then keep the `keep`
-    newest step checkpoints."""
+    newest step checkpoints. `weights`: the model's state dict to write in place of its own (FSDP:
+    the whole tensors of a sharded model)."""
     import copy
 
     import torch
@@ -109,7 +110,7 @@ def save(out_dir: str | Path, step: int, model, tokenizer, state: dict, keep: in
             finally:
                 model.decoder = peft_decoder
         else:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         torch.save(state, tmp / TRAINER_STATE)
         (tmp / INFO).write_text(json.dumps({k: state[k] for k in INFO_KEYS}, indent=2))
@@ -132,8 +133,9 @@ def write_final(out_dir: str | Path, last: Path) -> Path:
 
 
 # Settings that say where a run writes and how often, not what it learns: a resumed run may change them
-# (a run extended to more steps, with other checkpoint cadence, continued in a copied directory).
-BOOKKEEPING = ("steps", "out_dir", "eval_every", "checkpoint_every", "keep_checkpoints", "log_audio")
+# (a run extended to more steps, with other checkpoint cadence, continued in a copied directory; `fsdp`:
+# how its state is laid out over the processes, the checkpoint holding whole tensors either way).
+BOOKKEEPING = ("steps", "out_dir", "eval_every", "checkpoint_every", "keep_checkpoints", "log_audio", "fsdp")
 
 
 def load_state(path: Path, config: dict, device) -> dict:
@@ -153,15 +155,21 @@ def load_state(path: Path, config: dict, device) -> dict:
 
 def restore_model(model, path: Path, state: dict) -> None:
     """Put a checkpoint's weights back into the training `model`: its LoRA adapters from the trainer
-    state, else every weight from the saved model."""
+    state, else every weight from the saved model (into an FSDP-sharded model: each process its shard)."""
     import torch
     from transformers import MusicgenForConditionalGeneration
 
+    from musicrl.train.distributed import copy_full
+
     if state.get("decoder") is not None:
         model.decoder.load_state_dict(state["decoder"], strict=False)
+        return
+    saved = MusicgenForConditionalGeneration.from_pretrained(path, dtype=torch.float32).state_dict()
+    current = model.state_dict()
+    if any(type(t).__name__ == "DTensor" for t in current.values()):
+        copy_full(list(current.values()), [saved[k] for k in current])
     else:
-        saved = MusicgenForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-        model.load_state_dict(saved.state_dict())
+        model.load_state_dict(saved)
 
 
 def begin(out_dir: str | Path, config: dict, resume: bool, load, write: bool = True) -> int:

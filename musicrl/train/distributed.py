@@ -11,11 +11,20 @@ hangs. So each process accumulates the gradient of its rows, weighted by their s
 batch, and `sum_grads` all-reduces it once per optimizer step (what DDP's reducer does, with
 `no_sync` over the micro-batches): the sum is the one-process gradient, and every rank then takes
 the same optimizer step. torchrun launches, rendezvouses and restarts; nothing here launches.
+
+With `fsdp` (full fine-tuning of a model too large to train whole on one GPU), `shard` splits the
+decoder (each layer a unit) of the policy and of its frozen reference over the processes with torch's
+FSDP2 `fully_shard`: FSDP gathers a unit's weights for its forward and backward and reduce-scatters
+its gradients (summed, as here), so each process holds 1/world of the weights, gradients and AdamW
+state. Rollouts read the whole decoder: they run inside `gathered`. Checkpoints keep the one-process
+layout (whole tensors): `full_state` gathers them for rank 0, `copy_full` gives each process its
+shard back on resume, so a checkpoint resumes with or without FSDP, on any number of processes.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +95,9 @@ class Ranks:
             return
         import torch.distributed as dist
 
+        params = [p for p in params if not _sharded(p)]  # FSDP has reduce-scattered (summed) those already
+        if not params:
+            return
         device = params[0].device
         has = self.sum(torch.tensor([float(p.grad is not None) for p in params], device=device))
         for p, any_grad in zip(params, has.tolist()):
@@ -102,7 +114,8 @@ class Ranks:
 
         with torch.no_grad():
             for t in tensors:
-                dist.broadcast(t.data, src=0)
+                if not _sharded(t):  # (a shard is each process's own part of one tensor)
+                    dist.broadcast(t.data, src=0)
 
     def write(self, fn) -> None:
         """`fn()` on rank 0 alone, between two barriers: it writes once every process has finished
@@ -143,3 +156,94 @@ def leave() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---- FSDP ----------------------------------------------------------------------------------------
+
+
+def _sharded(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def shard(ranks: Ranks, *policies) -> bool:
+    """Shard each `MusicGenPolicy`'s decoder over the processes (FSDP2: one unit a decoder layer, then
+    the rest of the decoder); None entries (LoRA's reference) are skipped. The text encoder and codec
+    stay whole (frozen, small next to the decoder). Gradients are summed, not averaged: each process
+    already weighs its rows by their share of the global batch. Returns whether anything was sharded
+    (nothing in one process)."""
+    if ranks.world == 1:
+        return False
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    for policy in policies:
+        if policy is None:
+            continue
+        decoder = policy.model.decoder
+        for layer in decoder.model.decoder.layers:
+            fully_shard(layer)
+        fully_shard(decoder)
+        for unit in decoder.modules():
+            if isinstance(unit, FSDPModule):
+                unit.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-scaled sum)
+                unit.set_gradient_divide_factor(1.0)
+    return True
+
+
+@contextmanager
+def gathered(*policies):
+    """Inside the block each policy's sharded decoder is whole on every process (FSDP's all-gather; a
+    no-op unsharded): for the rollout engine, which reads the weights directly. Every process must
+    enter it together."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for p in policies if p is not None for m in p.model.decoder.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+
+
+def full_state(obj, ranks: Ranks):
+    """`obj` (nested dicts, lists, tuples of tensors) with each FSDP shard replaced by the whole tensor
+    on rank 0's CPU (None on the others): what a one-process checkpoint holds. Every process must call
+    it, in the same order (one all-gather a tensor, so a GPU holds one whole tensor at a time)."""
+    if _sharded(obj):
+        whole = obj.full_tensor()
+        return whole.cpu() if ranks.main else None
+    if isinstance(obj, dict):
+        return {k: full_state(v, ranks) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(full_state(v, ranks) for v in obj)
+    return obj
+
+
+def copy_full(targets: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    """Copy whole tensors `values` into `targets`, each a plain tensor or an FSDP shard (it takes its
+    own part of the value: every process holds the value, so nothing is sent)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    with torch.no_grad():
+        for t, v in zip(targets, values):
+            v = v.to(t.device, t.dtype)
+            if _sharded(t):
+                v = distribute_tensor(v, t.device_mesh, t.placements, src_data_rank=None)
+            t.copy_(v)
+
+
+def shard_optimizer_state(state: dict, opt: torch.optim.Optimizer) -> dict:
+    """A one-process optimizer state dict (whole tensors) made to fit `opt`, whose parameters may be
+    FSDP shards: each per-parameter tensor (AdamW's moments) becomes a shard like its parameter."""
+    from torch.distributed.tensor import distribute_tensor
+
+    params = [p for group in opt.param_groups for p in group["params"]]  # the state dict's ids, in order
+    out = {**state, "state": {}}
+    for i, st in state["state"].items():
+        p = params[i]
+        out["state"][i] = {k: distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+                           if _sharded(p) and torch.is_tensor(v) and v.shape == p.shape else v for k, v in st.items()}  # fmt: skip
+    return out

@@ -24,7 +24,8 @@ checkpoint, or the adapters switched off), checkpoints and the metrics log are t
 Under torchrun (`musicrl.train.distributed`, docs/scaling-out.md) each process scores its contiguous
 share of the step's pairs, each pair weighted by 1 / batch_size as in one process; the gradients are
 summed before one optimizer step and the per-pair scores gathered for the metrics, so the update and
-the metrics are one process's. Rank 0 logs, evaluates and writes the checkpoints.
+the metrics are one process's. Rank 0 logs, evaluates and writes the checkpoints; with `fsdp`
+(`distributed.shard`) every rank evaluates, FSDP's forward passes being collective.
 """
 
 from __future__ import annotations
@@ -75,13 +76,15 @@ class DPOTrainer:
             raise UserError("no preference pairs to train on")
         self.cfg = cfg
         self.ranks, self.device = distributed.join(resolve_device(cfg.device))
-        share = len(range(cfg.batch_size)[self.ranks.share(cfg.batch_size, "batch_size")])
+        self.ranks.share(cfg.batch_size, "batch_size")  # (a one-line error if they do not split)
+        share = cfg.batch_size // self.ranks.world
         if share % cfg.grad_accum:
             raise UserError(f"each of the {self.ranks.world} processes has {share} pairs a step, not divisible by grad_accum={cfg.grad_accum}")
         self.out = Path(cfg.out_dir)
         self.pairs, self.eval_pairs = list(pairs), list(eval_pairs)
         self.policy = policy or MusicGenPolicy.from_pretrained(cfg.model, device=self.device)
         self.reference = tuning.prepare_policy(self.policy, cfg, self.device, reference)  # None with LoRA: adapters off
+        self.sharded = cfg.fsdp and distributed.shard(self.ranks, self.policy, self.reference)  # FSDP: 1/world of each
         self.trained = [p for p in self.policy.model.decoder.parameters() if p.requires_grad]
         self.ranks.broadcast(self.trained)  # as DDP does: every process starts from rank 0's weights
         self.opt = torch.optim.AdamW(self.trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -110,6 +113,9 @@ class DPOTrainer:
         groups: dict[tuple, list[int]] = {}
         for i, c in enumerate(codes):
             groups.setdefault(tuple(c.shape), []).append(i)
+        if self.sharded and len(set(self.ranks.gather(torch.tensor([len(groups)], device=self.device)).tolist())) > 1:
+            raise UserError("fsdp: the processes' pairs hold clips of different lengths, so they would run different "
+                            "forward passes; use fsdp=false, or votes on clips of one duration")  # fmt: skip
         out = {k: [None] * len(codes) for k in ("logp", "ref", "kl", "tokens")}
         for idx in groups.values():
             c = torch.stack([codes[i] for i in idx]).to(self.device)
@@ -196,13 +202,17 @@ class DPOTrainer:
         model = self.policy.model
         state = {"step": step, "config": asdict(self.cfg), "reference": self.cfg.reference or self.cfg.model,
                  "votes_hash": self.votes_hash, "optimizer": self.opt.state_dict(), "decoder": ckpt.adapter_state(model)}
-        self.ranks.write(lambda: ckpt.save(self.out, step, model, self.policy.tokenizer, state, self.cfg.keep_checkpoints))
+        weights = None
+        if self.sharded:  # whole tensors on rank 0, as one process writes them (every rank takes part)
+            state, weights = distributed.full_state(state, self.ranks), distributed.full_state(model.state_dict(), self.ranks)
+        self.ranks.write(lambda: ckpt.save(self.out, step, model, self.policy.tokenizer, state, self.cfg.keep_checkpoints,
+                                           weights=weights))  # fmt: skip
         return ckpt.step_dir(self.out, step)
 
     def load_checkpoint(self, path: Path) -> int:
-        state = ckpt.load_state(path, asdict(self.cfg), self.device)
+        state = ckpt.load_state(path, asdict(self.cfg), "cpu" if self.sharded else self.device)
         ckpt.restore_model(self.policy.model, path, state)
-        self.opt.load_state_dict(state["optimizer"])
+        self.opt.load_state_dict(distributed.shard_optimizer_state(state["optimizer"], self.opt) if self.sharded else state["optimizer"])
         return int(state["step"])
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -215,7 +225,8 @@ class DPOTrainer:
 
         main = self.ranks.main  # the process that logs, evaluates and writes (the others train alongside)
         start = ckpt.begin(self.out, asdict(self.cfg), resume, self.load_checkpoint, write=main)
-        if start == 0 and main and (first := self.evaluate(0)) is not None:
+        evaluates = main or self.sharded  # (FSDP: every rank, its forward passes are collective)
+        if start == 0 and evaluates and (first := self.evaluate(0)) is not None and main:
             self._log(first, "eval.csv")
         end = self.cfg.steps if stop_after is None else min(self.cfg.steps, start + stop_after)
         bar = tqdm(range(start, end), initial=start, total=self.cfg.steps, desc=f"DPO ({self.cfg.loss})",
@@ -227,7 +238,8 @@ class DPOTrainer:
                 self._log(metrics, "metrics.csv")
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['rewards/accuracy']:.2f}", kl=f"{metrics['kl']:.4f}")
             done = step + 1
-            if (done % self.cfg.eval_every == 0 or done == self.cfg.steps) and main and (ev := self.evaluate(done)) is not None:
+            due = done % self.cfg.eval_every == 0 or done == self.cfg.steps
+            if due and evaluates and (ev := self.evaluate(done)) is not None and main:
                 self._log(ev, "eval.csv")
             if done % self.cfg.checkpoint_every == 0 or done == end:
                 last = self.save_checkpoint(done)

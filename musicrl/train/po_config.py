@@ -66,6 +66,12 @@ class DPOConfig:
     mixed_precision: str = "no"
     """'no', 'bf16' or 'fp16' (autocast; CUDA only)."""
     gradient_checkpointing: bool = False
+    fsdp: bool = False
+    """Under torchrun: shard the decoder's weights, gradients and AdamW state (and the reference copy)
+    over the processes with FSDP (torch's `fully_shard`, a decoder layer a unit) instead of holding
+    them whole on each: full fine-tuning of a model whose training state does not fit one GPU
+    (musicgen-large: docs/scaling-out.md). Needs lora_rank=0: with LoRA the trained state is small and
+    the frozen base is the reference, so plain data parallelism holds less. One process: no effect."""
     eval_fraction: float = 0.1
     """Share of the prompts whose pairs are held out to measure implicit-reward accuracy (eval.csv);
     0 = none. A held-out prompt's pairs are never trained on."""

@@ -90,6 +90,12 @@ class RLConfig:
     mixed_precision: str = "no"
     """'no', 'bf16' or 'fp16' (autocast; CUDA only)."""
     gradient_checkpointing: bool = False
+    fsdp: bool = False
+    """Under torchrun: shard the decoder's weights, gradients and AdamW state (and the reference copy)
+    over the processes with FSDP (torch's `fully_shard`, a decoder layer a unit) instead of holding
+    them whole on each: full fine-tuning of a model whose training state does not fit one GPU
+    (musicgen-large: docs/scaling-out.md). Needs lora_rank=0: with LoRA the trained state is small and
+    the frozen base is the reference, so plain data parallelism holds less. One process: no effect."""
     eval_every: int = 25
     eval_prompts_count: int = 8
     checkpoint_every: int = 50
@@ -126,6 +132,8 @@ class RLConfig:
             bad(f"objective must be 'reward', 'online_dpo' or 'nash_md', got {self.objective!r}")
         if self.objective == "reward" and self.baseline == "rloo" and self.samples_per_prompt < 2:
             bad("the RLOO baseline needs samples_per_prompt >= 2")
+        if self.skip_flat_groups and self.fsdp:
+            bad("skip_flat_groups does not work with fsdp (FSDP needs every process to run the same passes)")
         if self.skip_flat_groups and self.objective != "reward":
             bad("skip_flat_groups needs objective=reward (a group's advantages are what it compares)")
         if self.objective == "online_dpo" and (self.samples_per_prompt != 2 or self.kl_estimator != "exact"):
@@ -181,11 +189,13 @@ def check_counts(cfg, names: tuple[str, ...]) -> None:
 
 
 def check_tuning(cfg) -> None:
-    """The fields every trainer shares (`musicrl.train.tuning`): mixed_precision, lora_rank, train_modules."""
+    """The fields every trainer shares (`musicrl.train.tuning`): mixed_precision, lora_rank, train_modules, fsdp."""
     if cfg.mixed_precision not in ("no", "bf16", "fp16"):
         raise UserError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {cfg.mixed_precision!r}")
     if cfg.lora_rank < 0:
         raise UserError(f"lora_rank must be >= 0, got {cfg.lora_rank}")
+    if cfg.fsdp and cfg.lora_rank:
+        raise UserError("fsdp is for full fine-tuning: with LoRA set fsdp=false (each process then holds the frozen base once)")
     if cfg.train_modules is not None and (
         not isinstance(cfg.train_modules, list) or not cfg.train_modules
         or not all(isinstance(m, str) and m for m in cfg.train_modules)

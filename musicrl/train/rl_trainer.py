@@ -31,7 +31,9 @@ groups and flat-group checks stay whole), row r of the step seeded as in one pro
 gathered, so advantages, their normalisation and the reward's running statistics are those of the
 global batch; each process back-propagates its own rows, weighted by their share of the global batch,
 and the gradients are summed before one optimizer step: the same update as one process. Rank 0 logs,
-evaluates and writes the checkpoints; every rank resumes from them.
+evaluates and writes the checkpoints; every rank resumes from them. With `fsdp` the decoders are
+sharded (`distributed.shard`); rollouts gather them whole, and every rank evaluates (FSDP's forward is
+collective).
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class RLTrainer:
         self.reward = reward
         self.policy = policy or MusicGenPolicy.from_pretrained(cfg.model, device=self.device)
         self.reference = tuning.prepare_policy(self.policy, cfg, self.device, reference)  # None with LoRA: adapters off
+        self.sharded = cfg.fsdp and distributed.shard(self.ranks, self.policy, self.reference)  # FSDP: 1/world of each
         self.trained = [p for p in self.policy.model.decoder.parameters() if p.requires_grad]  # the model's (not the value head)
         learned = cfg.baseline == "value" and cfg.objective == "reward"  # the other objectives have no baseline
         self.value = ValueHead(self.policy.model.decoder.config.hidden_size).to(self.device) if learned else None
@@ -120,7 +123,8 @@ class RLTrainer:
         """One line now, not a hang later: the step's prompts split evenly over the processes, and
         each process's rows into grad_accum micro-batches (online DPO: whole pairs)."""
         cfg = self.cfg
-        prompts = len(range(cfg.prompts_per_step)[self.ranks.share(cfg.prompts_per_step, "prompts_per_step")])
+        self.ranks.share(cfg.prompts_per_step, "prompts_per_step")  # (a one-line error if they do not split)
+        prompts = cfg.prompts_per_step // self.ranks.world
         units = prompts if cfg.objective == "online_dpo" else prompts * cfg.samples_per_prompt
         if units % cfg.grad_accum:
             raise UserError(f"each of the {self.ranks.world} processes has {units} {'pairs' if cfg.objective == 'online_dpo' else 'rows'}"
@@ -135,12 +139,12 @@ class RLTrainer:
             return
         live = [p.detach().clone() for p in self.trained]
         with torch.no_grad():
-            torch._foreach_copy_([p.data for p in self.trained], self.ema)
+            _copy([p.data for p in self.trained], self.ema)
         try:
             yield live
         finally:
             with torch.no_grad():
-                torch._foreach_copy_([p.data for p in self.trained], live)
+                _copy([p.data for p in self.trained], live)
 
     def _autocast(self):
         return tuning.autocast(self.cfg.mixed_precision, self.device)
@@ -225,7 +229,8 @@ class RLTrainer:
         cfg, prompts, k = self.cfg, self.prompts_for(step), self.cfg.samples_per_prompt
         mine = self.ranks.share(len(prompts), "prompts_per_step")
         seed = step_seed(cfg.seed, step) + mine.start * k
-        with self._autocast():
+        rival_net = self.reference if cfg.objective == "nash_md" else None
+        with self._autocast(), distributed.gathered(self.policy, rival_net):  # (FSDP: the engine reads whole weights)
             roll = self.sampler.sample(prompts[mine], k, cfg.duration_s, sampling=cfg.sampling, seed=seed)
             if cfg.objective != "nash_md":
                 return roll, None
@@ -351,7 +356,7 @@ class RLTrainer:
         kl = exact_kl(dist, self.reference_distributions(roll.prompts, roll.codes)).sum((1, 2)).mean().item()
         sample_dir = self.out / "samples" / f"step-{step:06d}"
         sample_dir.mkdir(parents=True, exist_ok=True)
-        for n in range(min(cfg.log_audio, len(roll.prompts))):
+        for n in range(min(cfg.log_audio, len(roll.prompts)) if self.ranks.main else 0):
             write_wav(sample_dir / f"{n}.wav", audio[n, 0].cpu(), pol.sample_rate)
             (sample_dir / f"{n}.txt").write_text(roll.prompts[n] + "\n")
         out = {"step": step, "eval/kl_seq": kl}
@@ -364,14 +369,11 @@ class RLTrainer:
         tokenizer, trainer_state.pt (with ema_decay, also the live weights, for --resume).
 
         Written to a temporary directory and renamed: a crash never leaves a half checkpoint."""
-        def save():
-            with self.ema_weights() as live:
-                self._save_checkpoint(step, live)
-
-        self.ranks.write(save)
+        with self.ema_weights() as live:
+            self._save_checkpoint(step, live)
         return ckpt.step_dir(self.out, step)
 
-    def _save_checkpoint(self, step: int, live: list[torch.Tensor] | None) -> Path:
+    def _save_checkpoint(self, step: int, live: list[torch.Tensor] | None) -> None:
         model = self.policy.model
         state = {
             "step": step, "config": asdict(self.cfg), "reference": self.cfg.reference or self.cfg.model,
@@ -380,16 +382,24 @@ class RLTrainer:
             "live": live,
             "reward": self.reward.state_dict() if hasattr(self.reward, "state_dict") else None,
         }  # fmt: skip
-        return ckpt.save(self.out, step, model, self.policy.tokenizer, state, self.cfg.keep_checkpoints)
+        weights = None
+        if self.sharded:  # whole tensors on rank 0, as one process writes them (every rank takes part)
+            state, weights = distributed.full_state(state, self.ranks), distributed.full_state(model.state_dict(), self.ranks)
+        self.ranks.write(lambda: ckpt.save(self.out, step, model, self.policy.tokenizer, state, self.cfg.keep_checkpoints,
+                                           weights=weights))  # fmt: skip
 
     def load_checkpoint(self, path: Path) -> int:
-        state = ckpt.load_state(path, asdict(self.cfg), self.device)
+        state = ckpt.load_state(path, asdict(self.cfg), "cpu" if self.sharded else self.device)
         ckpt.restore_model(self.policy.model, path, state)
         if self.ema is not None:  # the saved model is the EMA; the live weights are in the state
             with torch.no_grad():
-                torch._foreach_copy_(self.ema, [p.detach() for p in self.trained])
-                torch._foreach_copy_([p.data for p in self.trained], [t.to(self.device) for t in state["live"]])
-        self.opt.load_state_dict(state["optimizer"])
+                _copy(self.ema, [p.detach() for p in self.trained])
+            if self.sharded:
+                distributed.copy_full([p.data for p in self.trained], state["live"])
+            else:
+                with torch.no_grad():
+                    torch._foreach_copy_([p.data for p in self.trained], [t.to(self.device) for t in state["live"]])
+        self.opt.load_state_dict(distributed.shard_optimizer_state(state["optimizer"], self.opt) if self.sharded else state["optimizer"])
         if self.value is not None:
             self.value.load_state_dict(state["value"])
         if state["reward"] is not None:
@@ -412,8 +422,10 @@ class RLTrainer:
                 self._log(metrics, "metrics.csv")
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.4f}")
             done = step + 1
-            if (done % self.cfg.eval_every == 0 or done == self.cfg.steps) and main:
-                self._log(self.evaluate(done), "eval.csv")
+            if (done % self.cfg.eval_every == 0 or done == self.cfg.steps) and (main or self.sharded):
+                ev = self.evaluate(done)  # (FSDP: on every rank, its forward passes are collective)
+                if main:
+                    self._log(ev, "eval.csv")
             if done % self.cfg.checkpoint_every == 0 or done == end:
                 last = self.save_checkpoint(done)
             if done == self.cfg.steps and main:  # out_dir/final: the finished model, servable and loadable by path
@@ -437,6 +449,15 @@ def online_dpo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, reward: torch.Te
     tie = r[:, 0] == r[:, 1]
     losses = preference_loss(chosen, rejected, tie, loss="sigmoid", beta=beta)
     return torch.where(tie, torch.zeros_like(losses), losses).mean()
+
+
+def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    """torch._foreach_copy_, which FSDP's sharded tensors (DTensor) lack: for them, one copy a tensor."""
+    if dst and type(dst[0]).__name__ == "DTensor":
+        for d, s in zip(dst, src):
+            d.copy_(s)
+    else:
+        torch._foreach_copy_(dst, src)
 
 
 def _find_clap(reward):
