@@ -136,6 +136,7 @@ def test_win_rate_intervals_are_wilsons_and_hold_the_estimate():
     lo, hi = wilson_band(np.array([1.0, 0.0, 0.5]), np.array([1, 1, 1]))
     np.testing.assert_allclose(lo, [0.2065, 0.0, 0.0546], atol=1e-4)
     np.testing.assert_allclose(hi, [1.0, 0.7935, 0.9454], atol=1e-4)
+    assert wilson_band(np.float64(0), np.float64(5))[0] == 0.0  # not -3e-17: float rounding is clipped
     votes = simulate(600, seed=7)
     rows = [(t, a, b, c) for t, (a, b, c) in enumerate(votes + [("m0", "m1", "tie")] * 40)]
     series = win_rate_over_time(rows, "m0")

@@ -20,6 +20,7 @@ import torch
 from musicrl.errors import UserError
 from musicrl.model.policy import MusicGenPolicy
 from musicrl.train.rl_trainer import exact_kl
+from musicrl.votes.leaderboard import wilson_band
 from musicrl.model.sampling import SamplingConfig
 
 
@@ -32,14 +33,11 @@ def mean_ci(x: np.ndarray, z: float = 1.96) -> tuple[float, float]:
 
 
 def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n."""
+    """Wilson score interval of a proportion k/n (the leaderboard's `wilson_band`, one value)."""
     if n == 0:
         return float("nan"), float("nan")
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return c - h, c + h
+    lo, hi = wilson_band(np.float64(k), np.float64(n), z)
+    return float(lo), float(hi)
 
 
 @dataclass

@@ -290,7 +290,7 @@ def wilson_band(won: np.ndarray, games: np.ndarray, z: float = 1.96) -> tuple[np
     d = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / d
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return centre - half, centre + half
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)  # k = 0 or n: float rounding
 
 
 def _seconds(t) -> float:
