@@ -198,7 +198,8 @@ def train_preference(votes: list[VoteRow], out_dir: str | Path, cfg: PreferenceT
     tr_pairs, tr_y = pairs[~is_val], y[~is_val]
     gen = torch.Generator().manual_seed(cfg.seed)
     A, T = A.to(clap.device), T.to(clap.device)
-    bar = tqdm(range(cfg.epochs), desc="preference model", disable=not progress, dynamic_ncols=True)
+    ranks = distributed.join(torch.device(clap.device))[0]  # under torchrun: one bar, and one writer, rank 0
+    bar = tqdm(range(cfg.epochs), desc="preference model", disable=not (progress and ranks.main), dynamic_ncols=True)
     for _ in bar:
         model.train()
         for b in _batches(len(tr_pairs), cfg.batch_size, gen):
@@ -221,7 +222,7 @@ def train_preference(votes: list[VoteRow], out_dir: str | Path, cfg: PreferenceT
         "val": evaluate(model, A, T, pairs[is_val], y[is_val], val_p),
         "config": asdict(cfg), "backbone": str(backbone), "source": str(source),
     }  # fmt: skip
-    distributed.join(torch.device(clap.device))[0].write(lambda: _save(model, Path(out_dir), cfg, metrics))
+    ranks.write(lambda: _save(model, Path(out_dir), cfg, metrics))
     return metrics
 
 

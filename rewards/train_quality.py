@@ -116,14 +116,15 @@ def train_quality_from_ratings(ratings: list[RatingRow], out_dir: str | Path,
     val, train = order[:n_val], order[n_val:]
     emb = bb.embed_clip_files(clap, [p for p, _ in ratings], progress)  # [N, D], each process embedding its part
     mos = torch.tensor([r for _, r in ratings], dtype=torch.float32)
-    model, train_mse = fit_head(clap, backbone, emb[train], mos[train], cfg, progress)
+    ranks = distributed.join(torch.device(clap.device))[0]
+    model, train_mse = fit_head(clap, backbone, emb[train], mos[train], cfg, progress and ranks.main)
     metrics: dict = {"train_mse": train_mse, "train_clips": len(train), "val_clips": len(val),
                      "config": asdict(cfg), "backbone": str(backbone), "source": str(source)}
     if len(val):
         s = scores(model, emb[val])
         metrics["val_spearman"] = spearman(s, mos[val].numpy())
         metrics["val_mae"] = float(np.abs(s - mos[val].numpy()).mean())
-    distributed.join(torch.device(clap.device))[0].write(lambda: save(model, out_dir, cfg, metrics))
+    ranks.write(lambda: save(model, out_dir, cfg, metrics))  # rank 0 writes
     return metrics
 
 

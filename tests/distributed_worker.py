@@ -107,7 +107,7 @@ def fsdp_runs(policy_dir: str, out: Path) -> dict:
 
 def head_runs(clap_dir: str, out: Path) -> dict:
     """One epoch of each reward head on 5 random clips (parts of 2 and 3), votes on 3 prompts, one
-    held out: 'preference/epoch1', 'quality/epoch1' (the heads' weights)."""
+    held out: 'preference', 'quality' (the heads' saved weights)."""
     import numpy as np
 
     from musicrl.audio import write_wav

@@ -46,8 +46,8 @@ def runs(random_musicgen_dir, tmp_path_factory):
 
 def assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys() and a
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], atol=ATOL, rtol=1e-4, msg=lambda m: f"{k}: {m}")
+    for k, want in a.items():
+        torch.testing.assert_close(b[k], want, atol=ATOL, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
 
 
 @pytest.mark.parametrize("run", ["rl/step1", "rl/resumed", "lora/step1", "dpo/step1", "dpo/resumed", "preference", "quality"])

@@ -79,7 +79,6 @@ def warn_small_validation(metrics: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from musicrl.logs import quiet_transformers
-
     from musicrl.train.distributed import join, leave
 
     quiet_transformers()
