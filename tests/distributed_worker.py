@@ -51,7 +51,8 @@ def trained(trainer) -> dict:
 
 
 def rl_runs(policy_dir: str, out: Path) -> dict:
-    """'rl/step1': after one step; 'rl/resumed': stopped after step 1, resumed to 2; 'lora/step1'."""
+    """'rl/step1': after one step; 'rl/resumed': stopped after step 1, resumed to 2; 'lora/step1';
+    'nash_md/step1' and 'online_dpo/step1'."""
     results = {}
     first = rl_trainer(policy_dir, out / "rl")
     first.train(progress=False, stop_after=1)
@@ -63,6 +64,10 @@ def rl_runs(policy_dir: str, out: Path) -> dict:
                       normalize_advantages="prompt", kl_estimator="sampled")  # fmt: skip
     lora.train(progress=False)
     results["lora/step1"] = trained(lora)
+    for objective in ("nash_md", "online_dpo"):  # rivals seeded and scored apart; a prompt's pair on one process
+        other = rl_trainer(policy_dir, out / objective, objective=objective, steps=1, skip_flat_groups=False, ema_decay=0.0)
+        other.train(progress=False)
+        results[f"{objective}/step1"] = trained(other)
     return results
 
 

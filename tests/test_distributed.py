@@ -1,6 +1,6 @@
 """Data-parallel training (torchrun, 2 CPU processes on gloo) equals one process with the same
 global batch: the RL step (EMA, micro-batches, flat groups skipped, the reward's running
-normalisation; LoRA with the sampled KL), the DPO step, resuming under 2 processes from a
+normalisation; LoRA with the sampled KL; Nash-MD and online DPO), the DPO step, resuming under 2 processes from a
 checkpoint they wrote, and an epoch of each reward head (its clips embedded in parts); the RL and DPO
 runs again with fsdp=true (the decoder sharded over the 2 processes). The runs are tests/distributed_worker.py's."""
 
@@ -50,7 +50,8 @@ def assert_same(a: dict, b: dict) -> None:
         torch.testing.assert_close(b[k], want, atol=ATOL, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
 
 
-@pytest.mark.parametrize("run", ["rl/step1", "rl/resumed", "lora/step1", "dpo/step1", "dpo/resumed", "preference", "quality"])
+@pytest.mark.parametrize("run", ["rl/step1", "rl/resumed", "lora/step1", "nash_md/step1", "online_dpo/step1", "dpo/step1",
+                                 "dpo/resumed", "preference", "quality"])  # fmt: skip
 def test_two_processes_update_as_one(runs, run):
     single, double, _, _ = runs
     assert_same(single[run], double[run])
@@ -68,8 +69,9 @@ def test_fsdp_on_two_processes_updates_as_one(runs, run):
 
 def test_the_compared_updates_are_far_larger_than_the_tolerance(runs):
     single, _, start, _ = runs
-    moved = max((single["rl/step1"][k] - start[k]).abs().max().item() for k in start if k.startswith("w"))
-    assert moved > 20 * ATOL
+    for run in ("rl/step1", "nash_md/step1", "online_dpo/step1", "fsdp-rl/step1"):
+        moved = max((single[run][k] - start[k]).abs().max().item() for k in start if k.startswith("w"))
+        assert moved > 20 * ATOL, run
     again = max((single["rl/resumed"][k] - single["rl/step1"][k]).abs().max().item() for k in start if k.startswith("w"))
     assert again > 20 * ATOL  # the resumed step moved them too
     assert single["rl/resumed"]["norm/loud/count"] == 16  # 2 steps x 8 clips: every clip of every rank
