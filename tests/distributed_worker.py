@@ -52,7 +52,7 @@ def trained(trainer) -> dict:
 
 def rl_runs(policy_dir: str, out: Path) -> dict:
     """'rl/step1': after one step; 'rl/resumed': stopped after step 1, resumed to 2; 'lora/step1';
-    'nash_md/step1' and 'online_dpo/step1'."""
+    'nash_md/step1', 'online_dpo/step1' and 'value/step1' (the learned baseline's weights too)."""
     results = {}
     first = rl_trainer(policy_dir, out / "rl")
     first.train(progress=False, stop_after=1)
@@ -68,6 +68,9 @@ def rl_runs(policy_dir: str, out: Path) -> dict:
         other = rl_trainer(policy_dir, out / objective, objective=objective, steps=1, skip_flat_groups=False, ema_decay=0.0)
         other.train(progress=False)
         results[f"{objective}/step1"] = trained(other)
+    value = rl_trainer(policy_dir, out / "value", baseline="value", steps=1, skip_flat_groups=False, ema_decay=0.0)
+    value.train(progress=False)  # the learned baseline: over the global batch's prompts; its own gradient summed
+    results["value/step1"] = {**trained(value), **{f"v{i}": p.detach().clone() for i, p in enumerate(value.value.parameters())}}
     return results
 
 

@@ -50,8 +50,8 @@ def assert_same(a: dict, b: dict) -> None:
         torch.testing.assert_close(b[k], want, atol=ATOL, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
 
 
-@pytest.mark.parametrize("run", ["rl/step1", "rl/resumed", "lora/step1", "nash_md/step1", "online_dpo/step1", "dpo/step1",
-                                 "dpo/resumed", "preference", "quality"])  # fmt: skip
+@pytest.mark.parametrize("run", ["rl/step1", "rl/resumed", "lora/step1", "nash_md/step1", "online_dpo/step1", "value/step1",
+                                 "dpo/step1", "dpo/resumed", "preference", "quality"])  # fmt: skip
 def test_two_processes_update_as_one(runs, run):
     single, double, _, _ = runs
     assert_same(single[run], double[run])
@@ -123,3 +123,14 @@ def test_fsdp_is_for_full_fine_tuning_and_same_passes_everywhere():
     with pytest.raises(UserError, match="skip_flat_groups does not work with fsdp"):
         RLConfig(reward=reward, fsdp=True, skip_flat_groups=True)
     assert RLConfig(reward=reward, fsdp=True).fsdp and not RLConfig(reward=reward).fsdp
+
+
+def test_the_learned_baseline_starts_from_the_seed_not_from_what_ran_before(random_musicgen_dir, tmp_path):
+    def head(seed):
+        trainer = distributed_worker.rl_trainer(str(random_musicgen_dir), tmp_path / str(seed), baseline="value", seed=seed)
+        return [p.detach().clone() for p in trainer.value.parameters()]
+
+    first = head(0)
+    torch.rand(7)  # the global random state moves on
+    assert all(torch.equal(a, b) for a, b in zip(first, head(0)))  # (every process starts the same head)
+    assert not torch.equal(first[0], head(1)[0])

@@ -103,7 +103,11 @@ class RLTrainer:
         self.sharded = cfg.fsdp and distributed.shard(self.ranks, self.policy, self.reference)  # FSDP: 1/world of each
         self.trained = [p for p in self.policy.model.decoder.parameters() if p.requires_grad]  # the model's (not the value head)
         learned = cfg.baseline == "value" and cfg.objective == "reward"  # the other objectives have no baseline
-        self.value = ValueHead(self.policy.model.decoder.config.hidden_size).to(self.device) if learned else None
+        self.value = None
+        if learned:
+            with torch.random.fork_rng(devices=[]):  # its random init: a function of cfg.seed, not of what ran before
+                torch.manual_seed(cfg.seed)
+                self.value = ValueHead(self.policy.model.decoder.config.hidden_size).to(self.device)
         self.params = self.trained + (list(self.value.parameters()) if self.value is not None else [])
         self.ranks.broadcast(self.params)  # as DDP does: every process starts from rank 0's weights
         self.ema = [p.detach().clone() for p in self.trained] if cfg.ema_decay else None
