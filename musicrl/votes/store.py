@@ -40,7 +40,6 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from musicrl.errors import UserError
 from musicrl.votes.choices import CHOICES, SIDES
 from musicrl.votes.files import CODES_SUFFIX, codes_bytes, regular_file_in, wav_bytes, write_atomic
-from musicrl.votes.files import clip_id as files_clip_id  # (add_clip's local is clip_id)
 from musicrl.votes.rows import EXPORT_FORMATS, export_votes
 from musicrl.votes.schema import (
     DEFAULT_LOCK_TIMEOUT_S,
@@ -340,12 +339,10 @@ class VoteStore:
         codes: np.ndarray | None = None,
     ) -> ClipRecord:
         """Store a clip: its WAV and, when given, the codes [K, T] it was decoded from (`codes_path`),
-        atomically, first; then its row. The id hashes the WAV and who made it (`files.clip_id`): the
-        same clip again is stored once (its first codes kept)."""
+        atomically, first; then its row. Same audio -> same id, stored once (its first codes kept)."""
         texts = [clean_text(x, what) for x, what in ((prompt, "prompt"), (model_id, "model id"), (model_version, "model version"))]
         data = wav_bytes(audio, sample_rate)
-        identity = dict(model_id=texts[1], model_version=texts[2], prompt=texts[0], seed=int(seed), settings=_jsonable(settings))
-        clip_id = files_clip_id(data, identity, self.derive_key("clip id"))
+        clip_id = hashlib.sha256(data).hexdigest()
         files = [(self.clip_path(clip_id), data)]
         if codes is not None:
             files.append((self.codes_path(clip_id), codes_bytes(codes)))
@@ -358,7 +355,11 @@ class VoteStore:
         row = dict(
             id=clip_id,
             created_at=_utcnow(),
-            **identity,
+            model_id=texts[1],
+            model_version=texts[2],
+            prompt=texts[0],
+            seed=int(seed),
+            settings=_jsonable(settings),
             duration_s=float(np.asarray(audio).size / int(sample_rate)),
             sample_rate=int(sample_rate),
         )
