@@ -146,8 +146,7 @@ def load_state(path: Path, config: dict, device) -> dict:
     from musicrl.errors import UserError
 
     state = torch.load(path / TRAINER_STATE, weights_only=False, map_location=device)
-    changed = sorted(k for k, v in state["config"].items() if k not in BOOKKEEPING and config.get(k, v) != v)
-    changed += sorted(k for k in state["config"] if k not in config)
+    changed = sorted(k for k, v in state["config"].items() if k not in BOOKKEEPING and (k not in config or config[k] != v))
     if changed:
         raise UserError(f"{path} was written with another {', '.join(changed)} (only {', '.join(BOOKKEEPING)} may change on resume)")
     return state

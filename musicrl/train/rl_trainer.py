@@ -201,9 +201,10 @@ class RLTrainer:
         grad_norm = torch.zeros(())
         for _ in range(cfg.ppo_epochs if n_all else 0):
             for i in range(0, n, mb):  # each micro-batch weighs its share of the global batch's rows
-                s = self._micro_step(roll, adv, target, i, min(i + mb, n), min(mb, n - i) / n_all)
+                weight = min(mb, n - i) / n_all
+                s = self._micro_step(roll, adv, target, i, min(i + mb, n), weight)
                 for key in stats:
-                    stats[key] += s[key] * min(mb, n - i) / (n_all * cfg.ppo_epochs)
+                    stats[key] += s[key] * weight / cfg.ppo_epochs
             ranks.sum_grads(self.params)  # the global batch's gradient on every process
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
             self.opt.step()
@@ -270,7 +271,7 @@ class RLTrainer:
         r = target.view(-1, k)  # [P, k]
         keep = ((r.max(1).values - r.min(1).values) > 1e-6).repeat_interleave(k).nonzero()[:, 0].cpu()  # [n]
         kept = replace(roll, codes=roll.codes[keep], log_probs=roll.log_probs[keep],
-                                   prompts=[roll.prompts[i] for i in keep.tolist()], seeds=roll.seeds[keep])  # fmt: skip
+                       prompts=[roll.prompts[i] for i in keep.tolist()], seeds=roll.seeds[keep])  # fmt: skip
         return kept, adv[keep.to(adv.device)], target[keep.to(target.device)]
 
     def _micro_step(self, roll, adv, reward, i: int, j: int, weight: float) -> dict:
