@@ -1,11 +1,11 @@
 """A small JSON API beside the UI, on the same FastAPI app, for programmatic voters (load tests, bots).
 
     POST /api/generate      {"prompt": str, "duration_s"?: float}
-                            -> {"pair": token, "prompt", "duration_s", "clips": [{"slot": "a"|"b", "id", "url"}]}
+                            -> {"pair": token, "prompt", "duration_s", "clips": [{"slot": "a"|"b", "id", "url", "sha256"}]}
     POST /api/vote          {"pair": token, "choice": "a"|"b"|"tie"|"both_bad", "listen_ms_a": int,
                              "listen_ms_b": int, "supersedes"?: int}
                             -> {"vote_id", "choice", "counted", "models": {"a": name, "b": name}}  (after COMMIT)
-    GET  /api/clips/{id}.wav  the clip's WAV (ids are content hashes; nothing else is served)
+    GET  /api/clips/{id}.wav  the clip's WAV (nothing else is served)
     GET  /api/leaderboard   ratings with CIs, win-rate matrix, counts
     GET  /api/health
     admin, header X-Admin-Secret: GET /api/admin/models, GET /api/admin/batches (the batcher's
@@ -18,6 +18,8 @@ claim which models made it; nothing before the stored vote names a model. Clips 
 b, and the API records `left` = "a". Sessions are the server's: the session cookie
 (`musicrl.app.tokens`), or a new session when the client sends none, is bound into the pair token
 at generate, and a vote's session is the token's. A `session` field in a vote is refused.
+A clip's id is opaque (keyed by the server's secret, `musicrl.votes.files.clip_id`); a client checks
+the bytes it got from `url` against `sha256`, the SHA-256 of the WAV, which names no model.
 A pair token takes one vote: a second is a 409, unless it is a correction (`supersedes`: the
 pair's vote id), which is stored but not counted ("counted": false), since the models were
 revealed with the vote. Listening times are required, integers, at least the minimum listen time.
@@ -46,7 +48,7 @@ from musicrl.app.guards import error_response
 from musicrl.app.limits import RateLimited, client_key
 from musicrl.app.tokens import SCOPE_KEY, new_id
 from musicrl.errors import UserError
-from musicrl.votes.store import AlreadyVoted, model_key
+from musicrl.votes.store import AlreadyVoted, ClipRecord, model_key
 
 
 class _Body(BaseModel):
@@ -111,6 +113,11 @@ def api_router(arena: Arena) -> APIRouter:
     return router
 
 
+def _clip_json(slot: str, clip: ClipRecord) -> dict:
+    """A served clip: its opaque id, where to get it, and the SHA-256 of those bytes to check them by."""
+    return {"slot": slot, "id": clip.id, "url": f"/api/clips/{clip.id}.wav", "sha256": clip.sha256}
+
+
 def _voting_routes(router: APIRouter, arena: Arena) -> None:
     """POST /generate, POST /vote."""
 
@@ -131,7 +138,7 @@ def _voting_routes(router: APIRouter, arena: Arena) -> None:
             "pair": arena.token(pair, request.scope.get(SCOPE_KEY) or new_id()),
             "prompt": pair.prompt,
             "duration_s": pair.a.duration_s,
-            "clips": [{"slot": k, "id": pair.clip(k).id, "url": f"/api/clips/{pair.clip(k).id}.wav"} for k in "ab"],
+            "clips": [_clip_json(k, pair.clip(k)) for k in "ab"],
         }
 
     @router.post("/vote")

@@ -32,6 +32,7 @@ from musicrl.app.clip_gc import ClipJanitor
 from musicrl.app.limits import Limits, TokenBucket
 from musicrl.app.tokens import Signer, Ticket, decode_ticket, encode_ticket, new_id, session_from_cookie
 from musicrl.errors import UserError
+from musicrl.votes.files import wav_bytes
 from musicrl.votes.leaderboard import SESSION_CAP, Leaderboard
 from musicrl.votes.live import LiveVotes
 from musicrl.votes.store import MAX_LISTEN_MS, ClipRecord, Vote, VoteStore, clean_text, model_key
@@ -238,13 +239,12 @@ class Arena:
             # both models' requests are queued before either is awaited, so each can join its model's batch
             futures = [(g, self.batcher.submit(g, prompt, n, duration, s)) for g, n, s in jobs]
             clips = [(g, c) for g, f in futures for c in f.result()][:2]
-            records = [self._store_clip(g, c, prompt) for g, c in clips]
-            if records[0].id == records[1].id:  # identical audio (a degenerate model): one more try
+            if _same_audio(clips[0][1], clips[1][1]):  # a degenerate model: one more try
                 g = clips[1][0]
-                c = self.batcher.submit(g, prompt, 1, duration, seed + 7919).result()[0]
-                records[1] = self._store_clip(g, c, prompt)
-                if records[0].id == records[1].id:
+                clips[1] = (g, self.batcher.submit(g, prompt, 1, duration, seed + 7919).result()[0])
+                if _same_audio(clips[0][1], clips[1][1]):
                     raise UserError("The model produced the same audio twice; nothing to compare.")
+            records = [self._store_clip(g, c, prompt) for g, c in clips]
         finally:
             self._slots.release()
         self.janitor.served([r.id for r in records], self._clock())
@@ -359,3 +359,8 @@ class Arena:
         cap = self.config.per_session_cap if per_session_cap is None else per_session_cap
         n = self.store.export(path, fmt=fmt, per_session_cap=cap, exclude_flagged=exclude_flagged)
         return path, n
+
+
+def _same_audio(a, b) -> bool:
+    """Two clips a listener cannot tell apart: the same 16-bit WAV (what the store keeps and serves)."""
+    return a.sample_rate == b.sample_rate and wav_bytes(a.audio, a.sample_rate) == wav_bytes(b.audio, b.sample_rate)

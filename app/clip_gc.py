@@ -4,12 +4,13 @@ Every generate stores two clips, voted on or not, so a client that generates and
 fills the disk. `ClipJanitor`:
 
 - `served(clip_ids, now)`: a pair was served; its clip files' modification time is set to now, so a clip
-  served again (same audio, same content id) counts from its latest pair.
+  served again (the same clip: the same audio from the same model, prompt, seed and settings) counts
+  from its latest pair.
 - `sweep(now)`: removes the files of every clip that no vote names (`musicrl.votes.live.LiveVotes.
   voted`, after a refresh) and whose files are older than the token lifetime plus a grace period:
   no pair that could still take a vote shows it. A clip named by any vote (counted or not) is
   never touched. The clip's row stays (the tables are append-only); a clip whose files are gone
-  is a 404, and the same audio generated again is written again.
+  is a 404, and the same clip generated again is written again.
 - `admit(now)`: before a generation. Runs a sweep every `every_s`; when the unvoted clips on disk
   would pass the cap it sweeps at once, and if that frees too little the generation is refused
   with `Busy` (HTTP 503, Retry-After) until pairs expire or get votes.

@@ -13,7 +13,7 @@ once both clips have played `min_listen_s` (or 90% of a shorter clip), and the v
 the same again, so a re-enabled button in devtools does not get a vote through.
 
 Blindness: screen slot A (left) shows clip a or b at random (`left` in the vote row); the two
-models are drawn at random; clip files are named by their content hash; the reveal comes only
+models are drawn at random; clip files are named by a keyed hash (no guess of a model can be tested against it); the reveal comes only
 after the vote is committed, and it closes the pair: the buttons stay off until a new pair (a
 knowing vote would not count; see `musicrl.votes.store.effective_votes`).
 

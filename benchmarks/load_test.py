@@ -2,7 +2,7 @@
 
 The app runs as a subprocess (`musicrl app --model M --host 127.0.0.1 --port P`, a fresh data dir
 and SQLite store). `--voters` threads each play one `musicrl.tiny.simulate` rater: POST /api/generate,
-download both WAVs (checked against their content-hash ids), judge them, POST /api/vote; until
+download both WAVs (checked against the SHA-256 the answer gives for each), judge them, POST /api/vote; until
 `--votes` votes are confirmed in all. Every request has a timeout and every retry loop a bound.
 
 Two runs:
@@ -223,8 +223,9 @@ def voter(i: int, rater, url: str, tally: Tally, duration_s: float, deadline: fl
                 clips = []
                 for c in body["clips"]:
                     w, _, _ = _request(client, tally, "GET", c["url"], deadline)
-                    if w.status_code != 200 or hashlib.sha256(w.content).hexdigest() != c["id"]:
-                        raise GiveUp(f"clip {c['id'][:12]}: {w.status_code}, or its bytes do not match its id")
+                    # the id is keyed by the server's secret; the answer's sha256 is what the bytes can be checked by
+                    if w.status_code != 200 or hashlib.sha256(w.content).hexdigest() != c["sha256"]:
+                        raise GiveUp(f"clip {c['id'][:12]}: {w.status_code}, or its bytes do not match its sha256")
                     if rater is not None:
                         audio, sr = sf.read(io.BytesIO(w.content), dtype="float32")
                         clips.append(Clip(audio, sr))

@@ -4,6 +4,7 @@ Served model: the shipped `tiny` MusicGen if its assets are present, else a rand
 MusicGen (conftest), through the real `musicrl.model.generator.Generator`.
 """
 
+import hashlib
 import json
 import os
 import time
@@ -81,6 +82,9 @@ def test_generate_serves_two_stored_clips_and_vote_reveals_after_commit(served):
     np.testing.assert_allclose(heard, gen.policy.decode(codes[0][None])[0, 0].clamp(-1, 1).numpy(), atol=1e-3)  # 16-bit PCM
     wav = client.get(a["url"])
     assert wav.status_code == 200 and wav.content[:4] == b"RIFF" and wav.content == clips[0].path.read_bytes()
+    # the id is keyed (it hashes who made the clip too); the answer's sha256 is the served bytes'
+    assert a["sha256"] == hashlib.sha256(wav.content).hexdigest() != a["id"]
+    assert b["sha256"] == hashlib.sha256(client.get(b["url"]).content).hexdigest() != a["sha256"]
     assert "model" not in json.dumps(g)  # blind: nothing in the answer names the model
     r = client.post("/api/vote", json={"pair": g["pair"], "choice": "b", "listen_ms_a": 250, "listen_ms_b": 240})
     assert r.status_code == 200, r.text

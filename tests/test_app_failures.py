@@ -19,6 +19,7 @@ from musicrl.app.handlers import Handlers, UiSession  # noqa: E402
 from musicrl.app.limits import NO_RATE_LIMITS  # noqa: E402
 from musicrl.app.server import build_app, start_server  # noqa: E402
 from musicrl.errors import UserError  # noqa: E402
+from musicrl.votes.files import clip_id  # noqa: E402
 from musicrl.votes.store import StoreUnavailable, VoteStore, wav_bytes  # noqa: E402
 from tests.test_votes import db_url, postgres  # noqa: E402,F401  (fixtures: SQLite and PostgreSQL)
 from tests.test_votes_security import MIN_LISTEN_MS, MODELS, FakeGenerator, _generate, _one_line_error, _vote  # noqa: E402
@@ -197,7 +198,8 @@ def test_a_symlinked_clip_or_one_outside_the_clips_dir_is_never_served(tmp_path)
             gradio_file = client.get(f"/gradio_api/file={path}")
             assert gradio_file.status_code >= 400 and SECRET not in gradio_file.content
     audio = np.full(800, 0.3, np.float32)  # a link where a new clip is to be written is replaced, not followed
-    planted = store.clip_path(__import__("hashlib").sha256(wav_bytes(audio, 8000)).hexdigest())
+    identity = {"model_id": "m", "model_version": "v", "prompt": "p", "seed": 0, "settings": {}}
+    planted = store.clip_path(clip_id(wav_bytes(audio, 8000), identity, store.derive_key("clip id")))
     planted.parent.mkdir(parents=True, exist_ok=True)
     planted.symlink_to(outside / "secret.wav")
     rec = store.add_clip(audio, 8000, model_id="m", model_version="v", prompt="p", seed=0)

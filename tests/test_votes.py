@@ -94,20 +94,69 @@ def _clips(store: VoteStore, n: int = 2, models=("m1", "m2")):
     ]  # fmt: skip
 
 
-def test_clip_is_content_addressed_wav_written_before_its_row(db_url, tmp_path):
+def test_clip_is_a_wav_named_by_a_keyed_id_written_before_its_row(db_url, tmp_path):
     store = VoteStore(db_url, tmp_path)
     a, b = _clips(store)
     assert a.id != b.id and len(a.id) == 64
     assert a.path == tmp_path / "clips" / a.id[:2] / f"{a.id}.wav"
     import hashlib
 
-    assert hashlib.sha256(a.path.read_bytes()).hexdigest() == a.id
+    from musicrl.votes.files import clip_id
+
+    identity = {"model_id": "m1", "model_version": "v0", "prompt": "calm piano", "seed": 0, "settings": a.settings}
+    assert clip_id(a.path.read_bytes(), identity, store.derive_key("clip id")) == a.id
+    # the id is keyed, so the bytes are checked by the record's plain sha256, which the id is not
+    assert a.sha256 == hashlib.sha256(a.path.read_bytes()).hexdigest() != a.id
     audio, sr = sf.read(a.path, dtype="float32")
     assert sr == 16000 and np.max(np.abs(audio - _tone(200))) < 1e-4  # 16-bit PCM round trip
     assert a.settings == {"temperature": pytest.approx(0.9), "top_k": 250} and a.duration_s == pytest.approx(0.5)
-    again = store.add_clip(_tone(200), 16000, model_id="m1", model_version="v0", prompt="calm piano", seed=0)
-    assert again.id == a.id and store.stats()["clips"] == 2  # same audio, stored once
+    again = store.add_clip(_tone(200), 16000, model_id="m1", model_version="v0", prompt="calm piano", seed=0,
+                           settings={"temperature": np.float32(0.9), "top_k": 250})  # fmt: skip
+    assert again.id == a.id and store.stats()["clips"] == 2  # the same clip again, stored once
+    assert again.sha256 == a.sha256 and store.clip(a.id) == a  # a record read back equals it
     assert not list(tmp_path.glob("clips/*/.*.tmp"))  # no temp files left from the atomic writes
+
+
+def test_the_same_audio_from_another_model_or_prompt_is_another_clip_and_votes_name_its_model(db_url, tmp_path):
+    store = VoteStore(db_url, tmp_path)
+    silence = np.zeros(8000, np.float32)  # what two broken checkpoints could both make
+    a = store.add_clip(silence, 16000, model_id="m1", model_version="v1", prompt="calm piano", seed=3)
+    b = store.add_clip(silence, 16000, model_id="m2", model_version="v7", prompt="calm piano", seed=3)
+    c = store.add_clip(silence, 16000, model_id="m1", model_version="v1", prompt="fast drums", seed=3)
+    assert len({a.id, b.id, c.id}) == 3 and store.stats()["clips"] == 3
+    assert (b.model_id, b.model_version, c.prompt) == ("m2", "v7", "fast drums")
+    assert a.path.read_bytes() == b.path.read_bytes()
+    v = store.record_vote(clip_a=a.id, clip_b=b.id, choice="b", session="s", left="a", listen_ms_a=600, listen_ms_b=600)
+    assert (v.model_a, v.model_b) == ("m1", "m2")  # before, b was stored as a's clip: m1 against itself
+
+
+def test_a_clip_stored_under_its_plain_sha256_by_an_older_version_still_votes_and_exports(db_url, tmp_path):
+    """Ids are opaque: nothing re-derives one, so an older store's clips (id = sha256 of the WAV) keep working."""
+    import hashlib
+    from datetime import datetime, timezone
+
+    from sqlalchemy import create_engine
+
+    from musicrl.votes.files import wav_bytes, write_atomic
+    from musicrl.votes.schema import clips_table, parse_db_url
+
+    store = VoteStore(db_url, tmp_path)
+    data = wav_bytes(_tone(300), 16000)
+    old_id = hashlib.sha256(data).hexdigest()
+    write_atomic(store.clip_path(old_id), data)
+    engine = create_engine(parse_db_url(db_url))
+    with engine.begin() as conn:
+        conn.execute(clips_table.insert().values(
+            id=old_id, created_at=datetime.now(timezone.utc), model_id="old", model_version="v", prompt="calm piano",
+            seed=0, settings={}, duration_s=0.5, sample_rate=16000))  # fmt: skip
+    engine.dispose()
+    new = store.add_clip(_tone(300), 16000, model_id="new", model_version="v", prompt="calm piano", seed=0)
+    assert new.id != old_id and store.clip(old_id).model_id == "old"  # the same audio, another clip
+    v = store.record_vote(clip_a=old_id, clip_b=new.id, choice="a", session="s")
+    assert (v.model_a, v.model_b) == ("old", "new")
+    assert store.export(tmp_path / "votes.jsonl") == 1
+    row = json.loads((tmp_path / "votes.jsonl").read_text())
+    assert Path(row["clip_a"]).read_bytes() == data
 
 
 def test_vote_is_durable_across_a_new_store_and_models_come_from_the_clips(db_url, tmp_path):

@@ -257,3 +257,35 @@ def test_the_token_lifetime_is_an_app_option(capsys):
         assert main(["app", "--token-ttl", bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--token-ttl must be in" in err[0]
+
+
+class SameAudioGenerator(FakeGenerator):
+    """A degenerate model: the same audio whatever the seed, until `fixed_after` calls."""
+
+    def __init__(self, model_id, version, fixed_after=10**9):
+        super().__init__(model_id, version)
+        self.calls, self.fixed_after = 0, fixed_after
+
+    def generate(self, prompt, num_samples, duration_s, seed, **settings):
+        self.calls += 1
+        fixed = self.calls <= self.fixed_after
+        return [Clip(super(SameAudioGenerator, self).generate(prompt, 1, duration_s, 0 if fixed else seed + i)[0].audio,
+                     8000, seed + i, {"duration_s": duration_s}) for i in range(num_samples)]  # fmt: skip
+
+
+@pytest.mark.parametrize("fixed_after", [10**9, 1])
+def test_a_model_making_the_same_audio_twice_gets_one_retry_then_a_one_line_error(tmp_path, fixed_after):
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
+    demo = build_app([SameAudioGenerator("m", "v" * 16, fixed_after)], store, min_listen_s=0.5, limits=NO_RATE_LIMITS)
+    arena = demo.musicrl_arena
+    try:
+        if fixed_after > 1:  # two clips of other seeds, but the same audio: nothing to compare
+            with pytest.raises(UserError, match="the same audio twice"):
+                arena.generate_pair("calm piano", 0.5)
+            assert store.stats()["clips"] == 0  # nothing stored for a pair that was never served
+        else:  # the retry differs: a pair of two different clips
+            pair = arena.generate_pair("calm piano", 0.5)
+            assert pair.a.id != pair.b.id and pair.a.path.read_bytes() != pair.b.path.read_bytes()
+    finally:
+        arena.close()
+        store.close()

@@ -51,8 +51,8 @@ def musicgen_small_config():
 def randomize_codebooks(codec) -> None:
     """Standard-normal codebook vectors for a freshly built EnCodec. transformers leaves them at zero
     (a trained checkpoint loads them), so every code would decode to the same audio: a random model's
-    clips would all be byte-identical, whatever the prompt and seed, and the app's content-addressed
-    store would keep one clip for all of them."""
+    clips would all be byte-identical, whatever the prompt and seed, and the arena would refuse every
+    pair as the same audio twice."""
     with torch.no_grad():
         for layer in codec.quantizer.layers:
             layer.codebook.embed.normal_()

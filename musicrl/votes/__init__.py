@@ -2,7 +2,7 @@
 
 choices      the vote vocabulary (a, b, tie, both_bad), defined once
 schema       the database: URL, append-only tables, engine
-files        durable clip files: content-addressed WAV bytes, atomic writes
+files        durable clip files: WAV bytes named by what they are and who made them, atomic writes
 store        VoteStore: clips, votes, ratings, the session secret, effective votes, stats
 rows         what training reads: vote and rating rows from a JSONL file or a store; the vote export
 leaderboard  Bradley-Terry ratings of models from votes (pure functions)

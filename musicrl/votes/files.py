@@ -1,4 +1,4 @@
-"""Durable files of the vote store: clip WAV bytes (deterministic, so their hash is a content id), a
+"""Durable files of the vote store: clip WAV bytes (deterministic, so they hash into the clip's id), a
 clip's codec tokens (`CODES_SUFFIX`, a NumPy .npy file beside its WAV) and atomic writes (temp file,
 fsync, rename, fsync of the directory), so no reader sees a partial file."""
 
@@ -16,7 +16,7 @@ from musicrl.errors import UserError
 
 
 def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
-    """Mono float audio [S] -> 16-bit PCM WAV bytes (deterministic, so the hash is a content id)."""
+    """Mono float audio [S] -> 16-bit PCM WAV bytes (deterministic: `clip_id` hashes them)."""
     import soundfile as sf
 
     a = np.asarray(audio)
@@ -32,6 +32,21 @@ def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, pcm, int(sample_rate), format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+def clip_id(wav: bytes, identity: dict, key: bytes) -> str:
+    """A clip's id: an HMAC (keyed by the store's secret) of its WAV bytes and of who made it and how
+    (model, version, prompt, seed, settings, as canonical JSON). The same clip stored twice is one
+    clip; the same audio made by another model or for another prompt (a degenerate model's silence,
+    two identical checkpoints) is another clip, so a vote on it names the model that made it. The key
+    keeps the arena blind: a client holding a clip and its id cannot test a guess of the model."""
+    import hashlib
+    import hmac
+    import json
+
+    h = hmac.new(key, wav, hashlib.sha256)
+    h.update(b"\0" + json.dumps(identity, sort_keys=True, separators=(",", ":")).encode())
+    return h.hexdigest()
 
 
 CODES_SUFFIX = ".codes.npy"  # clips/ab/<id>.wav -> clips/ab/<id>.codes.npy: the tokens it was decoded from

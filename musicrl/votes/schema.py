@@ -53,7 +53,7 @@ metadata = MetaData()
 clips_table = Table(
     "clips",
     metadata,
-    Column("id", String(64), primary_key=True),  # sha256 of the WAV bytes
+    Column("id", String(64), primary_key=True),  # opaque: HMAC of the WAV and who made it (files.clip_id); older stores' plain sha256 of the WAV
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("model_id", String(512), nullable=False),
     Column("model_version", String(128), nullable=False),

@@ -1,4 +1,4 @@
-"""The durable vote store: clips (content-addressed WAV files + rows), A/B votes, quality ratings.
+"""The durable vote store: clips (WAV files named by a keyed hash + rows), A/B votes, quality ratings.
 
 The database and its append-only tables are `musicrl.votes.schema`; what training reads out of the
 store (and the export files) is `musicrl.votes.rows`. This API has no update or delete either, so a
@@ -28,7 +28,7 @@ import os
 import re
 import secrets
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -40,6 +40,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from musicrl.errors import UserError
 from musicrl.votes.choices import CHOICES, SIDES
 from musicrl.votes.files import CODES_SUFFIX, codes_bytes, regular_file_in, wav_bytes, write_atomic
+from musicrl.votes.files import clip_id as files_clip_id  # (add_clip's local is clip_id)
 from musicrl.votes.rows import EXPORT_FORMATS, export_votes
 from musicrl.votes.schema import (
     DEFAULT_LOCK_TIMEOUT_S,
@@ -69,6 +70,9 @@ class ClipRecord:
     duration_s: float
     sample_rate: int
     created_at: datetime
+    # the SHA-256 of the WAV bytes, for a client to check a download (the id is keyed, so it cannot);
+    # known where the bytes were at hand (add_clip), None for a record read back from the database
+    sha256: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -339,10 +343,12 @@ class VoteStore:
         codes: np.ndarray | None = None,
     ) -> ClipRecord:
         """Store a clip: its WAV and, when given, the codes [K, T] it was decoded from (`codes_path`),
-        atomically, first; then its row. Same audio -> same id, stored once (its first codes kept)."""
+        atomically, first; then its row. The id hashes the WAV and who made it (`files.clip_id`): the
+        same clip again is stored once (its first codes kept). The record carries the WAV's SHA-256."""
         texts = [clean_text(x, what) for x, what in ((prompt, "prompt"), (model_id, "model id"), (model_version, "model version"))]
         data = wav_bytes(audio, sample_rate)
-        clip_id = hashlib.sha256(data).hexdigest()
+        identity = dict(model_id=texts[1], model_version=texts[2], prompt=texts[0], seed=int(seed), settings=_jsonable(settings))
+        clip_id = files_clip_id(data, identity, self.derive_key("clip id"))
         files = [(self.clip_path(clip_id), data)]
         if codes is not None:
             files.append((self.codes_path(clip_id), codes_bytes(codes)))
@@ -355,11 +361,7 @@ class VoteStore:
         row = dict(
             id=clip_id,
             created_at=_utcnow(),
-            model_id=texts[1],
-            model_version=texts[2],
-            prompt=texts[0],
-            seed=int(seed),
-            settings=_jsonable(settings),
+            **identity,
             duration_s=float(np.asarray(audio).size / int(sample_rate)),
             sample_rate=int(sample_rate),
         )
@@ -368,8 +370,8 @@ class VoteStore:
                 if conn.execute(select(clips_table.c.id).where(clips_table.c.id == clip_id)).first() is None:
                     conn.execute(clips_table.insert().values(**row))
         except IntegrityError:
-            pass  # inserted concurrently by someone else: the same content, so the same clip
-        return self.clip(clip_id)
+            pass  # inserted concurrently by someone else: the same id, so the same clip
+        return replace(self.clip(clip_id), sha256=hashlib.sha256(data).hexdigest())
 
     def clip(self, clip_id: str) -> ClipRecord:
         _check_clip_id(clip_id)
