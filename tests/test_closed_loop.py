@@ -115,3 +115,24 @@ def test_round2_curve_says_when_the_intervals_came_apart(tmp_path):
 
     full = {r.model: r for r in leaderboard([r for r in rows if {r[0], r[1]} == {"run", "tiny"}]).ratings}
     assert last["retrained"][0] == round(full["run"].rating, 1)  # the last point is the leaderboard of all round-2 votes
+
+
+def test_expected_share_is_what_the_panels_ballots_converge_to():
+    from musicrl.tiny.simulate import Panel, expected_share
+
+    rng = np.random.default_rng(3)
+    keys = ("tempo", "register", "mode", "drums")  # what raters hear in a model's clip
+
+    def heard():
+        return {k: synth.sample_attributes(rng).to_dict()[k] for k in keys}
+
+    pairs = [(synth.caption(synth.sample_attributes(rng), rng, "train"), heard(), heard()) for _ in range(300)]
+    panel = Panel.default(5, seed=0)
+    e = expected_share(panel, pairs)
+    assert e["ci95"][0] < e["share"] < e["ci95"][1] and 0 < e["p_decisive"] < 1
+    swapped = expected_share(panel, [(p, b, a) for p, a, b in pairs])
+    assert abs(swapped["share"] - (1 - e["share"])) < 1e-3 and swapped["p_decisive"] == e["p_decisive"]
+    votes = [panel.ballot(p, None, None, heard=(a, b))[1] for _ in range(30) for p, a, b in pairs]
+    realised = votes.count("b") / (votes.count("a") + votes.count("b"))
+    assert abs(realised - e["share"]) < 0.02  # 9,000 ballots: a standard error of about 0.006
+    assert abs(votes.count("tie") / len(votes) - (1 - e["p_decisive"])) < 0.02

@@ -85,6 +85,9 @@ def _tiny_judgements(args: argparse.Namespace, samples: list, report: dict) -> l
             v = report["panel"][pair] = panel_single_pairs(Panel.default(args.raters), samples[0], s)
             lines.append(f"{'panel':>12}  {pair}: {v['decisive_win']:.0%} of {v['a'] + v['b']} decisive votes "
                          f"(95% CI {v['ci95'][0]:.0%}–{v['ci95'][1]:.0%}; {v['tie']} ties) on {v['pairs']} single pairs")
+            if (e := v["expected"])["share"] is not None:
+                lines.append(f"{'':>12}  the panel expects {e['share']:.1%} (95% CI {e['ci95'][0]:.1%}–{e['ci95'][1]:.1%} "
+                             f"over the pairs) with {e['p_decisive']:.0%} decisive: the same pairs without the ballots' noise")
     return lines
 
 

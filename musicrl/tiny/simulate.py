@@ -320,39 +320,55 @@ def raters_judge(panel: Panel):
     return score
 
 
+def expected_share(panel: Panel, pairs, resamples: int = 2000) -> dict:
+    """What `panel` expects on single pairs (prompt, heard_a, heard_b), the voter drawn at random:
+    b's share of the decisive votes, sum_i w_i (1 - q_i) / sum_i w_i (q_i = P(a | no tie), w_i = P(no
+    tie)), with a 95% bootstrap interval over the pairs, and P(no tie). It has no ballot noise: only
+    the clips' own spread, so it needs far fewer pairs than realised votes to show the same edge."""
+    qw = np.array([(q, w) for q, w in (panel.prob_a(p, ha, hb) for p, ha, hb in pairs) if q is not None]).reshape(-1, 2)
+    n = len(pairs)
+    if not len(qw):
+        return {"share": None, "ci95": [None, None], "p_decisive": 0.0 if n else None}
+    win, w = (1 - qw[:, 0]) * qw[:, 1], qw[:, 1]
+    idx = np.random.default_rng(0).integers(len(w), size=(resamples, len(w)))  # fixed: a report is reproducible
+    boot = win[idx].sum(1) / w[idx].sum(1)
+    return {"share": round(float(win.sum() / w.sum()), 4), "ci95": [round(float(x), 4) for x in np.quantile(boot, [0.025, 0.975])],
+            "p_decisive": round(float(w.sum() / n), 4)}  # fmt: skip
+
+
 def panel_expectation(votes_jsonl: Path, base: str, voters: int) -> dict:
     """What the panel expects on the round-2 pairs (base vs another model): P(the other clip wins | no
-    tie), P(no tie), and the population's mean utility of each side's clips."""
+    tie) with its 95% interval over the pairs, P(no tie), and the population's mean utility of each side's clips."""
     from musicrl.audio import read_wav
 
     panel, population = Panel.default(voters, seed=0), Rater(POPULATION_TASTE)
     rows = [json.loads(line) for line in votes_jsonl.read_text().splitlines()]
     rows = [r for r in rows if r["model_a"] != r["model_b"] and base in (r["model_a"], r["model_b"])]
-    p_new, w_sum, u = 0.0, 0.0, {"base": [], "retrained": []}
+    pairs, u = [], {"base": [], "retrained": []}
     for r in rows:
         heard = {k: perceive(Clip(*read_wav(r[k]))) for k in ("clip_a", "clip_b")}
-        new_is_a = r["model_a"] != base
-        q, w = panel.prob_a(r["prompt"], heard["clip_a"], heard["clip_b"])
-        if q is not None:
-            p_new, w_sum = p_new + w * (q if new_is_a else 1 - q), w_sum + w
-        u["retrained" if new_is_a else "base"].append(population.value(heard["clip_a"], r["prompt"]))
-        u["base" if new_is_a else "retrained"].append(population.value(heard["clip_b"], r["prompt"]))
-    return {"pairs": len(rows), "p_retrained_wins_decisive": round(p_new / w_sum, 4) if w_sum else None,
-            "p_decisive": round(w_sum / len(rows), 4) if rows else None,
+        new, old = ("clip_a", "clip_b") if r["model_a"] != base else ("clip_b", "clip_a")
+        pairs.append((r["prompt"], heard[old], heard[new]))  # b is the retrained side
+        u["retrained"].append(population.value(heard[new], r["prompt"]))
+        u["base"].append(population.value(heard[old], r["prompt"]))
+    e = expected_share(panel, pairs)
+    return {"pairs": len(rows), "p_retrained_wins_decisive": e["share"], "ci95": e["ci95"], "p_decisive": e["p_decisive"],
             "population_utility": {k: round(float(np.mean(v)), 4) for k, v in u.items() if v}}  # fmt: skip
 
 
 def panel_single_pairs(panel: Panel, a, b) -> dict:
     """One ballot from the panel on each single pair of clips (row i of `a` against row i of `b`,
     `musicrl.train.evaluate.Samples` of the same prompts and seeds), as the arena collects them:
-    b's share of the decisive votes, with its 95% Wilson interval."""
+    b's share of the decisive votes, with its 95% Wilson interval; and `expected`, the share the
+    panel expects on the same pairs without the ballots' noise (`expected_share`)."""
     from musicrl.train.evaluate import wilson
 
-    counts = {"a": 0, "b": 0, "tie": 0}
+    counts, heard = {"a": 0, "b": 0, "tie": 0}, []
     for p, xa, xb in zip(a.prompts, a.audio, b.audio):
-        clips = (Clip(xa[0].float().cpu().numpy(), a.sample_rate), Clip(xb[0].float().cpu().numpy(), b.sample_rate))
-        counts[panel.ballot(p, *clips)[1]] += 1
+        ha, hb = (perceive(Clip(x[0].float().cpu().numpy(), s.sample_rate)) for x, s in ((xa, a), (xb, b)))
+        heard.append((p, ha, hb))
+        counts[panel.ballot(p, None, None, heard=(ha, hb))[1]] += 1
     decisive = counts["a"] + counts["b"]
     lo, hi = wilson(counts["b"], decisive)
     return {**counts, "pairs": len(a.prompts), "decisive_win": counts["b"] / decisive if decisive else float("nan"),
-            "ci95": [lo, hi]}  # fmt: skip
+            "ci95": [lo, hi], "expected": expected_share(panel, heard)}  # fmt: skip
