@@ -70,6 +70,19 @@ def test_at_step_zero_the_implicit_rewards_are_zero_and_the_loss_is_ln2(tmp_path
     assert m2["kl"] > 0 and m2["rewards/chosen"] != 0  # the policy has moved
 
 
+def test_rpo_adds_the_chosen_clips_per_token_nll_to_each_decisive_pair(tmp_path, random_musicgen_dir, sampled):
+    pairs = pairs_of(sampled, tie_last=True)
+    plain = make(tmp_path / "plain", random_musicgen_dir, pairs, loss="ipo", ties="zero_margin").score(pairs)
+    rpo = make(tmp_path / "rpo", random_musicgen_dir, pairs, loss="ipo", ties="zero_margin", rpo_alpha=0.7).score(pairs)
+    nll = -plain["logp_c"] / plain["tokens_c"]  # [P] per token, the chosen clip's
+    assert (nll > 0).all()
+    want = plain["loss"] + 0.7 * torch.where(plain["tie"], 0.0, nll)  # the tie (last pair) has no chosen clip
+    torch.testing.assert_close(rpo["loss"], want)
+    assert rpo["loss"][-1] == plain["loss"][-1] and (rpo["loss"][:-1] > plain["loss"][:-1]).all()
+    with pytest.raises(UserError, match="rpo_alpha must be >= 0"):
+        DPOConfig(votes="v.jsonl", rpo_alpha=-0.1)
+
+
 def test_chosen_and_rejected_log_probs_are_the_rl_trainers_teacher_forced_ones(tmp_path, random_musicgen_dir, sampled):
     tr = make(tmp_path, random_musicgen_dir, pairs_of(sampled))
     pairs = tr.pairs

@@ -142,6 +142,8 @@ class DPOTrainer:
         out["loss"] = preference_loss(out["logp_c"] - out["ref_c"], out["logp_r"] - out["ref_r"], out["tie"], loss=cfg.loss,
                                       beta=cfg.beta, label_smoothing=cfg.label_smoothing, tokens_chosen=out["tokens_c"],
                                       tokens_rejected=out["tokens_r"])  # fmt: skip
+        if cfg.rpo_alpha:  # a kept tie has no chosen clip to pull up
+            out["loss"] = out["loss"] + cfg.rpo_alpha * torch.where(out["tie"], 0.0, -out["logp_c"] / out["tokens_c"])
         return out
 
     def summary(self, s: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:

@@ -41,6 +41,10 @@ class DPOConfig:
     """How far the policy may move from the reference: larger beta, smaller moves (DPO's KL weight)."""
     label_smoothing: float = 0.1
     """loss=conservative: the assumed share of votes that are flipped (noisy raters), in [0, 0.5)."""
+    rpo_alpha: float = 0.0
+    """Weight of an NLL term on the chosen clip, -log pi(chosen) per token, added to each decisive
+    pair's loss (RPO, Pang et al. 2024; TRL's `rpo_alpha`). DPO alone lowers the chosen clips'
+    likelihood along with the rejected ones'; this keeps pulling the voted-for clips up. 0 = off."""
     ties: str = "drop"
     """'drop': tie votes are not trained on; 'zero_margin' (IPO only): a tie pulls the two clips'
     implicit rewards together (target h = 0). Both-bad votes are always dropped: they say nothing
@@ -99,6 +103,8 @@ class DPOConfig:
             bad(f"beta must be > 0, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
             bad(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if not (self.rpo_alpha >= 0 and self.rpo_alpha < float("inf")):
+            bad(f"rpo_alpha must be >= 0, got {self.rpo_alpha}")
         if not 0 <= self.eval_fraction < 1:
             bad(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         check_counts(self, ("steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every", "keep_checkpoints"))
