@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="name=model pairs; names clap, quality, or anything else for a preference model dir")
     p.add_argument("--raters", type=int, default=0,
                    help="tiny world: also judge with a default panel of N simulated raters (their utility, and "
-                        "one panel ballot on each single pair of clips)")
+                        "one panel ballot on each single pair of clips, with the share of decisive votes the panel "
+                        "expects on those pairs: compare models by that, not by the ballots)")
     p.add_argument("--adherence", action="store_true",
                    help="tiny world: the share of clips that have the tempo, register, mode and drums their "
                         "prompt names, per model, and its change on the same prompts and seeds")
@@ -69,7 +70,7 @@ def _judges(spec: str, raters: int, device):
 
 def _tiny_judgements(args: argparse.Namespace, samples: list, report: dict) -> list[str]:
     """The tiny world's judgements of single pairs, added to `report`: per-attribute adherence
-    (--adherence) and one panel ballot per pair (--raters). Returns the lines to print."""
+    (--adherence) and one panel ballot per pair with the panel's expected share (--raters). Returns the lines to print."""
     lines = []
     if args.adherence:
         from musicrl.tiny.adherence import adherence_report, format_adherence
