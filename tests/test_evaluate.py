@@ -20,7 +20,9 @@ def test_compare_counts_wins_ties_and_losses():
     w = r["win_rates"]["loud"]["B over A"]
     assert (w["win"], w["tie"], w["loss"]) == (0.5, 0.25, 0.25)
     lo, hi = w["win_ci95"]
-    assert lo < 0.625 < hi  # ties count half inside the interval's centre
+    assert w["score"] == 0.625 and lo < 0.625 < hi  # ties count half, in the score and its interval
+    line = next(x for x in ev.format_report(r).splitlines() if "B over A: single pairs" in x)
+    assert f"a tie as half a win: 62% (95% CI {lo:.0%}–{hi:.0%})" in line  # the interval printed beside its own score
     assert r["rewards"]["loud"]["A"]["mean"] == np.float32(0.1).item() or abs(r["rewards"]["loud"]["A"]["mean"] - 0.1) < 1e-6
     assert w["pairs"] == 8 and w["per_prompt_mean"]["pairs"] == 4  # single pairs of clips, and prompts
     assert w["per_prompt_mean"]["by_samples"] == {"1": 0.625, "2": 0.625}  # n = 2: the full mean again, ties half
@@ -40,7 +42,7 @@ def test_single_pairs_and_per_prompt_means_can_disagree():
     w = ev.compare([a, b], judges, n=2)["win_rates"]["loud"]["B over A"]
     assert (w["win"], w["loss"], w["pairs"]) == (0.5, 0.5, 8)
     assert w["per_prompt_mean"]["win"] == 1.0
-    assert "single pairs win 50%" in ev.format_report(ev.compare([a, b], judges, n=2))
+    assert "single pairs win 50%, tie 0%, loss 50% of 8" in ev.format_report(ev.compare([a, b], judges, n=2))
 
 
 def test_win_rate_by_samples_uses_each_prompts_first_clips():

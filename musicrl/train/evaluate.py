@@ -100,12 +100,13 @@ def compare(samples: list[Samples], judges: dict, n: int) -> dict:
 
 
 def win_rate(a: np.ndarray, b: np.ndarray) -> dict:
-    """b against a, pair by pair: shares of wins, ties (equal to 1e-9) and losses, and the 95% Wilson
-    interval of the win rate counting a tie as half a win."""
+    """b against a, pair by pair: shares of wins, ties (equal to 1e-9) and losses; `score`, the win
+    rate counting a tie as half a win, and its 95% Wilson interval `win_ci95`."""
     wins, ties = _wins(a, b)
     N = len(a)
     lo, hi = wilson(wins + 0.5 * ties, N)
-    return {"win": wins / N, "tie": ties / N, "loss": (N - wins - ties) / N, "win_ci95": [lo, hi], "pairs": N}
+    return {"win": wins / N, "tie": ties / N, "loss": (N - wins - ties) / N, "score": (wins + 0.5 * ties) / N,
+            "win_ci95": [lo, hi], "pairs": N}
 
 
 def _wins(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
@@ -309,8 +310,9 @@ def format_report(report: dict) -> str:
 
 
 def _fmt_win(w: dict) -> str:
-    return (f"win {w['win']:.0%} (95% CI {w['win_ci95'][0]:.0%}–{w['win_ci95'][1]:.0%}), tie {w['tie']:.0%}, "
-            f"loss {w['loss']:.0%} of {w['pairs']}")
+    text = f"win {w['win']:.0%}, tie {w['tie']:.0%}, loss {w['loss']:.0%} of {w['pairs']}"
+    score = w.get("score", w["win"] + w["tie"] / 2)  # (reports written before `score` was kept)
+    return text + f"; a tie as half a win: {score:.0%} (95% CI {w['win_ci95'][0]:.0%}–{w['win_ci95'][1]:.0%})"
 
 
 def save_report(report: dict, path: str | Path) -> None:
