@@ -8,6 +8,8 @@ people (panel seed 1; eval uses seed 0), as an RM trained on many people's votes
 the `rl/musicrl-u` preset (4 prompts x 4 samples of 4 s, guidance 3, kl_coef 0.02).
 
     python experiments/oracle_u.py --steps 300 --out runs/oracle_u
+    python experiments/oracle_u.py --steps 150 --lr 5e-4 --samples-per-prompt 8 --normalize-advantages prompt \
+        --ema-decay 0.98 --out runs/oracle_u_strong     # the oracle-adherence preset's trainer settings
     musicrl eval --models tiny,runs/oracle_u/checkpoints/step-000300 \
         --prompts benchmarks/results/rl_tiny/unseen_train_words.txt --rewards clap=tiny --raters 5 --num-samples 4
 
@@ -27,6 +29,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--samples-per-prompt", type=int, default=4)
+    p.add_argument("--normalize-advantages", default="batch", choices=("batch", "prompt", "none"))
+    p.add_argument("--ema-decay", type=float, default=0.0, help="checkpoints hold an EMA of the weights (0: off)")
     p.add_argument("--out", default="runs/oracle_u")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
     args = p.parse_args(argv)
@@ -46,8 +51,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     # `reward` must name a valid combination; it is not built, the oracle below is passed instead
     cfg = RLConfig(reward={"components": {"clap": {}}}, model="tiny", prompts="synth", out_dir=args.out,
-                   steps=args.steps, prompts_per_step=4, samples_per_prompt=4, duration_s=4.0, guidance_scale=3.0,
-                   kl_coef=0.02, lr=args.lr, eval_every=10**6, checkpoint_every=50, keep_checkpoints=20)  # fmt: skip
+                   steps=args.steps, prompts_per_step=4, samples_per_prompt=args.samples_per_prompt, duration_s=4.0,
+                   guidance_scale=3.0, kl_coef=0.02, lr=args.lr, normalize_advantages=args.normalize_advantages,
+                   ema_decay=args.ema_decay, eval_every=10**6, checkpoint_every=50, keep_checkpoints=20)  # fmt: skip
     oracle = WeightedReward({"raters": raters_judge(Panel.default(5, 0.35, seed=1))}, {"raters": 1.0})
     RLTrainer(cfg, *rl_prompts(cfg), reward=oracle).train(progress=True)
     return 0
