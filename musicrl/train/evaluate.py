@@ -310,9 +310,8 @@ def format_report(report: dict) -> str:
 
 
 def _fmt_win(w: dict) -> str:
-    text = f"win {w['win']:.0%}, tie {w['tie']:.0%}, loss {w['loss']:.0%} of {w['pairs']}"
-    score = w.get("score", w["win"] + w["tie"] / 2)  # (reports written before `score` was kept)
-    return text + f"; a tie as half a win: {score:.0%} (95% CI {w['win_ci95'][0]:.0%}–{w['win_ci95'][1]:.0%})"
+    return (f"win {w['win']:.0%}, tie {w['tie']:.0%}, loss {w['loss']:.0%} of {w['pairs']}; "
+            f"a tie as half a win: {w['score']:.0%} (95% CI {w['win_ci95'][0]:.0%}–{w['win_ci95'][1]:.0%})")
 
 
 def save_report(report: dict, path: str | Path) -> None:
