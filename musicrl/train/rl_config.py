@@ -57,11 +57,7 @@ class RLConfig:
     kl_estimator: str = "exact"
     """'exact': full-codebook KL per step in the loss; 'sampled': sum of log pi - log ref in the reward."""
     baseline: str = "rloo"
-    """'rloo' (leave-one-out mean of the other samples), 'value' (learned, on the prompt), 'best' or
-    'none'. 'best' is rejection-sampling fine-tuning (RAFT, ReST): the highest-scored of each prompt's
-    k samples gets advantage 1 and the others 0, so the update only raises the likelihood of clips the
-    policy drew and the reward ranked first: it distils best-of-k, whose KL to the policy is at most
-    log k - (k - 1)/k nats. A flat group (all k equal) gets 0. Use with normalize_advantages 'none'."""
+    """'rloo' (leave-one-out mean of the other samples), 'value' (learned, on the prompt) or 'none'."""
     normalize_advantages: str = "batch"
     """'batch': divide advantages by their standard deviation over the batch; 'prompt': by their
     standard deviation over each prompt's k samples (GRPO's), so every prompt weighs the same
@@ -130,12 +126,12 @@ class RLConfig:
             bad("the exact KL needs the full distribution: set top_k=0 and top_p=0, or kl_estimator=sampled")
         if self.normalize_advantages not in ("batch", "prompt", "none"):
             bad(f"normalize_advantages must be 'batch', 'prompt' or 'none', got {self.normalize_advantages!r}")
-        if self.baseline not in ("rloo", "value", "best", "none"):
-            bad(f"baseline must be 'rloo', 'value', 'best' or 'none', got {self.baseline!r}")
+        if self.baseline not in ("rloo", "value", "none"):
+            bad(f"baseline must be 'rloo', 'value' or 'none', got {self.baseline!r}")
         if self.objective not in ("reward", "online_dpo", "nash_md"):
             bad(f"objective must be 'reward', 'online_dpo' or 'nash_md', got {self.objective!r}")
-        if self.objective == "reward" and self.baseline in ("rloo", "best") and self.samples_per_prompt < 2:
-            bad(f"the {self.baseline!r} baseline needs samples_per_prompt >= 2")
+        if self.objective == "reward" and self.baseline == "rloo" and self.samples_per_prompt < 2:
+            bad("the RLOO baseline needs samples_per_prompt >= 2")
         if self.skip_flat_groups and self.fsdp:
             bad("skip_flat_groups does not work with fsdp (FSDP needs every process to run the same passes)")
         if self.skip_flat_groups and self.objective != "reward":

@@ -5,9 +5,8 @@ One step, top to bottom (`RLTrainer.step`):
      current policy with the sampling distribution of the config (guided when guidance_scale > 1:
      log-probs and KL are then those of the guided distribution actually sampled);
   2. decode with the frozen codec, score with the reward (rewards only see audio);
-  3. advantages: leave-one-out baseline over the k samples of a prompt (RLOO), a learned value
-     baseline on the prompt (the paper's), 1 for each prompt's best sample and 0 for the rest
-     (rejection-sampling fine-tuning), or none;
+  3. advantages: leave-one-out baseline over the k samples of a prompt (RLOO), or a learned value
+     baseline on the prompt (the paper's), or none;
   4. update: policy-gradient (PPO-clipped when `ppo_epochs` > 1) + `kl_coef` * KL(pi || ref), the KL
      exact over the full codebook at every step (the paper's) or the sampled estimator folded into
      the reward; gradient accumulation over micro-batches.
@@ -312,10 +311,6 @@ class RLTrainer:
         if self.cfg.baseline == "rloo":
             r = reward.view(-1, k)  # [P, k]
             adv = (r - (r.sum(1, keepdim=True) - r) / (k - 1)).view(-1)
-        elif self.cfg.baseline == "best":  # 1 for the first-ranked of each prompt's k, 0 for the rest
-            r = reward.view(-1, k)  # [P, k]
-            top = torch.nn.functional.one_hot(r.argmax(1), k).to(r.dtype)  # [P, k]
-            adv = (top * ((r.max(1).values - r.min(1).values) > 1e-6)[:, None]).view(-1)  # a flat group: 0
         elif self.cfg.baseline == "value":
             with torch.no_grad():
                 states, mask = self.policy.encode_text(prompts)
