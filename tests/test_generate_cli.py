@@ -45,6 +45,40 @@ def test_generate_writes_wavs_and_sidecars(random_musicgen_dir, tmp_path, capsys
     np.testing.assert_allclose(again, sf.read(wavs[1])[0], atol=1e-4)
 
 
+def test_best_of_writes_each_groups_highest_scored_clip(random_musicgen_dir, tmp_path):
+    from musicrl.commands.common import load_rewards
+    from musicrl.model.generator import Generator
+
+    prompt, out = "slow dark piano", tmp_path / "best"
+    rc = main(["generate", prompt, "--model", str(random_musicgen_dir), "--duration", "0.5", "--num-samples", "2",
+               "--best-of", "3", "--seed", "10", "--rerank", "clap=tiny", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    # every candidate, scored as the command scores them: clip j picks among seeds 10+3j .. 12+3j
+    clips = Generator.from_pretrained(str(random_musicgen_dir)).generate(prompt, 6, 0.5, seed=10)
+    clap = load_rewards("clap=tiny", "--rerank", "cpu")["clap"]
+    with torch.no_grad():
+        scores = clap(torch.from_numpy(np.stack([c.audio for c in clips]))[:, None], clips[0].sample_rate, [prompt] * 6)
+    best = [10 + int(scores[:3].argmax()), 13 + int(scores[3:].argmax())]
+    metas = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    assert sorted(m["seed"] for m in metas) == best
+    for m in metas:
+        assert m["best_of"] == 3 and m["rerank"] == "clap=tiny"
+        assert m["candidate_seeds"] == ([10, 11, 12] if m["seed"] < 13 else [13, 14, 15])
+        assert m["scores"]["clap"] == pytest.approx(float(scores[m["seed"] - 10]), abs=1e-4)
+        assert m["scores"]["clap"] == pytest.approx(max(float(scores[s - 10]) for s in m["candidate_seeds"]), abs=1e-4)
+
+
+def test_best_of_weighs_rewards_by_their_spread_not_their_scale():
+    from musicrl.rewards.rerank import best_of
+
+    big = torch.tensor([0.0, 100.0, 40.0, 1.0, 2.0, 3.0])  # on a scale 100x the other's
+    small = torch.tensor([0.5, 0.0, 0.9, 0.0, 0.0, 0.0])
+    assert best_of({"big": big}, 3).tolist() == [1, 5]
+    # standardised, clip 2 (second on both) beats clip 1 (first on big, last on small)
+    assert best_of({"big": big, "small": small}, 3).tolist() == [2, 5]
+    assert best_of({"big": big}, 1).tolist() == list(range(6))
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -56,6 +90,9 @@ def test_generate_writes_wavs_and_sidecars(random_musicgen_dir, tmp_path, capsys
         (["x", "--model", "nobody/no-such-model"], "hub is unreachable"),
         (["x", "--out", "/proc/forbidden"], "cannot create output directory"),
         (["x", "--num-samples", "0"], "--num-samples must be >= 1"),
+        (["x", "--best-of", "0"], "--best-of must be >= 1"),
+        (["x", "--best-of", "2", "--rerank", "clap"], "--rerank item 'clap' is not name=model"),
+        (["x", "--best-of", "2", "--rerank", "mine=/no/such/rm"], "/no/such/rm"),
     ],
 )
 def test_bad_input_gets_one_line_error(random_musicgen_dir, args, message):

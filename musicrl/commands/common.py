@@ -1,4 +1,4 @@
-"""Arguments and checks that several commands share: device, CPU threads, output directories."""
+"""Arguments and checks that several commands share: device, CPU threads, output directories, rewards."""
 
 from __future__ import annotations
 
@@ -55,3 +55,20 @@ def writable_dir(path: str | Path) -> Path:
     if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
         raise UserError(f"output directory {out} is not writable")
     return out
+
+
+def load_rewards(spec: str, flag: str, device) -> dict:
+    """'name=model,...' -> {name: reward (audio [B, 1, S], sample rate, prompts) -> [B]}: `clap` and
+    `quality` by their names, any other name a preference model (`musicrl train-reward preference`).
+    One CLAP backbone is shared by the components that name the same one. `flag` names the option in errors."""
+    comps = {}
+    for item in filter(None, spec.split(",")):
+        name, _, model = item.partition("=")
+        if not name or not model:
+            raise UserError(f"{flag} item {item!r} is not name=model (e.g. clap=tiny)")
+        comps[name] = {"type": name if name in ("clap", "quality") else "preference", "model": model}
+    if not comps:
+        raise UserError(f"{flag} names no reward (e.g. clap=tiny)")
+    from musicrl.rewards.combine import build_reward
+
+    return build_reward({"components": comps, "normalize": False}, device).eval().rewards

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from musicrl.commands.common import add_device, add_threads, apply_threads
+from musicrl.commands.common import add_device, add_threads, apply_threads, load_rewards
 from musicrl.errors import UserError
 from musicrl.model.device import resolve_device
 
@@ -46,19 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _judges(spec: str, raters: int, device):
-    from musicrl.rewards.combine import build_reward
-
-    judges = {}
-    if spec:
-        comps = {}
-        for item in spec.split(","):
-            if "=" not in item:
-                raise UserError(f"--rewards item {item!r} is not name=model")
-            name, model = item.split("=", 1)
-            kind = name if name in ("clap", "quality") else "preference"
-            comps[name] = {"type": kind, "model": model}
-        combo = build_reward({"components": comps, "normalize": False}, device).eval()
-        judges.update(combo.rewards)
+    judges = load_rewards(spec, "--rewards", device) if spec else {}
     if raters:
         from musicrl.tiny.simulate import Panel, raters_judge
 

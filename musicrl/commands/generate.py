@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from musicrl.commands.common import add_device, add_threads, apply_threads, writable_dir
+from musicrl.commands.common import add_device, add_threads, apply_threads, load_rewards, writable_dir
 from musicrl.errors import UserError
 from musicrl.model.device import resolve_device
 
@@ -21,6 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=250, help="0 = off (default 250)")
     p.add_argument("--top-p", type=float, default=0.0, help="0 = off (default)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale; 1 = off (default 3)")
+    p.add_argument("--best-of", type=int, default=1, metavar="N",
+                   help="draw N clips for each one written and keep the one --rerank scores highest (default 1: "
+                        "no reranking). Clip j is picked among seeds SEED+jN .. SEED+jN+N-1")
+    p.add_argument("--rerank", default="clap=tiny",
+                   help="with --best-of: name=model pairs scoring the clips, as `musicrl eval --rewards`: clap, "
+                        "quality, or any other name for a preference model directory; several are standardised "
+                        "and summed (default clap=tiny: the clip that best fits the prompt)")
     add_device(p)
     add_threads(p)
 
@@ -32,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--duration must be > 0, got {args.duration:g}")
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.best_of < 1:
+        raise UserError(f"--best-of must be >= 1, got {args.best_of}")
     apply_threads(args.threads, [args.model])
     out = writable_dir(args.out)
 
@@ -46,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
     if args.duration > gen.max_duration_s + 1e-6:
         raise UserError(f"--duration {args.duration:g} s is beyond this model's maximum of {gen.max_duration_s:.1f} s")
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance)
-    clips = gen.generate(args.prompt, args.num_samples, args.duration, args.seed, progress=True, **settings)
+    rerank = load_rewards(args.rerank, "--rerank", device) if args.best_of > 1 else None
+    clips = gen.generate(args.prompt, args.num_samples * args.best_of, args.duration, args.seed, progress=True, **settings)
+    picks = {}
+    if rerank:
+        clips, picks = _best_of(clips, args.prompt, args.best_of, rerank, args.rerank)
     for clip in clips:
         stem = out / f"{_slug(args.prompt)}-seed{clip.seed}"
         write_wav(stem.with_suffix(".wav"), clip.audio, clip.sample_rate)
@@ -54,11 +67,28 @@ def run(args: argparse.Namespace) -> int:
         write_atomic(codes, codes_bytes(clip.codes))
         meta = {
             "prompt": args.prompt, "model": args.model, "model_version": gen.version, "seed": clip.seed,
-            "sample_rate": clip.sample_rate, **clip.settings, "codes": codes.name,
+            "sample_rate": clip.sample_rate, **clip.settings, "codes": codes.name, **picks.get(clip.seed, {}),
         }  # fmt: skip
         stem.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
         print(stem.with_suffix(".wav"))
     return 0
+
+
+def _best_of(clips: list, prompt: str, n: int, rewards: dict, spec: str) -> tuple[list, dict]:
+    """The pick of each run of n consecutive clips, and {seed: what its sidecar records of the pick}."""
+    import numpy as np
+    import torch
+
+    from musicrl.rewards.rerank import best_of
+
+    audio = torch.from_numpy(np.stack([c.audio for c in clips]))[:, None]  # [G*n, 1, S]
+    with torch.no_grad():
+        scores = {name: r(audio, clips[0].sample_rate, [prompt] * len(clips)).float().cpu() for name, r in rewards.items()}
+    picked = best_of(scores, n).tolist()
+    info = {clips[i].seed: {"best_of": n, "rerank": spec, "scores": {k: round(float(v[i]), 4) for k, v in scores.items()},
+                            "candidate_seeds": [c.seed for c in clips[i - i % n : i - i % n + n]]}
+            for i in picked}  # fmt: skip
+    return [clips[i] for i in picked], info
 
 
 def _slug(text: str, limit: int = 40) -> str:
