@@ -2,7 +2,7 @@
 
 No training: the pick's distribution is at most log n - (n - 1)/n nats per clip from the model's own
 (1.2 nats at n = 8), so it is both the cheapest alignment there is and the yardstick an RL run is
-held against (docs/results/rl-adherence.md). With several rewards, each is standardised over all the
+held against (docs/results/best-of-n.md). With several rewards, each is standardised over all the
 clips scored together and the standardised scores are summed, so no reward wins by its scale alone.
 """
 

@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerank", default="clap=tiny",
                    help="with --best-of: name=model pairs scoring the clips, as `musicrl eval --rewards`: clap, "
                         "quality, or any other name for a preference model directory; several are standardised "
-                        "and summed (default clap=tiny: the clip that best fits the prompt)")
+                        "and summed (default clap=tiny: the clip that best fits the prompt; with a real model name a "
+                        "real CLAP, e.g. clap=laion/larger_clap_music)")
     add_device(p)
     add_threads(p)
 
