@@ -42,10 +42,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _z(x):
-    return (x - x.mean()) / (x.std() + 1e-8)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=16, help="largest n (m runs over powers of two up to n)")
@@ -68,6 +64,7 @@ def main(argv=None) -> int:
     from musicrl.model.policy import MusicGenPolicy
     from musicrl.model.sampling import SamplingConfig
     from musicrl.rewards.combine import build_reward
+    from musicrl.rewards.rerank import total
     from musicrl.tiny import synth
     from musicrl.tiny.adherence import ATTRIBUTES, matches
     from musicrl.tiny.prompts import resolve_prompts
@@ -81,7 +78,7 @@ def main(argv=None) -> int:
     n1 = args.n + 1
     prompts = resolve_prompts("synth-unseen", args.num_prompts, args.seed)[: args.num_prompts]
     policy = MusicGenPolicy.from_pretrained(args.model)
-    sampling = SamplingConfig(temperature=1.0, top_k=250, guidance_scale=3.0)  # `musicrl eval`'s defaults
+    sampling = SamplingConfig()  # `musicrl eval`'s defaults: temperature 1, top-k 250, guidance 3
     s = ev.generate(policy, prompts, n1, args.duration, sampling, args.seed, progress=True)  # rows [p0]*n1 + ...
     P = len(prompts)
     if args.against:  # clip 0 of each prompt from the base, with the seed it has in the base's own run
@@ -108,7 +105,7 @@ def main(argv=None) -> int:
     other_raters = Panel.default(5, 0.35, seed=1)
     pick = {
         "clap": raw["clap"],
-        "R": _z(raw["clap"]) + 0.3 * _z(raw["quality"]),
+        "R": total({k: torch.from_numpy(raw[k]) for k in ("clap", "quality")}, {"quality": 0.3}).numpy(),
         "adherence": np.array([[adherence(prompts[i], h) for h in heard[i]] for i in range(P)]),
         "raters": np.array([[np.mean([r.value(h, prompts[i]) for r in other_raters.raters]) for h in heard[i]]
                             for i in range(P)]),  # fmt: skip
@@ -118,8 +115,8 @@ def main(argv=None) -> int:
     panel = Panel.default(args.raters, seed=0)
     asked = [{k: v for k, v in synth.parse_prompt(pr).items() if k in ATTRIBUTES} for pr in prompts]
 
-    def hits(i, j):
-        return {a: float(matches(a, heard[i][j][a], v)) for a, v in asked[i].items()}
+    hits = [[{a: float(matches(a, heard[i][j][a], v)) for a, v in asked[i].items()} for j in range(n1)]
+            for i in range(P)]  # fmt: skip  [P][n1]: each clip's matched attributes
 
     rows = []
     ms = [m for m in (2**k for k in range(args.n.bit_length())) if m <= args.n]
@@ -129,10 +126,10 @@ def main(argv=None) -> int:
             e = expected_share(panel, [(prompts[i], heard[i][0], heard[i][c[i]]) for i in range(P)])
             change = {}
             for a in ATTRIBUTES:
-                d = np.array([hits(i, c[i])[a] - hits(i, 0)[a] for i in range(P) if a in asked[i]])
+                d = np.array([hits[i][c[i]][a] - hits[i][0][a] for i in range(P) if a in asked[i]])
                 mean, h = ev.mean_ci(d)
                 change[a] = {"diff": mean, "ci95": h, "clips": len(d),
-                             "rate": float(np.mean([hits(i, c[i])[a] for i in range(P) if a in asked[i]]))}
+                             "rate": float(np.mean([hits[i][c[i]][a] for i in range(P) if a in asked[i]]))}
             clap = ev.win_rate(raw["clap"][:, 0], raw["clap"][np.arange(P), c])
             rows.append({"pick": name, "m": m, "kl_bound": math.log(m) - (m - 1) / m, "panel": e,
                          "adherence": change, "mean_rise": float(np.mean([v["diff"] for v in change.values()])),
@@ -141,9 +138,9 @@ def main(argv=None) -> int:
                   f"({e['ci95'][0]:.1%}-{e['ci95'][1]:.1%})  adherence {rows[-1]['mean_rise']:+.1%} ("
                   + ", ".join(f"{a} {v['diff']:+.0%}" for a, v in change.items())
                   + f")  CLAP {clap['score']:.0%} ({clap['win_ci95'][0]:.0%}-{clap['win_ci95'][1]:.0%})", flush=True)
-    base_rates = {a: float(np.mean([hits(i, 0)[a] for i in range(P) if a in asked[i]])) for a in ATTRIBUTES}
+    base_rates = {a: float(np.mean([hits[i][0][a] for i in range(P) if a in asked[i]])) for a in ATTRIBUTES}
     report = {"model": args.model, "against": args.against or args.model, "prompts": P, "seed": args.seed, "n": args.n, "duration_s": args.duration,
-              "sampling": {"temperature": 1.0, "top_k": 250, "guidance_scale": 3.0}, "base_rates": base_rates,
+              "sampling": sampling.to_dict(), "base_rates": base_rates,
               "rows": rows}  # fmt: skip
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"report: {args.out}; plot: {plot(report, Path(args.out).with_suffix('.png'))}")
