@@ -28,3 +28,44 @@ def best_of(scores: dict[str, torch.Tensor], n: int) -> torch.Tensor:
         raise ValueError("best_of needs n >= 1 and at least one reward")
     groups = total(scores).view(-1, n)  # [G, n]
     return groups.argmax(1) + torch.arange(len(groups)) * n
+
+
+class BestOf:
+    """A generator that draws `n` clips for each clip asked of it and returns the one `rewards` score
+    highest: `musicrl generate --best-of` and the arena's `MODEL+best-of-N` contestants.
+
+    `generator`: anything with `generate(prompt, num_samples, duration_s, seed, **settings) -> [Clip]`
+    (`musicrl.model.generator.Generator`); `rewards`: name -> (audio [B, 1, S], sample rate, prompts)
+    -> [B]; `spec`: how the rewards were named (recorded). Clip j of a call with seed s is picked
+    among seeds s + jn .. s + jn + n - 1, and its settings record `best_of`, `rerank`, its `scores`
+    and its `candidate_seeds`.
+    """
+
+    def __init__(self, generator, rewards: dict, n: int, spec: str):
+        if n < 2:
+            raise ValueError("BestOf needs n >= 2")
+        self.generator, self.rewards, self.n, self.spec = generator, rewards, n, spec
+        self.model_id = f"{generator.model_id}+best-of-{n}"
+        self.version = generator.version  # the weights'; model_id tells the two apart on the leaderboard
+        self.max_duration_s = generator.max_duration_s
+        self.sample_rate = getattr(generator, "sample_rate", None)
+        self.checkpoint = getattr(generator, "checkpoint", None)
+
+    def generate(self, prompt: str, num_samples: int = 1, duration_s: float = 4.0, seed: int = 0, **settings) -> list:
+        from dataclasses import replace
+
+        import numpy as np
+
+        n = self.n
+        clips = self.generator.generate(prompt, num_samples * n, duration_s, seed, **settings)
+        audio = torch.from_numpy(np.stack([c.audio for c in clips]))[:, None]  # [num_samples * n, 1, S]
+        with torch.no_grad():
+            scores = {name: r(audio, clips[0].sample_rate, [prompt] * len(clips)).float().cpu()
+                      for name, r in self.rewards.items()}  # fmt: skip
+        picks = []
+        for i in best_of(scores, n).tolist():
+            group = clips[i - i % n : i - i % n + n]
+            info = {"best_of": n, "rerank": self.spec, "scores": {k: round(float(v[i]), 4) for k, v in scores.items()},
+                    "candidate_seeds": [c.seed for c in group]}  # fmt: skip
+            picks.append(replace(clips[i], settings={**clips[i].settings, **info}))
+        return picks

@@ -303,6 +303,38 @@ def test_a_fresh_arena_serves_the_tiny_base_and_its_musicrl_r_fine_tune(tmp_path
     assert {pair.a.model_id, pair.b.model_id} == {"tiny", "tiny-r"}
 
 
+def test_best_of_serves_each_model_beside_its_reranked_pick_and_reloads_keep_them(tmp_path, random_musicgen_dir):
+    """`musicrl app --best-of 3`: the model and MODEL+best-of-3 meet blind; the latter's clip is the
+    highest-CLAP of its 3 candidates, and a reload that loads nothing new swaps nothing."""
+    from musicrl.cli import build_parser
+    from musicrl.commands.app import prepare
+    from musicrl.commands.common import load_rewards
+    from musicrl.errors import UserError
+
+    m = str(random_musicgen_dir)
+    args = build_parser().parse_args(["app", "--model", m, "--best-of", "3", "--rerank", "clap=tiny",
+                                      "--data-dir", str(tmp_path), "--reload-every", "0"])  # fmt: skip
+    demo, store, _ = prepare(args)
+    arena = demo.musicrl_arena
+    before = arena.generators
+    assert [g.model_id for g in before] == [m, f"{m}+best-of-3"] and before[1].generator is before[0]
+    pair = arena.generate_pair("slow dark piano", 0.5)
+    best = pair.a if pair.a.model_id.endswith("+best-of-3") else pair.b
+    assert {pair.a.model_id, pair.b.model_id} == {m, f"{m}+best-of-3"}
+    cands = best.settings["candidate_seeds"]
+    assert best.settings["best_of"] == 3 and best.settings["rerank"] == "clap=tiny" and len(cands) == 3
+    clips = Generator.from_pretrained(m).generate("slow dark piano", 3, 0.5, seed=cands[0])
+    with torch.no_grad():
+        scores = load_rewards("clap=tiny", "--rerank", "cpu")["clap"](
+            torch.from_numpy(np.stack([c.audio for c in clips]))[:, None], clips[0].sample_rate, ["slow dark piano"] * 3)
+    assert best.seed == cands[int(scores.argmax())]
+    assert best.settings["scores"]["clap"] == pytest.approx(float(scores.max()), abs=1e-4)
+    arena.reload_models()
+    assert all(a is b for a, b in zip(arena.generators, before))
+    with pytest.raises(UserError, match="--best-of must be >= 1"):
+        prepare(build_parser().parse_args(["app", "--model", m, "--best-of", "0", "--data-dir", str(tmp_path)]))
+
+
 def test_one_model_served_says_votes_are_kept_and_how_to_add_a_second(served):
     from musicrl.app.handlers import Handlers
 

@@ -7,7 +7,8 @@ Several models: each pair comes from two different models drawn at random; one: 
 Without --model and --models-dir it serves `tiny` and `tiny-r` (the tiny LM after MusicRL-R).
 A --models-dir (a `musicrl train` out_dir) serves its newest complete checkpoint (`final/`, else
 the highest `checkpoints/step-N`), checked every --reload-every seconds and swapped in between two
-generations; the new weights rate as a new `RUN@version` row on the leaderboard. Admin actions
+generations; the new weights rate as a new `RUN@version` row on the leaderboard. --best-of N serves
+each model also as `MODEL+best-of-N`: N clips drawn for each one served, the --rerank rewards' pick kept. Admin actions
 (model list, reload now, export) need MUSICRL_ADMIN_SECRET in the environment. Pair tokens and
 session cookies are signed with the store secret: replicas on one database share MUSICRL_SALT.
 Gradio's API description and monitoring routes are off (404) unless --expose-api-docs / --monitoring.
@@ -72,6 +73,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve Gradio's API description (/gradio_api/info, /gradio_api/openapi.json, 'view API') "
                         "and /api/openapi.json, /api/docs (default: 404)")  # fmt: skip
     p.add_argument("--monitoring", action="store_true", help="serve Gradio's monitoring dashboard at /monitoring (default: 404)")
+    p.add_argument("--best-of", type=int, default=1, metavar="N",
+                   help="also serve each model as MODEL+best-of-N: N clips drawn for each clip served, the one "
+                        "--rerank scores highest kept, so people judge reranking blind (default 1: off)")  # fmt: skip
+    p.add_argument("--rerank", default="clap=tiny",
+                   help="with --best-of: name=model pairs scoring the candidates, as `musicrl generate --rerank` "
+                        "(default clap=tiny)")  # fmt: skip
     add_limit_arguments(p)
     p.add_argument("--duration", type=float, default=None,
                    help="clip length the prompt box starts at, s (default 4 for the tiny world, its training length; else 5)")  # fmt: skip
@@ -176,6 +183,27 @@ def model_set(models: list[str], models_dirs: list[str], device: str):
     return ModelSet(models, models_dirs, load, resolve_local)
 
 
+def with_best_of(refresh, n: int, rewards: dict, spec: str):
+    """A reload hook serving each model that `refresh` serves and, after them, its best-of-n
+    (`musicrl.rewards.rerank.BestOf`). A model that did not change keeps its wrapper, so a refresh that
+    loads nothing new returns the same objects and the arena swaps nothing."""
+    from musicrl.rewards.rerank import BestOf
+
+    wrappers: dict[int, BestOf] = {}
+
+    def hook(**kw) -> list:
+        models = refresh(**kw)
+        fresh = {}
+        for g in models:
+            w = wrappers.get(id(g))
+            fresh[id(g)] = w if w is not None and w.generator is g else BestOf(g, rewards, n, spec)
+        wrappers.clear()
+        wrappers.update(fresh)
+        return [*models, *(fresh[id(g)] for g in models)]
+
+    return hook
+
+
 def prepare(args: argparse.Namespace):
     """(blocks, store, poller or None) from the arguments: everything `run` serves (tests use it too)."""
     models_dirs = args.models_dir or []
@@ -192,6 +220,8 @@ def prepare(args: argparse.Namespace):
         raise UserError(f"--batch-window-ms must be in [0, 10000], got {args.batch_window_ms:g}")
     if args.max_batch < 1:
         raise UserError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if args.best_of < 1:
+        raise UserError(f"--best-of must be >= 1 (1: off), got {args.best_of}")
     if not args.reload_every >= 0:
         raise UserError(f"--reload-every must be >= 0 s (0 = off), got {args.reload_every}")
     limits, per_session_cap = limits_from(args)
@@ -213,8 +243,12 @@ def prepare(args: argparse.Namespace):
     quiet_transformers()
     store = VoteStore(db, data_dir, lock_timeout_s=args.db_lock_timeout)
     device = resolve_device(args.device)
-    served = model_set(models, models_dirs, device)
-    generators = served.refresh(strict=True)
+    reload = model_set(models, models_dirs, device).refresh
+    if args.best_of > 1:
+        from musicrl.commands.common import load_rewards
+
+        reload = with_best_of(reload, args.best_of, load_rewards(args.rerank, "--rerank", device), args.rerank)
+    generators = reload(strict=True)
     secret = os.environ.get("MUSICRL_ADMIN_SECRET") or None
     demo = build_app(
         generators,
@@ -224,7 +258,7 @@ def prepare(args: argparse.Namespace):
         max_duration_s=args.max_duration,
         queue_size=args.queue_size,
         admin_secret=secret,
-        reload=served.refresh,
+        reload=reload,
         leaderboard_min_votes=args.min_votes,
         examples=examples,
         default_duration_s=duration,

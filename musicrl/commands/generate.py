@@ -56,11 +56,13 @@ def run(args: argparse.Namespace) -> int:
     if args.duration > gen.max_duration_s + 1e-6:
         raise UserError(f"--duration {args.duration:g} s is beyond this model's maximum of {gen.max_duration_s:.1f} s")
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance)
-    rerank = load_rewards(args.rerank, "--rerank", device) if args.best_of > 1 else None
-    clips = gen.generate(args.prompt, args.num_samples * args.best_of, args.duration, args.seed, progress=True, **settings)
-    picks = {}
-    if rerank:
-        clips, picks = _best_of(clips, args.prompt, args.best_of, rerank, args.rerank)
+    if args.best_of > 1:
+        from musicrl.rewards.rerank import BestOf
+
+        clips = BestOf(gen, load_rewards(args.rerank, "--rerank", device), args.best_of, args.rerank).generate(
+            args.prompt, args.num_samples, args.duration, args.seed, progress=True, **settings)  # fmt: skip
+    else:
+        clips = gen.generate(args.prompt, args.num_samples, args.duration, args.seed, progress=True, **settings)
     for clip in clips:
         stem = out / f"{_slug(args.prompt)}-seed{clip.seed}"
         write_wav(stem.with_suffix(".wav"), clip.audio, clip.sample_rate)
@@ -68,28 +70,11 @@ def run(args: argparse.Namespace) -> int:
         write_atomic(codes, codes_bytes(clip.codes))
         meta = {
             "prompt": args.prompt, "model": args.model, "model_version": gen.version, "seed": clip.seed,
-            "sample_rate": clip.sample_rate, **clip.settings, "codes": codes.name, **picks.get(clip.seed, {}),
+            "sample_rate": clip.sample_rate, **clip.settings, "codes": codes.name,
         }  # fmt: skip
         stem.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
         print(stem.with_suffix(".wav"))
     return 0
-
-
-def _best_of(clips: list, prompt: str, n: int, rewards: dict, spec: str) -> tuple[list, dict]:
-    """The pick of each run of n consecutive clips, and {seed: what its sidecar records of the pick}."""
-    import numpy as np
-    import torch
-
-    from musicrl.rewards.rerank import best_of
-
-    audio = torch.from_numpy(np.stack([c.audio for c in clips]))[:, None]  # [G*n, 1, S]
-    with torch.no_grad():
-        scores = {name: r(audio, clips[0].sample_rate, [prompt] * len(clips)).float().cpu() for name, r in rewards.items()}
-    picked = best_of(scores, n).tolist()
-    info = {clips[i].seed: {"best_of": n, "rerank": spec, "scores": {k: round(float(v[i]), 4) for k, v in scores.items()},
-                            "candidate_seeds": [c.seed for c in clips[i - i % n : i - i % n + n]]}
-            for i in picked}  # fmt: skip
-    return [clips[i] for i in picked], info
 
 
 def _slug(text: str, limit: int = 40) -> str:
