@@ -99,6 +99,22 @@ def test_chosen_and_rejected_log_probs_are_the_rl_trainers_teacher_forced_ones(t
     torch.testing.assert_close(s["ref_c"], s["logp_c"])  # the reference starts as the policy
 
 
+def test_coarse_codebooks_sums_the_implicit_reward_over_the_first_codebooks_only(tmp_path, random_musicgen_dir, sampled):
+    pairs = pairs_of(sampled)
+    tr = make(tmp_path / "c", random_musicgen_dir, pairs, coarse_codebooks=1)
+    with torch.no_grad():
+        s, whole = tr.score(pairs), make(tmp_path / "w", random_musicgen_dir, pairs).score(pairs)
+        codes = torch.stack([p.chosen for p in pairs])
+        _, logp = tuning.teacher_forced(tr.policy, [p.prompt for p in pairs], codes, SamplingConfig(top_k=0, guidance_scale=3.0))
+    assert codes.shape[1] > 1
+    torch.testing.assert_close(s["logp_c"], logp[:, :1].sum((1, 2)), atol=1e-4, rtol=0)  # [P]: codebook 0 only
+    assert (s["logp_c"] - whole["logp_c"]).abs().min() > 1e-2
+    assert (s["tokens_c"] == codes[0, :1].numel()).all() and (s["all_tokens_c"] == codes[0].numel()).all()
+    torch.testing.assert_close(s["kl_c"], whole["kl_c"])  # the KL stays the whole clip's
+    with pytest.raises(UserError, match="coarse_codebooks must be >= 0"):
+        DPOConfig(votes="v.jsonl", coarse_codebooks=-1)
+
+
 @pytest.mark.parametrize("lora_rank", [0, 4])
 def test_resume_is_exact(tmp_path, random_musicgen_dir, sampled, lora_rank):
     pairs = pairs_of(sampled)

@@ -108,7 +108,8 @@ class DPOTrainer:
     # ---- log-probs ---------------------------------------------------------------------------
     def sequence_logps(self, prompts: list[str], codes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per clip [N]: `logp` (the policy's, summed over its tokens; differentiable when grad is on),
-        `ref` (the reference's), `kl` (exact KL(pi || ref) summed along the clip), `tokens` (K x T).
+        `ref` (the reference's), both over the first `coarse_codebooks` codebooks (default all), `tokens`
+        (how many tokens that is), `kl` (exact KL(pi || ref) summed along the whole clip), `all_tokens` (K x T).
         Clips of one length go through the model together."""
         groups: dict[tuple, list[int]] = {}
         for i, c in enumerate(codes):
@@ -116,7 +117,7 @@ class DPOTrainer:
         if self.sharded and len(set(self.ranks.gather(torch.tensor([len(groups)], device=self.device)).tolist())) > 1:
             raise UserError("fsdp: the processes' pairs hold clips of different lengths, so they would run different "
                             "forward passes; use fsdp=false, or votes on clips of one duration")  # fmt: skip
-        out = {k: [None] * len(codes) for k in ("logp", "ref", "kl", "tokens")}
+        out = {k: [None] * len(codes) for k in ("logp", "ref", "kl", "tokens", "all_tokens")}
         for idx in groups.values():
             c = torch.stack([codes[i] for i in idx]).to(self.device)
             p = [prompts[i] for i in idx]
@@ -124,9 +125,12 @@ class DPOTrainer:
                 dist, logp = tuning.teacher_forced(self.policy, p, c, self.cfg.sampling)  # [b, K, T, V], [b, K, T]
             ref = tuning.reference_distributions(self.policy, self.reference, p, c, self.cfg.sampling,
                                                  self.cfg.mixed_precision).float()  # fmt: skip
-            values = {"logp": logp.sum((1, 2)), "ref": ref.gather(-1, c[..., None])[..., 0].sum((1, 2)),
-                      "kl": exact_kl(dist.detach(), ref).sum((1, 2)),
-                      "tokens": torch.full((len(idx),), float(c[0].numel()), device=self.device)}  # fmt: skip
+            ref_logp = ref.gather(-1, c[..., None])[..., 0]  # [b, K, T]
+            coarse = slice(0, self.cfg.coarse_codebooks or None)  # the codebooks h is summed over
+            count = lambda x: torch.full((len(idx),), float(x.numel()), device=self.device)  # noqa: E731
+            values = {"logp": logp[:, coarse].sum((1, 2)), "ref": ref_logp[:, coarse].sum((1, 2)),
+                      "tokens": count(c[0, coarse]), "kl": exact_kl(dist.detach(), ref).sum((1, 2)),
+                      "all_tokens": count(c[0])}  # fmt: skip
             for name, v in values.items():
                 for j, i in enumerate(idx):
                     out[name][i] = v[j]
@@ -156,7 +160,7 @@ class DPOTrainer:
             "loss": s["loss"].mean(), "rewards/chosen": rc.mean(), "rewards/rejected": rr.mean(),
             "rewards/margin": (rc - rr)[decisive].mean(), "rewards/accuracy": won[decisive].mean(),
             "logps/chosen": s["logp_c"].mean(), "logps/rejected": s["logp_r"].mean(),
-            "kl": (s["kl_c"] + s["kl_r"]).sum() / (s["tokens_c"] + s["tokens_r"]).sum(),
+            "kl": (s["kl_c"] + s["kl_r"]).sum() / (s["all_tokens_c"] + s["all_tokens_r"]).sum(),
             "kl_seq": torch.cat([s["kl_c"], s["kl_r"]]).mean(),
         }  # fmt: skip
         return {prefix + k: v.item() for k, v in m.items()}

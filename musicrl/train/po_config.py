@@ -45,6 +45,12 @@ class DPOConfig:
     """Weight of an NLL term on the chosen clip, -log pi(chosen) per token, added to each decisive
     pair's loss (RPO, Pang et al. 2024; TRL's `rpo_alpha`). DPO alone lowers the chosen clips'
     likelihood along with the rejected ones'; this keeps pulling the voted-for clips up. 0 = off."""
+    coarse_codebooks: int = 0
+    """> 0: h sums the log-ratios of the tokens of the first `coarse_codebooks` codebooks only (0: all;
+    the logged KL always covers all). Two clips' fine codebooks differ mostly in detail that is
+    sampling noise, most of a clip's entropy, while much of what a listener votes on (tempo, mode,
+    register) is decided in the coarse codes; leaving the fine ones out takes that noise out of the
+    implicit reward. As RLConfig.coarse_codebooks (docs/results/dpo.md)."""
     ties: str = "drop"
     """'drop': tie votes are not trained on; 'zero_margin' (IPO only): a tie pulls the two clips'
     implicit rewards together (target h = 0). Both-bad votes are always dropped: they say nothing
@@ -99,6 +105,8 @@ class DPOConfig:
             bad(f"ties must be one of {', '.join(TIES)}, got {self.ties!r}")
         if self.ties == "zero_margin" and self.loss != "ipo":
             bad("ties=zero_margin needs loss=ipo (a logistic loss has no target for a tie)")
+        if self.coarse_codebooks < 0:
+            bad(f"coarse_codebooks must be >= 0 (0: all codebooks), got {self.coarse_codebooks}")
         if not self.beta > 0:
             bad(f"beta must be > 0, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:

@@ -67,6 +67,13 @@ class RLConfig:
     (DAPO's dynamic sampling, without resampling). Their advantages are zero, so they only add the KL
     term and, through the batch mean, shrink the others' policy gradient; skipping them also skips their
     share of the update's compute. With a 0/1-point reward most groups of an easy prompt are flat."""
+    coarse_codebooks: int = 0
+    """objective=reward: > 0: the policy gradient uses only the tokens of the first `coarse_codebooks`
+    codebooks (0: all of them; the KL term always covers all). A sequence-level reward gives every
+    token the same advantage, and the fine codebooks' tokens, most of a clip's entropy, add gradient
+    noise nearly orthogonal to the first codebook's. Leaving them out spends less KL for what the
+    coarse codes decide (tempo, mode, register: what a CLAP hears); a reward that hears detail, such
+    as a drum kit's noise bursts, needs them. docs/results/rl-adherence.md."""
     ppo_epochs: int = 1
     """Optimisation passes over each batch; > 1 uses the PPO clipped ratio."""
     clip_eps: float = 0.2
@@ -132,6 +139,10 @@ class RLConfig:
             bad(f"objective must be 'reward', 'online_dpo' or 'nash_md', got {self.objective!r}")
         if self.objective == "reward" and self.baseline == "rloo" and self.samples_per_prompt < 2:
             bad("the RLOO baseline needs samples_per_prompt >= 2")
+        if self.coarse_codebooks < 0:
+            bad(f"coarse_codebooks must be >= 0 (0: all codebooks), got {self.coarse_codebooks}")
+        if self.coarse_codebooks and self.objective != "reward":
+            bad("coarse_codebooks needs objective=reward (the other objectives score whole clips)")
         if self.skip_flat_groups and self.fsdp:
             bad("skip_flat_groups does not work with fsdp (FSDP needs every process to run the same passes)")
         if self.skip_flat_groups and self.objective != "reward":
