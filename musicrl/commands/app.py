@@ -189,17 +189,14 @@ def with_best_of(refresh, n: int, rewards: dict, spec: str):
     loads nothing new returns the same objects and the arena swaps nothing."""
     from musicrl.rewards.rerank import BestOf
 
-    wrappers: dict[int, BestOf] = {}
+    wrappers: dict[int, BestOf] = {}  # id(model) -> its wrapper, which holds the model, so the id stays its
 
     def hook(**kw) -> list:
         models = refresh(**kw)
-        fresh = {}
-        for g in models:
-            w = wrappers.get(id(g))
-            fresh[id(g)] = w if w is not None and w.generator is g else BestOf(g, rewards, n, spec)
+        fresh = {id(g): wrappers.get(id(g)) or BestOf(g, rewards, n, spec) for g in models}
         wrappers.clear()
         wrappers.update(fresh)
-        return [*models, *(fresh[id(g)] for g in models)]
+        return [*models, *fresh.values()]
 
     return hook
 

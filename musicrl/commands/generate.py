@@ -56,13 +56,12 @@ def run(args: argparse.Namespace) -> int:
     if args.duration > gen.max_duration_s + 1e-6:
         raise UserError(f"--duration {args.duration:g} s is beyond this model's maximum of {gen.max_duration_s:.1f} s")
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance)
+    source = gen
     if args.best_of > 1:
         from musicrl.rewards.rerank import BestOf
 
-        clips = BestOf(gen, load_rewards(args.rerank, "--rerank", device), args.best_of, args.rerank).generate(
-            args.prompt, args.num_samples, args.duration, args.seed, progress=True, **settings)  # fmt: skip
-    else:
-        clips = gen.generate(args.prompt, args.num_samples, args.duration, args.seed, progress=True, **settings)
+        source = BestOf(gen, load_rewards(args.rerank, "--rerank", device), args.best_of, args.rerank)
+    clips = source.generate(args.prompt, args.num_samples, args.duration, args.seed, progress=True, **settings)
     for clip in clips:
         stem = out / f"{_slug(args.prompt)}-seed{clip.seed}"
         write_wav(stem.with_suffix(".wav"), clip.audio, clip.sample_rate)

@@ -127,10 +127,10 @@ class DPOTrainer:
                                                  self.cfg.mixed_precision).float()  # fmt: skip
             ref_logp = ref.gather(-1, c[..., None])[..., 0]  # [b, K, T]
             coarse = slice(0, self.cfg.coarse_codebooks or None)  # the codebooks h is summed over
-            count = lambda x: torch.full((len(idx),), float(x.numel()), device=self.device)  # noqa: E731
+            ones = torch.ones(len(idx), device=self.device)  # [b]
             values = {"logp": logp[:, coarse].sum((1, 2)), "ref": ref_logp[:, coarse].sum((1, 2)),
-                      "tokens": count(c[0, coarse]), "kl": exact_kl(dist.detach(), ref).sum((1, 2)),
-                      "all_tokens": count(c[0])}  # fmt: skip
+                      "tokens": ones * c[0, coarse].numel(), "kl": exact_kl(dist.detach(), ref).sum((1, 2)),
+                      "all_tokens": ones * c[0].numel()}  # fmt: skip
             for name, v in values.items():
                 for j, i in enumerate(idx):
                     out[name][i] = v[j]
