@@ -27,7 +27,7 @@ import argparse
 import os
 from pathlib import Path
 
-from musicrl.commands.common import APP_DATA_DIR, add_device, add_threads, apply_threads, store_url
+from musicrl.commands.common import APP_DATA_DIR, add_device, add_rerank, add_threads, apply_threads, store_url
 from musicrl.errors import UserError
 from musicrl.model.device import resolve_device
 from musicrl.model.hub import SHIPPED
@@ -76,9 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--best-of", type=int, default=1, metavar="N",
                    help="also serve each model as MODEL+best-of-N: N clips drawn for each clip served, the one "
                         "--rerank scores highest kept, so people judge reranking blind (default 1: off)")  # fmt: skip
-    p.add_argument("--rerank", default="clap=tiny",
-                   help="with --best-of: name=model pairs scoring the candidates, as `musicrl generate --rerank` "
-                        "(default clap=tiny)")  # fmt: skip
+    add_rerank(p)
     add_limit_arguments(p)
     p.add_argument("--duration", type=float, default=None,
                    help="clip length the prompt box starts at, s (default 4 for the tiny world, its training length; else 5)")  # fmt: skip

@@ -21,6 +21,15 @@ def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default, help=f"auto, cpu, cuda, cuda:1, ... (default {default}; auto = cuda if available)")
 
 
+def add_rerank(p: argparse.ArgumentParser) -> None:
+    """`--rerank`, the rewards that pick among `--best-of` candidates (`generate`, `app`); `load_rewards` reads it."""
+    p.add_argument("--rerank", default="clap=tiny",
+                   help="with --best-of: name=model pairs scoring the clips, as `musicrl eval --rewards`: clap, "
+                        "quality, or any other name for a preference model directory; several are standardised "
+                        "and summed (default clap=tiny: the clip that best fits the prompt; with a real model name a "
+                        "real CLAP, e.g. clap=laion/larger_clap_music)")  # fmt: skip
+
+
 def add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads. Default: 1 when every model is a shipped tiny one (a decoding step is "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from musicrl.commands.common import add_device, add_threads, apply_threads, load_rewards, writable_dir
+from musicrl.commands.common import add_device, add_rerank, add_threads, apply_threads, load_rewards, writable_dir
 from musicrl.errors import UserError
 from musicrl.model.device import resolve_device
 
@@ -24,11 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--best-of", type=int, default=1, metavar="N",
                    help="draw N clips for each one written and keep the one --rerank scores highest (default 1: "
                         "no reranking). Clip j is picked among seeds SEED+jN .. SEED+jN+N-1")
-    p.add_argument("--rerank", default="clap=tiny",
-                   help="with --best-of: name=model pairs scoring the clips, as `musicrl eval --rewards`: clap, "
-                        "quality, or any other name for a preference model directory; several are standardised "
-                        "and summed (default clap=tiny: the clip that best fits the prompt; with a real model name a "
-                        "real CLAP, e.g. clap=laion/larger_clap_music)")
+    add_rerank(p)
     add_device(p)
     add_threads(p)
 
