@@ -71,6 +71,10 @@ class ArenaConfig:
     per_session_cap: int | None = SESSION_CAP  # counted votes per session on the leaderboard and exports
     batch_window_s: float = 0.05  # how long a generation waits for others to join its batch; 0: no batching
     max_batch: int = 8  # generate requests (each 1-2 clips) decoded together at most
+    # Two models' clips of a pair drawn with one seed (common random numbers): a fine-tune and its base
+    # then play two versions of one piece, and the vote weighs what the training changed rather than
+    # two samples' luck. Each clip is still a fair sample of its model. docs/results/closed-loop.md.
+    paired_seeds: bool = False
 
     def __post_init__(self):
         if self.min_listen_s < 0:
@@ -222,7 +226,8 @@ class Arena:
 
     def generate_pair(self, prompt: str | None, duration_s: float | None = None) -> Pair:
         """Two clips for a prompt: two different random models if several are served (random order),
-        else two samples of the one model with different seeds; both stored before returning.
+        else two samples of the one model with different seeds; both stored before returning. Two
+        models share one seed with `paired_seeds`, else each draws its own.
         The clips come from the batcher: this request may share a batch with others for the same model."""
         prompt, duration = self.check_request(prompt, duration_s)
         self.janitor.admit(self._clock())  # ClipsFull: too many clips nobody voted on
@@ -233,17 +238,15 @@ class Arena:
                 gens = self._generators
                 seed = self._rng.randrange(2**31 - 2)
                 if len(gens) >= 2:
-                    jobs = [(g, 1, s) for g, s in zip(self._rng.sample(gens, 2), (seed, self._rng.randrange(2**31 - 2)))]
+                    other = seed if self.config.paired_seeds else self._rng.randrange(2**31 - 2)
+                    jobs = [(g, 1, s) for g, s in zip(self._rng.sample(gens, 2), (seed, other))]
                 else:
                     jobs = [(gens[0], 2, seed)]
             # both models' requests are queued before either is awaited, so each can join its model's batch
             futures = [(g, self.batcher.submit(g, prompt, n, duration, s)) for g, n, s in jobs]
             clips = [(g, c) for g, f in futures for c in f.result()][:2]
-            if _same_audio(clips[0][1], clips[1][1]):  # a degenerate model: one more try
-                g = clips[1][0]
-                clips[1] = (g, self.batcher.submit(g, prompt, 1, duration, seed + 7919).result()[0])
-                if _same_audio(clips[0][1], clips[1][1]):
-                    raise UserError("The model produced the same audio twice; nothing to compare.")
+            if _same_audio(clips[0][1], clips[1][1]):
+                clips = self._draw_again(clips, prompt, duration, seed, paired=len(jobs) == 2 and self.config.paired_seeds)
             records = [self._store_clip(g, c, prompt) for g, c in clips]
         finally:
             self._slots.release()
@@ -251,6 +254,25 @@ class Arena:
         with self._draw_lock:
             left = self._rng.choice("ab")
         return Pair(prompt=prompt, a=records[0], b=records[1], left=left, id=new_id(), issued_at=self._clock())
+
+    def _draw_again(self, clips: list, prompt: str, duration: float, seed: int, paired: bool) -> list:
+        """[(generator, clip)] x 2 of which a listener could not tell the clips apart -> two it can. Two
+        models that agree on a paired seed (a model and its best-of pick, say) both draw again on one new
+        seed, so the pair stays paired; else, or if they agree again, the second clip draws on its own
+        (a degenerate model, or two copies of one). A tie by construction carries no vote, so leaving
+        such seeds out does not tilt the comparison."""
+
+        def redraw(i: int, s: int):
+            return clips[i][0], self.batcher.submit(clips[i][0], prompt, 1, duration, s).result()[0]
+
+        if paired:
+            clips = [redraw(0, seed + 7919), redraw(1, seed + 7919)]
+            if not _same_audio(clips[0][1], clips[1][1]):
+                return clips
+        clips = [clips[0], redraw(1, seed + 2 * 7919)]
+        if _same_audio(clips[0][1], clips[1][1]):
+            raise UserError("The model produced the same audio twice; nothing to compare.")
+        return clips
 
     def close(self) -> None:
         """Stop the batcher: the batch in progress finishes, waiting requests get `Busy`."""

@@ -81,6 +81,7 @@ def build_app(
     per_session_cap: int | None = SESSION_CAP,
     batch_window_ms: float = 50.0,
     max_batch: int = 8,
+    paired_seeds: bool = False,
 ) -> gr.Blocks:
     """The voting UI over `generators` (one or more) and `store`. See the module doc for behaviour.
 
@@ -91,6 +92,7 @@ def build_app(
     most votes of one session the leaderboard and the admin export count (None: no cap).
     `batch_window_ms`, `max_batch`: generate requests for one model that arrive within the window
     decode as one batch of at most `max_batch` requests (`musicrl.app.batcher`; 0 ms: one at a time).
+    `paired_seeds`: two models' clips of a pair share one seed (`ArenaConfig.paired_seeds`).
     """
     cap = min([max_duration_s] + [float(g.max_duration_s) for g in generators])
     config = ArenaConfig(
@@ -109,6 +111,7 @@ def build_app(
         per_session_cap=per_session_cap,
         batch_window_s=batch_window_ms / 1000,
         max_batch=max_batch,
+        paired_seeds=paired_seeds,
     )
     arena = Arena(generators, store, config, reload)
     demo = build_blocks(Handlers(arena), title)

@@ -111,12 +111,12 @@ def run_dir(out: Path, route: str) -> Path:
     return out / ROUTES[route]
 
 
-def loop_app(base: str, out: Path, log_name: str, reload_every: float, route: str) -> AppProcess:
+def loop_app(base: str, out: Path, log_name: str, args: dict) -> AppProcess:
     """The loop's app (not started): BASE and whatever the route's run directory holds, its store in OUT/app."""
     # no per-session cap on the leaderboard: each simulated voter casts a hundred votes or more
-    app = AppProcess(base, out / "app", free_port(), out / "logs" / log_name,
-                     extra=("--models-dir", shown_path(run_dir(out, route)), "--reload-every", str(reload_every),
-                            "--per-session-cap", "0"))  # fmt: skip
+    extra = ("--models-dir", shown_path(run_dir(out, args.get("route", "rl"))), "--reload-every",
+             str(args["reload_every"]), "--per-session-cap", "0", *(("--paired-seeds",) if args.get("paired_seeds") else ()))  # fmt: skip
+    app = AppProcess(base, out / "app", free_port(), out / "logs" / log_name, extra=extra)
     app.env = env()
     return app
 
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reward-set", action="append", default=[], metavar="--FLAG=VALUE",
                    help="more `train-reward preference` flags (route rl), e.g. --reward-set=--epochs=50")  # fmt: skip
     p.add_argument("--reload-every", type=float, default=5.0, help="the app's checkpoint poll, s (default 5)")
+    p.add_argument("--paired-seeds", action="store_true",
+                   help="the app draws round 2's two clips of a pair with one seed (`musicrl app --paired-seeds`)")
     p.add_argument("--timeout", type=float, default=3600.0, help="per voting round and for the final model, s")
     p.add_argument("--no-nice", action="store_true", help="do not lower this run's CPU priority")
     p.add_argument("--more-votes", type=int, default=0, metavar="N",
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     data.mkdir()
     report: dict = {"base": base, "backbone": backbone, "args": vars(args), "timings_s": {}}
 
-    app = loop_app(base, out, "app.log", args.reload_every, args.route)
+    app = loop_app(base, out, "app.log", vars(args))
     t = report["timings_s"]
     try:
         t["app_start"] = round(app.start(), 1)
@@ -252,7 +254,7 @@ def more_votes(out: Path, n: int) -> int:
         raise SystemExit(f"[loop] {path} missing: --more-votes continues a finished loop")
     report = json.loads(path.read_text())
     a = report["args"]
-    app = loop_app(report["base"], out, "app-more.log", a["reload_every"], a.get("route", "rl"))
+    app = loop_app(report["base"], out, "app-more.log", a)
     extra = report.setdefault("more_votes", [])
     try:
         app.start()

@@ -168,6 +168,20 @@ def test_two_models_are_paired_blind_and_at_random(model_dir, tmp_path):
     assert len({p.a.model_id for p in pairs}) == 2 and len({p.left for p in pairs}) == 2  # order and side vary
 
 
+def test_paired_seeds_draw_both_models_clips_of_a_pair_with_one_seed(model_dir, tmp_path):
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
+    g1, g2 = Generator.from_pretrained(model_dir), Generator.from_pretrained(model_dir)
+    with torch.no_grad():  # a fine-tune of g1: the same seed must still give other audio
+        w = next(g2.policy.model.decoder.parameters())
+        w.add_(0.5 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0)))
+    g2.model_id = "fine-tune"
+    for paired in (True, False):
+        arena = build_app([g1, g2], store, seed=3, n_boot=10, paired_seeds=paired).musicrl_arena
+        pairs = [arena.generate_pair("fast drums", 0.5) for _ in range(3)]
+        assert all((p.a.seed == p.b.seed) == paired for p in pairs)
+        assert all({p.a.model_id, p.b.model_id} == {g1.model_id, "fine-tune"} for p in pairs)
+
+
 def test_listening_adds_up_play_time():
     lis = Listening()
     lis.play("A", 10.0)

@@ -70,9 +70,12 @@ def test_dpo_route_trains_po_dpo_on_the_round1_votes_and_serves_its_run(tmp_path
     assert f"out_dir={tmp_path / 'dpo'}" in cmd and "steps=8" in cmd and "model=tiny" in cmd
     assert "checkpoint_every=2" in cmd and cmd.index("lr=1e-5") > cmd.index("steps=8")  # the user's overrides win
     assert loop.run_dir(tmp_path, "dpo") == tmp_path / "dpo" and loop.run_dir(tmp_path, "rl") == tmp_path / "musicrl-u"
-    app = loop.loop_app("tiny", tmp_path, "app.log", 5.0, "dpo")
+    app = loop.loop_app("tiny", tmp_path, "app.log", {"route": "dpo", "reload_every": 5.0})
     cmd = app.cmd
     assert cmd[cmd.index("--models-dir") + 1] == loop.shown_path(tmp_path / "dpo")  # served beside the base
+    assert "--paired-seeds" not in cmd
+    paired = loop.loop_app("tiny", tmp_path, "app.log", {"route": "dpo", "reload_every": 5.0, "paired_seeds": True})
+    assert "--paired-seeds" in paired.cmd  # --more-votes reads it back from loop.json's args
 
 
 def test_rl_route_trains_the_preference_model_then_rl_on_it(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+import zlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -271,6 +272,38 @@ class SameAudioGenerator(FakeGenerator):
         fixed = self.calls <= self.fixed_after
         return [Clip(super(SameAudioGenerator, self).generate(prompt, 1, duration_s, 0 if fixed else seed + i)[0].audio,
                      8000, seed + i, {"duration_s": duration_s}) for i in range(num_samples)]  # fmt: skip
+
+
+class AgreesOnItsFirstCall(FakeGenerator):
+    """Audio of (model, seed), except on its first call: a clip every such model shares (two models
+    that agree on one seed, as a model and its best-of pick can)."""
+
+    def __init__(self, model_id, version):
+        super().__init__(model_id, version)
+        self.calls = 0
+
+    def generate(self, prompt, num_samples, duration_s, seed, **settings):
+        self.calls += 1
+        key = 0 if self.calls == 1 else zlib.crc32(f"{self.model_id}/{seed}".encode())
+        return [Clip(FakeGenerator.generate(self, prompt, 1, duration_s, key)[0].audio, 8000, seed + i,
+                     {"duration_s": duration_s}) for i in range(num_samples)]  # fmt: skip
+
+
+@pytest.mark.parametrize("gen", [AgreesOnItsFirstCall, FakeGenerator])
+def test_paired_seeds_draw_two_models_that_agree_again_on_one_new_seed(tmp_path, gen):
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
+    arena = build_app([gen("m1", "1" * 16), gen("m2", "2" * 16)], store, limits=NO_RATE_LIMITS, paired_seeds=True,
+                      seed=0).musicrl_arena  # fmt: skip
+    try:
+        pair = arena.generate_pair("calm piano", 0.5)
+        assert pair.a.path.read_bytes() != pair.b.path.read_bytes()
+        if gen is AgreesOnItsFirstCall:  # agreed on the first seed: both drew again on one new seed
+            assert pair.a.seed == pair.b.seed
+        else:  # FakeGenerator's audio is its seed's: two copies of one model, so the second clip draws alone
+            assert pair.b.seed - pair.a.seed == 7919 or pair.a.seed - pair.b.seed == 7919
+    finally:
+        arena.close()
+        store.close()
 
 
 @pytest.mark.parametrize("fixed_after", [10**9, 1])

@@ -3,7 +3,8 @@
     musicrl app [--model M ...] [--models-dir RUN ...] [--reload-every 30] [--db URL] [--data-dir DIR]
                 [--host 127.0.0.1] [--port 7860]
 
-Several models: each pair comes from two different models drawn at random; one: two seeds of it.
+Several models: each pair comes from two different models drawn at random (--paired-seeds: both with one
+seed); one: two seeds of it.
 Without --model and --models-dir it serves `tiny` and `tiny-r` (the tiny LM after MusicRL-R).
 A --models-dir (a `musicrl train` out_dir) serves its newest complete checkpoint (`final/`, else
 the highest `checkpoints/step-N`), checked every --reload-every seconds and swapped in between two
@@ -77,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also serve each model as MODEL+best-of-N: N clips drawn for each clip served, the one "
                         "--rerank scores highest kept, so people judge reranking blind (default 1: off)")  # fmt: skip
     add_rerank(p)
+    p.add_argument("--paired-seeds", action="store_true",
+                   help="draw the two models' clips of a pair with one seed, so a fine-tune and its base play two "
+                        "versions of one piece: fewer votes show what training changed (default: a seed each)")  # fmt: skip
     add_limit_arguments(p)
     p.add_argument("--duration", type=float, default=None,
                    help="clip length the prompt box starts at, s (default 4 for the tiny world, its training length; else 5)")  # fmt: skip
@@ -262,6 +266,7 @@ def prepare(args: argparse.Namespace):
         per_session_cap=per_session_cap,
         batch_window_ms=args.batch_window_ms,
         max_batch=args.max_batch,
+        paired_seeds=args.paired_seeds,
     )
     demo.musicrl_arena.leaderboard()  # every vote read once now, not on the first visitor's page load
     poller = Poller(demo.musicrl_arena.reload_models, args.reload_every) if args.reload_every > 0 else None
