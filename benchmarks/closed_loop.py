@@ -29,6 +29,8 @@ above the base with non-overlapping 95% intervals.
 
     python benchmarks/closed_loop.py --out runs/loop                      # the shipped tiny world
     python benchmarks/closed_loop.py --out runs/loop_dpo --route dpo      # DPO from the round-1 votes
+    python benchmarks/closed_loop.py --out runs/loop_dpo --route dpo --paired-seeds   # round 2's two clips
+                                                         # of a pair drawn with one seed (musicrl app --paired-seeds)
     python benchmarks/closed_loop.py --out /tmp/loop --random --rl-steps 2 --votes-before 40 \\
         --votes-after 20                                   # plumbing only: random tiny models
     python benchmarks/closed_loop.py --out runs/loop --more-votes 1000   # the same app, 1,000 more
