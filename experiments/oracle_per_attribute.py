@@ -7,7 +7,7 @@ most among its 8 clips: mode and drums often split 4-4, tempo rarely differs, so
 beside theirs, and tempo is the attribute that does not rise. Here each attribute's points get their
 own leave-one-out baseline and their own per-prompt standard deviation (an attribute that does not
 vary within the prompt contributes 0), and the attributes' advantages are summed and divided by the
-batch's standard deviation (GDPO, Liu et al. 2026, "Group reward-Decoupled normalization Policy
+batch's standard deviation (GDPO: "Group reward-Decoupled normalization Policy
 Optimization"). Everything else is the preset, overrides as for `musicrl train`.
 
     python experiments/oracle_per_attribute.py temperature=0.6 steps=200 out_dir=runs/oracle-gdpo --threads 1

@@ -2,7 +2,7 @@
 their seed (`musicrl eval`, and `musicrl app --paired-seeds`) and when each draws its own (the arena's
 default), on the same fresh prompts; and base against base on two seeds, the no-effect control.
 
-    python experiments/seed_pairing.py runs/loop_dpo_cb1/dpo/final --num-prompts 512 \
+    python experiments/seed_pairing.py runs/loop_dpo/dpo/final --num-prompts 512 \
         --out docs/results/data/seed_pairing_loop_dpo_cb1_512.json
 
 Results: docs/results/closed-loop.md.
