@@ -242,9 +242,7 @@ class Arena:
                     jobs = [(g, 1, s) for g, s in zip(self._rng.sample(gens, 2), (seed, other))]
                 else:
                     jobs = [(gens[0], 2, seed)]
-            # both models' requests are queued before either is awaited, so each can join its model's batch
-            futures = [(g, self.batcher.submit(g, prompt, n, duration, s)) for g, n, s in jobs]
-            clips = [(g, c) for g, f in futures for c in f.result()][:2]
+            clips = self._draw(jobs, prompt, duration)[:2]
             if _same_audio(clips[0][1], clips[1][1]):
                 clips = self._draw_again(clips, prompt, duration, seed, paired=len(jobs) == 2 and self.config.paired_seeds)
             records = [self._store_clip(g, c, prompt) for g, c in clips]
@@ -255,21 +253,23 @@ class Arena:
             left = self._rng.choice("ab")
         return Pair(prompt=prompt, a=records[0], b=records[1], left=left, id=new_id(), issued_at=self._clock())
 
+    def _draw(self, jobs: list, prompt: str, duration: float) -> list:
+        """[(generator, n, seed)] -> [(generator, clip)], in the jobs' order. Every request is queued
+        before any is awaited, so each can join its model's batch."""
+        futures = [(g, self.batcher.submit(g, prompt, n, duration, s)) for g, n, s in jobs]
+        return [(g, c) for g, f in futures for c in f.result()]
+
     def _draw_again(self, clips: list, prompt: str, duration: float, seed: int, paired: bool) -> list:
         """[(generator, clip)] x 2 of which a listener could not tell the clips apart -> two it can. Two
         models that agree on a paired seed (a model and its best-of pick, say) both draw again on one new
         seed, so the pair stays paired; else, or if they agree again, the second clip draws on its own
         (a degenerate model, or two copies of one). A tie by construction carries no vote, so leaving
         such seeds out does not tilt the comparison."""
-
-        def redraw(i: int, s: int):
-            return clips[i][0], self.batcher.submit(clips[i][0], prompt, 1, duration, s).result()[0]
-
         if paired:
-            clips = [redraw(0, seed + 7919), redraw(1, seed + 7919)]
+            clips = self._draw([(g, 1, seed + 7919) for g, _ in clips], prompt, duration)
             if not _same_audio(clips[0][1], clips[1][1]):
                 return clips
-        clips = [clips[0], redraw(1, seed + 2 * 7919)]
+        clips = [clips[0], *self._draw([(clips[1][0], 1, seed + 2 * 7919)], prompt, duration)]
         if _same_audio(clips[0][1], clips[1][1]):
             raise UserError("The model produced the same audio twice; nothing to compare.")
         return clips

@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     from musicrl.model.policy import MusicGenPolicy
     from musicrl.model.sampling import SamplingConfig
     from musicrl.tiny.prompts import resolve_prompts
-    from musicrl.tiny.simulate import Panel, panel_single_pairs
+    from musicrl.model.generator import Clip
+    from musicrl.tiny.simulate import Panel, expected_share, perceive
     from musicrl.train import evaluate as ev
 
     torch.set_num_threads(1)
@@ -44,11 +45,17 @@ def main(argv=None) -> int:
     b_same = ev.generate(base, prompts, 1, args.duration, sampling, args.seed, progress=True)
     b_other = ev.generate(base, prompts, 1, args.duration, sampling, other_seed, progress=True)
     m_same = ev.generate(model, prompts, 1, args.duration, sampling, args.seed, progress=True)
+    # each set of clips heard once (the estimators are most of the run after sampling), then paired up
+    heard = {k: [perceive(Clip(x[0].float().cpu().numpy(), s.sample_rate)) for x in s.audio]
+             for k, s in (("b_same", b_same), ("b_other", b_other), ("m_same", m_same))}  # fmt: skip
     panel = Panel.default(args.raters, seed=0)
+
+    def share(a: str, b: str) -> dict:  # b's share of the decisive votes, the panel's expectation
+        return expected_share(panel, list(zip(prompts, heard[a], heard[b])))
+
     out = {"model": args.model, "base": args.base, "pairs": len(prompts), "seed": args.seed, "raters": args.raters,
-           "paired seeds": panel_single_pairs(panel, b_same, m_same)["expected"],
-           "independent seeds": panel_single_pairs(panel, b_other, m_same)["expected"],
-           "base vs base, independent seeds": panel_single_pairs(panel, b_other, b_same)["expected"]}  # fmt: skip
+           "paired seeds": share("b_same", "m_same"), "independent seeds": share("b_other", "m_same"),
+           "base vs base, independent seeds": share("b_other", "b_same")}  # fmt: skip
     print(json.dumps(out, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

@@ -177,7 +177,10 @@ def test_paired_seeds_draw_both_models_clips_of_a_pair_with_one_seed(model_dir, 
     g2.model_id = "fine-tune"
     for paired in (True, False):
         arena = build_app([g1, g2], store, seed=3, n_boot=10, paired_seeds=paired).musicrl_arena
-        pairs = [arena.generate_pair("fast drums", 0.5) for _ in range(3)]
+        try:
+            pairs = [arena.generate_pair("fast drums", 0.5) for _ in range(3)]
+        finally:
+            arena.close()
         assert all((p.a.seed == p.b.seed) == paired for p in pairs)
         assert all({p.a.model_id, p.b.model_id} == {g1.model_id, "fine-tune"} for p in pairs)
 
