@@ -4,19 +4,20 @@ preset's one summed reward.
 The preset sums the four 0/1 points (tempo, register, mode, drums), takes a leave-one-out baseline
 and divides by each prompt's spread, and every token of a clip gets that one advantage.
 
-- `--advantage per-attribute` (GDPO-style decoupled normalisation). A prompt's advantage is driven
+- `per-attribute` (GDPO-style decoupled normalisation). A prompt's advantage is driven
   by whichever attributes vary most among its 8 clips: mode and drums often split 4-4, tempo rarely
   differs, so its signal is small beside theirs, and tempo is the attribute that does not rise. Here
   each attribute's points get their own leave-one-out baseline and their own per-prompt standard
   deviation (an attribute that does not vary within the prompt contributes 0), and the attributes'
   advantages are summed and divided by the batch's standard deviation.
-- `--advantage windows`: each attribute's advantage reaches only the frames that decide it.
+- `windows`: each attribute's advantage reaches only the frames thought to decide it. On one seed,
   `first_seconds=0.5` on the preset (the policy gradient on a clip's first 0.5 s) kept its mode and
-  drums gains at half the KL and lost its tempo gain: mode, drums and register are settled at a
-  clip's start, tempo over the whole clip. The tokens of the first `--early-seconds` get the preset's
-  whole advantage, the later ones only tempo's share of it (the leave-one-out baseline is linear, so
-  the preset's advantage splits by attribute exactly). `--attributes tempo --early-seconds 0` trains
-  on tempo's point alone.
+  drums gains at half the KL and lost its tempo gain, which suggested that mode, drums and register
+  are settled at a clip's start and tempo over the whole clip (a second seed then gained tempo too:
+  docs/results/rl-adherence.md). The tokens of the first `--early-seconds` get the preset's whole
+  advantage, the later ones only tempo's share of it (the leave-one-out baseline is linear, so the
+  preset's advantage splits by attribute exactly). `--attributes tempo --early-seconds 0` trains on
+  tempo's point alone.
 
 Everything else is the preset, overrides as for `musicrl train`:
 
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
     from musicrl.tiny.adherence import ORACLE_ATTRIBUTES, adherence_table
     from musicrl.tiny.prompts import rl_prompts
     from musicrl.train.rl_config import RLConfig
-    from musicrl.train.rl_trainer import RLTrainer
+    from musicrl.train.rl_trainer import RLTrainer, leave_one_out as loo
 
     torch.set_num_threads(args.threads)
     cfg = RLConfig.from_dict(apply_overrides(load_yaml("rl/oracle-adherence"), args.overrides))
@@ -66,10 +67,6 @@ def main(argv=None) -> int:
         table = adherence_table(rows, audio, sample_rate)
         points = {a: torch.tensor([float(m.get(a, False)) for m in table]) for a in attributes}  # [B] each
         return sum(points.values()), points
-
-    def loo(r, k):  # [B] -> [P, k]: each row's points minus the mean of its prompt's other rows
-        r = r.float().view(-1, k)
-        return r - (r.sum(1, keepdim=True) - r) / (k - 1)
 
     class SplitAdvantage(RLTrainer):
         def _score(self, audio, prompts, parts):

@@ -78,9 +78,9 @@ class RLConfig:
     """objective=reward: > 0: the policy gradient uses only the tokens of a clip's first `first_seconds`
     (0: the whole clip; the KL term always covers all of it). An LM reads its prompt most at a clip's
     start and then continues its own past, so some of what a reward hears is settled in the first
-    frames (the tiny world's mode and drums: 0.5 s gives their gain at half the KL), and the later
-    tokens' share of a sequence-level advantage is then noise; what the reward hears across the clip
-    (tempo) needs them. docs/results/rl-adherence.md."""
+    frames, and the later tokens' share of a sequence-level advantage is then noise (the tiny world's
+    oracle reward: 0.5 s gives the whole clip's gain at half the KL, on two seeds). A reward that
+    hears what only the later frames decide needs them. docs/results/rl-adherence.md."""
     ppo_epochs: int = 1
     """Optimisation passes over each batch; > 1 uses the PPO clipped ratio."""
     clip_eps: float = 0.2

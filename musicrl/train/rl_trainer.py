@@ -74,6 +74,13 @@ class ValueHead(nn.Module):
         return self.net(pooled.detach().float())[:, 0]
 
 
+def leave_one_out(reward: torch.Tensor, k: int) -> torch.Tensor:
+    """reward [P * k] (rows grouped by prompt) -> [P, k]: each row's reward minus the mean of its
+    prompt's other k - 1 rows (RLOO's baseline)."""
+    r = reward.view(-1, k)  # [P, k]
+    return r - (r.sum(1, keepdim=True) - r) / (k - 1)
+
+
 def exact_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """KL(p || ref) over the last (codebook) axis: [..., V] -> [...]. Zero-probability tokens add 0."""
     p = logp.exp()
@@ -313,8 +320,7 @@ class RLTrainer:
         if self.cfg.objective == "nash_md":  # reward: P(row > rival) [- kl]; 1/2 the control variate, unnormalised (TRL's)
             return (reward - 0.5).detach()
         if self.cfg.baseline == "rloo":
-            r = reward.view(-1, k)  # [P, k]
-            adv = (r - (r.sum(1, keepdim=True) - r) / (k - 1)).view(-1)
+            adv = leave_one_out(reward, k).view(-1)
         elif self.cfg.baseline == "value":
             with torch.no_grad():
                 states, mask = self.policy.encode_text(prompts)
