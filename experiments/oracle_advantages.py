@@ -11,9 +11,9 @@ and divides by each prompt's spread, and every token of a clip gets that one adv
   deviation (an attribute that does not vary within the prompt contributes 0), and the attributes'
   advantages are summed and divided by the batch's standard deviation.
 - `windows`: each attribute's advantage reaches only the frames thought to decide it. On one seed,
-  `first_seconds=0.5` on the preset (the policy gradient on a clip's first 0.5 s) kept its mode and
-  drums gains at half the KL and lost its tempo gain, which suggested that mode, drums and register
-  are settled at a clip's start and tempo over the whole clip (a second seed then gained tempo too:
+  the policy gradient on a clip's first 0.5 s alone (a setting since removed) kept the preset's mode
+  and drums gains and lost its tempo gain, which suggested that mode, drums and register are settled
+  at a clip's start and tempo over the whole clip (a second seed then gained tempo too:
   docs/results/rl-adherence.md). The tokens of the first `--early-seconds` get the preset's whole
   advantage, the later ones only tempo's share of it (the leave-one-out baseline is linear, so the
   preset's advantage splits by attribute exactly). `--attributes tempo --early-seconds 0` trains on

@@ -379,25 +379,23 @@ def test_a_checkpoint_older_than_a_setting_resumes_with_the_runs_value(tmp_path,
     assert make(tmp_path, random_musicgen_dir).load_checkpoint(path) == 1
 
 
-@pytest.mark.parametrize("knob", [{"coarse_codebooks": 1}, {"first_seconds": 0.1}])
-def test_coarse_codebooks_and_first_seconds_take_the_policy_gradient_of_those_tokens_only(tmp_path, random_musicgen_dir, knob):
+def test_coarse_codebooks_takes_the_policy_gradient_of_those_tokens_only(tmp_path, random_musicgen_dir):
     from musicrl.train import tuning
 
-    tr = make(tmp_path, random_musicgen_dir, kl_coef=0.0, **knob)
+    tr = make(tmp_path, random_musicgen_dir, kl_coef=0.0, coarse_codebooks=1)
     tuning.eval_mode(tr.policy)
     roll, _ = tr._rollouts(0)
     adv = torch.tensor([1.0, -1.0, 0.5, -0.25])  # [b]
     tr._micro_step(roll, adv, adv, 0, 4, 1.0)
     got = torch.cat([p.grad.flatten() for p in tr.trained])
-    frames = round(knob.get("first_seconds", 0) * tr.policy.frame_rate) or None
-    kept = (slice(None), slice(0, knob.get("coarse_codebooks") or None), slice(0, frames))  # [b, K, T] -> those tokens
+    kept = (slice(None), slice(0, 1), slice(None))  # [b, K, T] -> the first codebook's tokens
     grads = []
     for tokens in (kept, (slice(None),) * 3):  # the kept tokens; every token
         tr.opt.zero_grad(set_to_none=True)
         _, logp = tuning.teacher_forced(tr.policy, roll.prompts, roll.codes, tr.cfg.sampling)  # [b, K, T]
         (-(adv[:, None, None] * logp)[tokens].sum() / logp.numel()).backward()  # per token of the whole clip
         grads.append(torch.cat([p.grad.flatten() for p in tr.trained]))
-    assert roll.codes.shape[1] > 1 and 0 < (frames or 1) < roll.codes.shape[2] and got.norm() > 0
+    assert roll.codes.shape[1] > 1 and got.norm() > 0
     assert torch.allclose(got, grads[0], rtol=1e-4, atol=1e-7)
     assert not torch.allclose(got, grads[1], rtol=1e-2, atol=1e-5)
 
@@ -407,7 +405,3 @@ def test_coarse_codebooks_is_validated():
         RLConfig(reward=REWARD_CFG, coarse_codebooks=-1)
     with pytest.raises(UserError, match="coarse_codebooks needs objective=reward"):
         RLConfig(reward=REWARD_CFG, objective="nash_md", coarse_codebooks=1)
-    with pytest.raises(UserError, match="first_seconds must be >= 0"):
-        RLConfig(reward=REWARD_CFG, first_seconds=-1.0)
-    with pytest.raises(UserError, match="needs objective=reward"):
-        RLConfig(reward=REWARD_CFG, objective="nash_md", first_seconds=0.5)

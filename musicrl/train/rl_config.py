@@ -73,14 +73,10 @@ class RLConfig:
     token the same advantage, and the fine codebooks' tokens, most of a clip's entropy, add gradient
     noise nearly orthogonal to the first codebook's. Leaving them out spends less KL for what the
     coarse codes decide (tempo, mode, register: what a CLAP hears); a reward that hears detail, such
-    as a drum kit's noise bursts, needs them. docs/results/rl-adherence.md."""
-    first_seconds: float = 0.0
-    """objective=reward: > 0: the policy gradient uses only the tokens of a clip's first `first_seconds`
-    (0: the whole clip; the KL term always covers all of it). An LM reads its prompt most at a clip's
-    start and then continues its own past, so some of what a reward hears is settled in the first
-    frames, and the later tokens' share of a sequence-level advantage is then noise (the tiny world's
-    oracle reward: 0.5 s gives the whole clip's gain at half the KL, on two seeds). A reward that
-    hears what only the later frames decide needs them. docs/results/rl-adherence.md."""
+    as a drum kit's noise bursts, needs them. The left-out tokens still count in the policy gradient's
+    mean, so the KL term also weighs K / coarse_codebooks times more against it, and part of the KL
+    saved may be that weight alone: leaving a clip's later frames out the same way saved KL only as a
+    larger `kl_coef` does (docs/results/rl-adherence.md)."""
     ppo_epochs: int = 1
     """Optimisation passes over each batch; > 1 uses the PPO clipped ratio."""
     clip_eps: float = 0.2
@@ -150,8 +146,6 @@ class RLConfig:
             bad(f"coarse_codebooks must be >= 0 (0: all codebooks), got {self.coarse_codebooks}")
         if self.coarse_codebooks and self.objective != "reward":
             bad("coarse_codebooks needs objective=reward (the other objectives score whole clips)")
-        if self.first_seconds < 0 or (self.first_seconds and self.objective != "reward"):
-            bad(f"first_seconds must be >= 0 (0: whole clips) and needs objective=reward, got {self.first_seconds}")
         if self.skip_flat_groups and self.fsdp:
             bad("skip_flat_groups does not work with fsdp (FSDP needs every process to run the same passes)")
         if self.skip_flat_groups and self.objective != "reward":

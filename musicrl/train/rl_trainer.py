@@ -298,8 +298,6 @@ class RLTrainer:
             pg = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)  # [b, K, T]
             if cfg.coarse_codebooks:  # the fine codes' tokens out; each token still weighs 1/(K T) against the KL's
                 pg = pg * (torch.arange(pg.shape[1], device=pg.device) < cfg.coarse_codebooks)[:, None]
-            if cfg.first_seconds:  # the later frames' tokens out, as above
-                pg = pg * (torch.arange(pg.shape[2], device=pg.device) < round(cfg.first_seconds * pol.frame_rate))
             loss = pg.mean() + cfg.kl_coef * kl_tok.mean()  # (kl_tok is 0 with the sampled estimator)
         if self.value is not None:
             states, mask = pol.encode_text(prompts)
