@@ -330,6 +330,28 @@ def test_hf_export_is_a_self_contained_directory(tmp_path):
         store.export(out, fmt="hf")
 
 
+def test_hf_export_declares_the_settings_its_clips_have(tmp_path):
+    """dataset_info.json's settings struct: the sampling fields, plus a best-of pick's fields (with each
+    ranking reward's score) only where the export holds a pick, so the declared features match the rows."""
+    sampling = {"temperature": 1.0, "top_k": 250, "top_p": 0.0, "guidance_scale": 3.0, "duration_s": 1.0}
+    pick = {**sampling, "best_of": 4, "rerank": "clap=tiny,quality=tiny", "scores": {"clap": 0.31, "quality": 3.9},
+            "candidate_seeds": [8, 9, 10, 11]}  # fmt: skip
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db", tmp_path)
+    a, b, c = (store.add_clip(_tone(200 + 50 * i), 16000, model_id=m, model_version="v", prompt="calm piano", seed=i,
+                              settings=st) for i, (m, st) in enumerate([("m", sampling), ("m", sampling), ("m+best-of-4", pick)]))  # fmt: skip
+    store.record_vote(clip_a=a.id, clip_b=b.id, choice="a", session="s")
+    store.export(tmp_path / "plain", fmt="hf")
+    plain = json.loads((tmp_path / "plain" / "dataset_info.json").read_text())["features"]["settings_a"]
+    assert set(plain) == set(sampling) and plain["top_k"]["dtype"] == "int64"
+    store.record_vote(clip_a=a.id, clip_b=c.id, choice="b", session="t")
+    store.export(tmp_path / "picks", fmt="hf")
+    info = json.loads((tmp_path / "picks" / "dataset_info.json").read_text())["features"]
+    assert info["settings_a"] == info["settings_b"] and set(info["settings_b"]) == set(pick)
+    assert set(info["settings_b"]["scores"]) == {"clap", "quality"} and info["settings_b"]["best_of"]["dtype"] == "int64"
+    rows = [json.loads(line) for line in (tmp_path / "picks" / "train.jsonl").read_text().splitlines()]
+    assert all(set(r["settings_b"]) <= set(info["settings_b"]) for r in rows)  # every row's fields are declared
+
+
 def test_stored_codes_round_trip_through_both_exports(tmp_path):
     from musicrl.votes.files import read_codes
     from musicrl.votes.rows import load_votes

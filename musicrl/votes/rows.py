@@ -254,7 +254,8 @@ def export_votes(store, path: str | Path, fmt: str = "jsonl", per_session_cap: i
             except OSError:
                 shutil.copyfile(src, dst)
     write_atomic(path / "train.jsonl", _jsonl([_export_row(store, v, path, settings) for v in votes]))
-    write_atomic(path / "dataset_info.json", json.dumps(_hf_info(len(votes), per_session_cap), indent=2).encode())
+    seen = [settings(c) for v in votes for c in (v.clip_a, v.clip_b)]
+    write_atomic(path / "dataset_info.json", json.dumps(_hf_info(len(votes), per_session_cap, seen), indent=2).encode())
     return len(votes)
 
 
@@ -262,14 +263,13 @@ def _jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
-def _hf_info(n: int, per_session_cap: int | None) -> dict:
-    """`dataset_info.json` of an hf export of `n` votes."""
+def _hf_info(n: int, per_session_cap: int | None, settings: list[dict | None]) -> dict:
+    """`dataset_info.json` of an hf export of `n` votes whose clips have these `settings`."""
     ints = ("vote_id", "listen_ms_a", "listen_ms_b", "supersedes")
     features = {k: {"dtype": "int64" if k in ints else "string", "_type": "Value"} for k in EXPORT_COLUMNS} if n else {}
     for k in ("settings_a", "settings_b"):  # a struct: the generation settings of the clip
         if k in features:
-            features[k] = {"temperature": _FLOAT, "top_k": {"dtype": "int64", "_type": "Value"}, "top_p": _FLOAT,
-                           "guidance_scale": _FLOAT, "duration_s": _FLOAT}  # fmt: skip
+            features[k] = _settings_features(settings)
     return {
         "description": "musicrl A/B votes (effective: the first blind vote of each pair; corrections and duplicates dropped)",
         "features": features,
@@ -280,6 +280,19 @@ def _hf_info(n: int, per_session_cap: int | None) -> dict:
 
 
 _FLOAT = {"dtype": "float64", "_type": "Value"}
+_INT = {"dtype": "int64", "_type": "Value"}
+
+
+def _settings_features(settings: list[dict | None]) -> dict:
+    """The settings struct: the sampling fields, and where a clip is a best-of pick
+    (`musicrl.rewards.rerank.BestOf`) the pick's fields, with the score of every reward that ranked one."""
+    features = {"temperature": _FLOAT, "top_k": _INT, "top_p": _FLOAT, "guidance_scale": _FLOAT, "duration_s": _FLOAT}
+    picks = [s for s in settings if s and "best_of" in s]
+    if picks:
+        features |= {"best_of": _INT, "rerank": {"dtype": "string", "_type": "Value"},
+                     "scores": {name: _FLOAT for name in sorted({k for s in picks for k in s.get("scores", {})})},
+                     "candidate_seeds": {"feature": _INT, "_type": "Sequence"}}  # fmt: skip
+    return features
 
 
 def _export_row(store, v, rel_to: Path | None, settings) -> dict:
