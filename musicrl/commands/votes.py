@@ -82,14 +82,15 @@ def _stats(store, args) -> int:
 
     from musicrl.votes.leaderboard import leaderboard
     from musicrl.votes.outliers import check_sessions
-    from musicrl.votes.store import vote_pairs
+    from musicrl.votes.store import effective_votes, vote_pairs
 
     if args.min_votes < 1:
         raise UserError(f"--min-votes must be >= 1, got {args.min_votes}")
     if args.per_session_cap < 0:
         raise UserError(f"--per-session-cap must be >= 0 (0 = all), got {args.per_session_cap}")
-    stats = store.stats()
-    counted = store.votes(effective=True, per_session_cap=args.per_session_cap or None)
+    raw = store.votes()  # read once: the counts and the leaderboard both come from it
+    stats = store.stats(raw)
+    counted = effective_votes(raw, args.per_session_cap or None)
     lb = leaderboard(vote_pairs(counted), min_votes=args.min_votes)
     flagged = [c for c in check_sessions(counted) if c.flagged]
     if args.json:
