@@ -266,7 +266,7 @@ def _jsonl(rows: list[dict]) -> bytes:
 def _hf_info(n: int, per_session_cap: int | None, settings: list[dict | None]) -> dict:
     """`dataset_info.json` of an hf export of `n` votes whose clips have these `settings`."""
     ints = ("vote_id", "listen_ms_a", "listen_ms_b", "supersedes")
-    features = {k: {"dtype": "int64" if k in ints else "string", "_type": "Value"} for k in EXPORT_COLUMNS} if n else {}
+    features = {k: _INT if k in ints else _STRING for k in EXPORT_COLUMNS} if n else {}
     for k in ("settings_a", "settings_b"):  # a struct: the generation settings of the clip
         if k in features:
             features[k] = _settings_features(settings)
@@ -281,6 +281,7 @@ def _hf_info(n: int, per_session_cap: int | None, settings: list[dict | None]) -
 
 _FLOAT = {"dtype": "float64", "_type": "Value"}
 _INT = {"dtype": "int64", "_type": "Value"}
+_STRING = {"dtype": "string", "_type": "Value"}
 
 
 def _settings_features(settings: list[dict | None]) -> dict:
@@ -289,7 +290,7 @@ def _settings_features(settings: list[dict | None]) -> dict:
     features = {"temperature": _FLOAT, "top_k": _INT, "top_p": _FLOAT, "guidance_scale": _FLOAT, "duration_s": _FLOAT}
     picks = [s for s in settings if s and "best_of" in s]
     if picks:
-        features |= {"best_of": _INT, "rerank": {"dtype": "string", "_type": "Value"},
+        features |= {"best_of": _INT, "rerank": _STRING,
                      "scores": {name: _FLOAT for name in sorted({k for s in picks for k in s.get("scores", {})})},
                      "candidate_seeds": {"feature": _INT, "_type": "Sequence"}}  # fmt: skip
     return features
