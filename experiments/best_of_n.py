@@ -28,7 +28,7 @@ very clips of a run without `--against`.
     python experiments/best_of_n.py --n 16 --num-prompts 256 --seed 7 --out bon.json [--rm runs/preference]
     python experiments/best_of_n.py --model runs/musicrl-u/final --against tiny --rm runs/preference --out u.json
 
-Results: docs/results/rl-adherence.md.
+Results: docs/results/best-of-n.md.
 """
 
 from __future__ import annotations

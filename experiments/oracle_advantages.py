@@ -14,10 +14,11 @@ and divides by each prompt's spread, and every token of a clip gets that one adv
   the policy gradient on a clip's first 0.5 s alone (a setting since removed) kept the preset's mode
   and drums gains and lost its tempo gain, which suggested that mode, drums and register are settled
   at a clip's start and tempo over the whole clip (a second seed then gained tempo too:
-  docs/results/rl-adherence.md). The tokens of the first `--early-seconds` get the preset's whole
+  docs/results/rl-oracle.md). The tokens of the first `--early-seconds` get the preset's whole
   advantage, the later ones only tempo's share of it (the leave-one-out baseline is linear, so the
   preset's advantage splits by attribute exactly). `--attributes tempo --early-seconds 0` trains on
-  tempo's point alone.
+  tempo's point alone; `--early-seconds` of the clip's whole length is the preset's own advantage on
+  the named attributes' points (`--attributes tempo,mode duration_s=4 --early-seconds 4`).
 
 Everything else is the preset, overrides as for `musicrl train`:
 

@@ -1,7 +1,7 @@
 """Online DPO on contrast pairs under shared noise: can it teach the tiny LM to follow its prompt?
 
 RL on the oracle adherence reward moves the policy far (100+ nats a clip) and adherence little
-(docs/results/rl-adherence.md): most of each policy-gradient update is noise that does not depend on
+(docs/results/rl-oracle.md): most of each policy-gradient update is noise that does not depend on
 the text. This experiment removes that noise by construction.
 
 Each step draws prompts p that name an attribute (mode or tempo) and their contrast p', the same

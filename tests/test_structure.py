@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import os
 import shutil
 import subprocess
@@ -129,3 +130,25 @@ def test_a_regular_install_ships_one_namespace_and_runs_from_anywhere(tmp_path):
     assert list((work / "gen").glob("*.wav")) and list((work / "gen").glob("*.json"))
     run(cli, "train", "--config", "rl/musicrl-r", "steps=1", f"out_dir={work / 'run'}", "--threads", "1")
     assert (work / "run" / "final" / "model.safetensors").is_file() and (work / "run" / "metrics.csv").is_file()
+
+
+def _anchors(md: Path) -> set[str]:
+    """GitHub's anchor for each heading of a markdown file: lower case, punctuation dropped, spaces to '-'."""
+    heads = [line.lstrip("#").strip() for line in md.read_text().splitlines() if re.match(r"#{1,6} ", line)]
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
+def test_every_relative_link_in_the_docs_reaches_a_file_and_heading_that_exist():
+    """Result pages get split and renamed; a link left pointing at the old page or heading is caught here."""
+    pages = [ROOT / "README.md", *ROOT.glob("*.md"), *(ROOT / "docs").rglob("*.md"), *(ROOT / "experiments").glob("*.md"),
+             *(ROOT / "musicrl" / "assets").rglob("*.md")]  # fmt: skip
+    broken = []
+    for page in set(pages):
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in _anchors(dest)):
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken

@@ -91,6 +91,6 @@ def test_config_rejects_an_unknown_text_vocabulary():
 
 @pytest.mark.parametrize("size", [dict(hidden_size=256, heads=6), dict(num_layers=0), dict(heads=0)])
 def test_config_rejects_a_decoder_shape_that_cannot_be_built(size):
-    LMTrainConfig(hidden_size=256, num_layers=6, heads=8)  # the larger LM of docs/results/rl-adherence.md
+    LMTrainConfig(hidden_size=256, num_layers=6, heads=8)  # the larger LM of docs/results/lm-adherence.md
     with pytest.raises(ValueError, match="heads dividing hidden_size"):
         LMTrainConfig(**size)

@@ -77,6 +77,8 @@ def _tiny_judgements(args: argparse.Namespace, samples: list, report: dict) -> l
             if (e := v["expected"])["share"] is not None:
                 lines.append(f"{'':>12}  the panel expects {e['share']:.1%} (95% CI {e['ci95'][0]:.1%}–{e['ci95'][1]:.1%} "
                              f"over the pairs) with {e['p_decisive']:.0%} decisive: the same pairs without the ballots' noise")
+                lines.append(f"{'':>12}  both clips of a pair share a seed, as in `musicrl app --paired-seeds`; the arena's "
+                             "default draws a seed for each and reads a point or two lower (docs/results/closed-loop.md)")
     return lines
 
 

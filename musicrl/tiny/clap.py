@@ -58,7 +58,7 @@ in groups of 32; docs/tiny.md gives its figures.
 
 Known limits:
 - mode is heard least well: among two clips of one prompt, the shipped model prefers the one in the
-  asked mode 68% of the time (tempo 72%, drums 72%; docs/results/rl-adherence.md). Use
+  asked mode 68% of the time (tempo 72%, drums 72%; docs/results/rl-r-u-ru.md). Use
   `musicrl.tiny.attributes` to measure mode.
 - the ceiling is what a perfect model gets choosing at random among clips that fit the caption.
 """
@@ -214,7 +214,7 @@ class ClapTrainConfig:
     """Mel bins of the front end, 64 or 32 (the audio tower's image is 64x64 either way; the STFT
     follows, FRONT_ENDS). 64 bins are ~47 Hz wide below 1 kHz; 32 (~90 Hz) are too coarse to tell a
     minor third from a major one: zero-shot mode 0.79 with 32 bins, 0.93 with 64
-    (docs/results/rl-adherence.md)."""
+    (docs/results/rl-r-u-ru.md)."""
     hard_negatives: bool = True
     """Also show each clip its caption with one attribute flipped (`musicrl.tiny.prompts.flip_attribute`)
     as an extra text to tell apart: the audio must then carry every attribute its caption names,

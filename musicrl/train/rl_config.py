@@ -76,7 +76,7 @@ class RLConfig:
     as a drum kit's noise bursts, needs them. The left-out tokens still count in the policy gradient's
     mean, so the KL term also weighs K / coarse_codebooks times more against it, and part of the KL
     saved may be that weight alone: leaving a clip's later frames out the same way saved KL only as a
-    larger `kl_coef` does (docs/results/rl-adherence.md)."""
+    larger `kl_coef` does (docs/results/rl-oracle.md)."""
     ppo_epochs: int = 1
     """Optimisation passes over each batch; > 1 uses the PPO clipped ratio."""
     clip_eps: float = 0.2
