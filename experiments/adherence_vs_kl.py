@@ -30,6 +30,22 @@ def points(reports: list[dict]) -> list[tuple[str, float, float, dict, dict]]:
     return out
 
 
+def plot_vs_kl(axes, kept: list, first_change: dict) -> None:
+    """One panel per attribute: each model's adherence change (95% CI) against its KL to the base."""
+    for ax, a in zip(axes, ATTRIBUTES):
+        for i, ((_, kl, kl_ci, change, _), label) in enumerate(kept):
+            c = change[a]
+            ax.errorbar(kl, 100 * c["diff"], xerr=kl_ci, yerr=100 * c["ci95"], fmt="os^Dv"[i // 10], color=f"C{i % 10}",
+                        capsize=3, label=label)  # fmt: skip
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks([20, 50, 100, 200, 400], ["20", "50", "100", "200", "400"])
+        ax.minorticks_off()
+        ax.set_xlabel("KL to the base, nats per clip")
+        ax.set_title(f"{a} (of {first_change[a]['clips']} clips)")
+    axes[0].set_ylabel("adherence change, points (95% CI)")
+
+
 def plot_map(ax, kept: list, base: dict, x: str, y: str, bar: float) -> None:
     """Attribute y's adherence against x's, one point per model (95% CIs), the base as a star."""
     def err(c):  # [2, 1] distances from the rate to its interval's ends, in points
@@ -72,25 +88,12 @@ def main(argv=None) -> int:
         fig, ax = plt.subplots(figsize=(6.5, 5.5))
         plot_map(ax, kept, reports[0]["adherence"]["rates"][reports[0]["models"][0]], x, y, args.bar)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        fig.savefig(args.out, dpi=110, bbox_inches="tight")
-        print(args.out)
-        return 0
-    fig, axes = plt.subplots(1, len(ATTRIBUTES), figsize=(4.2 * len(ATTRIBUTES), 3.8), sharey=True)
-    for ax, a in zip(axes, ATTRIBUTES):
-        for i, ((_, kl, kl_ci, change, _), label) in enumerate(kept):
-            c = change[a]
-            ax.errorbar(kl, 100 * c["diff"], xerr=kl_ci, yerr=100 * c["ci95"], fmt="os^Dv"[i // 10], color=f"C{i % 10}",
-                        capsize=3, label=label)  # fmt: skip
-        ax.axhline(0, color="gray", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xticks([20, 50, 100, 200, 400], ["20", "50", "100", "200", "400"])
-        ax.minorticks_off()
-        ax.set_xlabel("KL to the base, nats per clip")
-        ax.set_title(f"{a} (of {pts[0][3][a]['clips']} clips)")
-    axes[0].set_ylabel("adherence change, points (95% CI)")
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
+    else:
+        fig, axes = plt.subplots(1, len(ATTRIBUTES), figsize=(4.2 * len(ATTRIBUTES), 3.8), sharey=True)
+        plot_vs_kl(axes, kept, pts[0][3])
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.tight_layout()
     fig.savefig(args.out, dpi=110, bbox_inches="tight")
     print(args.out)
     return 0
