@@ -18,7 +18,9 @@ and divides by each prompt's spread, and every token of a clip gets that one adv
   advantage, the later ones only tempo's share of it (the leave-one-out baseline is linear, so the
   preset's advantage splits by attribute exactly). `--attributes tempo --early-seconds 0` trains on
   tempo's point alone; `--early-seconds` of the clip's whole length is the preset's own advantage on
-  the named attributes' points (`--attributes tempo,mode duration_s=4 --early-seconds 4`).
+  the named attributes' points (`--attributes tempo,mode duration_s=4 --early-seconds 4`), which is
+  what `musicrl train --config rl/oracle-adherence duration_s=4 'reward.components.adherence.points=[tempo, mode]'`
+  runs.
 
 Everything else is the preset, overrides as for `musicrl train`:
 

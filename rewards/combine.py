@@ -198,6 +198,10 @@ class ComponentConfig:
     """'tiny', a local directory or (clap only) a hub id; a preference model is always a directory."""
     weight: float = 1.0
     """Weight in the sum (after normalisation when `normalize`)."""
+    points: dict | None = None
+    """'adherence' only: attribute -> points a clip earns for having it, e.g. {tempo: 2, mode: 1}
+    (a list names attributes worth one point each). None: one point for each attribute the oracle
+    hears. An attribute left out is not rewarded, and RL then trades it for the others."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,20 @@ def _keys(d, allowed: tuple, where: str) -> dict:
     if unknown:
         raise UserError(f"unknown key(s) {', '.join(map(str, unknown))} in {where}; expected {', '.join(allowed)}")
     return d
+
+
+def _points(p, ctype: str, where: str) -> dict | None:
+    """An adherence component's points as {attribute: float} (which attributes exist is the oracle's
+    to check: the core does not know the tiny world)."""
+    if p is None:
+        return None
+    if ctype != "adherence":
+        raise UserError(f"{where}: only a component of type 'adherence' has points")
+    if isinstance(p, list):
+        p = dict.fromkeys(p, 1.0)
+    if not isinstance(p, dict) or not p or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p.values()):
+        raise UserError(f"{where} must be a non-empty mapping of attribute -> number (or a list of attributes), got {p!r}")
+    return {str(k): float(v) for k, v in p.items()}
 
 
 def parse_config(d: dict, where: str = "reward") -> WeightedConfig | SequentialConfig:
@@ -252,14 +270,15 @@ def parse_config(d: dict, where: str = "reward") -> WeightedConfig | SequentialC
         raise UserError(f"{where}.components must be a non-empty mapping of name -> component")
     parsed = {}
     for name, c in comps.items():
-        c = _keys(c if c is not None else {}, ("type", "model", "weight"), f"{where}.components.{name}")
+        c = _keys(c if c is not None else {}, ("type", "model", "weight", "points"), f"{where}.components.{name}")
         ctype = c.get("type", name)
         if ctype not in TYPES:
             raise UserError(f"{where}.components.{name}: type must be one of {', '.join(TYPES)}, got {ctype!r}")
         w = c.get("weight", 1.0)
         if isinstance(w, bool) or not isinstance(w, (int, float)):
             raise UserError(f"{where}.components.{name}.weight must be a number, got {w!r}")
-        parsed[str(name)] = ComponentConfig(ctype, str(c.get("model", "tiny")), float(w))
+        points = _points(c.get("points"), ctype, f"{where}.components.{name}.points")
+        parsed[str(name)] = ComponentConfig(ctype, str(c.get("model", "tiny")), float(w), points)
     norm = d.get("normalize", True)
     if not isinstance(norm, bool):
         raise UserError(f"{where}.normalize must be true or false, got {norm!r}")

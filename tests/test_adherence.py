@@ -51,6 +51,9 @@ def test_oracle_reward_counts_exactly_the_matched_attributes():
     assert three.tolist() == [3 - len(set(ATTRIBUTES[: i % 5]) - {"drums"}) for i in range(10)]
     only_mode = AdherenceReward(("mode",))(audio, synth.SAMPLE_RATE, prompts)
     assert only_mode.tolist() == [float("mode" not in ATTRIBUTES[: i % 5]) for i in range(10)]
+    weighted = AdherenceReward({"tempo": 2.0, "mode": 0.5})(audio, synth.SAMPLE_RATE, prompts)
+    assert weighted.tolist() == [2.0 * ("tempo" not in ATTRIBUTES[: i % 5]) + 0.5 * ("mode" not in ATTRIBUTES[: i % 5])
+                                 for i in range(10)]  # fmt: skip
 
 
 def test_only_named_attributes_count_and_unknown_ones_are_refused():
@@ -58,7 +61,9 @@ def test_only_named_attributes_count_and_unknown_ones_are_refused():
     named = heard_matches(f"a {e.attrs.mode} melody", e.audio, synth.SAMPLE_RATE)
     assert named == {"mode": True}
     assert heard_matches("a melody", e.audio, synth.SAMPLE_RATE) == {}
-    with pytest.raises(ValueError, match="unknown attributes"):
+    from musicrl.errors import UserError
+
+    with pytest.raises(UserError, match="unknown attributes"):
         AdherenceReward(("timbre",))
 
 
@@ -77,6 +82,25 @@ def test_the_oracle_preset_builds_its_reward_from_the_tiny_world_and_only_there(
         build_reward(cfg)
     staged = {"kind": "sequential", "stages": [{"steps": 5, "reward": {"components": {"clap": {}}}}, {"reward": cfg}]}
     assert set(oracle_rewards(staged)) == {"adherence"}
+    assert oracle_rewards(cfg)["adherence"].points == dict.fromkeys(ATTRIBUTES, 1.0)  # no points: all four, one each
+
+
+def test_an_adherence_components_points_choose_and_weigh_its_attributes():
+    from musicrl.errors import UserError
+    from musicrl.presets import apply_overrides, load_yaml
+    from musicrl.tiny.adherence import oracle_rewards
+
+    preset = load_yaml("rl/oracle-adherence")
+    weighted = apply_overrides(preset, ["reward.components.adherence.points={tempo: 2, mode: 1}"])["reward"]
+    assert oracle_rewards(weighted)["adherence"].points == {"tempo": 2.0, "mode": 1.0}
+    listed = apply_overrides(preset, ["reward.components.adherence.points=[tempo, register]"])["reward"]
+    assert oracle_rewards(listed)["adherence"].points == {"tempo": 1.0, "register": 1.0}
+    for bad, msg in (("{timbre: 1}", "unknown attributes"), ("{tempo: fast}", "mapping of attribute -> number"), ("{}", "non-empty")):
+        with pytest.raises(UserError, match=msg):
+            oracle_rewards(apply_overrides(preset, [f"reward.components.adherence.points={bad}"])["reward"])
+    clap = {"components": {"clap": {"points": ["tempo"]}}}
+    with pytest.raises(UserError, match="only a component of type 'adherence' has points"):
+        oracle_rewards(clap)
 
 
 def test_adherence_report_rates_changes_and_plot(tmp_path):

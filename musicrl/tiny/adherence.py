@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from musicrl.errors import UserError
 from musicrl.tiny import synth
 from musicrl.tiny.attributes import DRUMS_PRESENT, estimate_all
 
@@ -50,24 +51,26 @@ def oracle_rewards(reward_cfg: dict) -> dict[str, "AdherenceReward"]:
 
     cfg = parse_config(reward_cfg)
     stages = [w for _, w in cfg.stages] if isinstance(cfg, SequentialConfig) else [cfg]
-    return {name: AdherenceReward() for w in stages for name, c in w.components.items() if c.type == "adherence"}
+    return {name: AdherenceReward(c.points or ORACLE_ATTRIBUTES) for w in stages for name, c in w.components.items()
+            if c.type == "adherence"}  # fmt: skip
 
 
 class AdherenceReward:
-    """Oracle adherence: how many of `attributes` the prompt names and the clip has (0 to 4 by default).
+    """Oracle adherence: the points of the attributes the prompt names and the clip has. `points` is
+    {attribute: points} or attributes worth one point each (by default all four: 0 to 4 a clip).
 
     Called like any reward (audio [B, 1, S], sample_rate, prompts) -> [B].
     """
 
-    def __init__(self, attributes: tuple[str, ...] = ORACLE_ATTRIBUTES):
-        unknown = set(attributes) - set(ATTRIBUTES)
+    def __init__(self, points: dict[str, float] | tuple[str, ...] = ORACLE_ATTRIBUTES):
+        self.points = dict(points) if isinstance(points, dict) else dict.fromkeys(points, 1.0)
+        unknown = set(self.points) - set(ATTRIBUTES)
         if unknown:
-            raise ValueError(f"unknown attributes {sorted(unknown)}; choose from {ATTRIBUTES}")
-        self.attributes = tuple(attributes)
+            raise UserError(f"unknown attributes {sorted(unknown)} in the oracle's points; choose from {', '.join(ATTRIBUTES)}")
 
     def __call__(self, audio: torch.Tensor, sample_rate: int, prompts: list[str]) -> torch.Tensor:
         table = adherence_table(prompts, audio, sample_rate)
-        return torch.tensor([float(sum(m.get(a, False) for a in self.attributes)) for m in table])
+        return torch.tensor([float(sum(w for a, w in self.points.items() if m.get(a, False))) for m in table])
 
 
 def adherence_report(samples: list) -> dict:
